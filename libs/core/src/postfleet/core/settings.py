@@ -1,0 +1,95 @@
+"""Typed settings shared by every role (pydantic-settings).
+
+One configuration file (YAML, like Postfix's single main.cf) is read by every
+role; each role's settings class takes the parameters it needs and ignores the
+rest. Precedence: environment (``POSTFLEET_<NAME>``) > YAML file > Postfix
+defaults. The file is named by ``--config`` or ``POSTFLEET_CONFIG``.
+
+Postfix parameters read here: myhostname, mydomain.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CONFIG_ENV = "POSTFLEET_CONFIG"
+
+
+def load_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Read a postfleet YAML file; an empty or missing path gives no values."""
+    if not path:
+        return {}
+    text = Path(path).read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of parameters")
+    return data
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Settings source: the YAML file, flattened with the role's own section on top."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        data = load_config_file(os.environ.get(CONFIG_ENV))
+        section = getattr(settings_cls, "config_section", None)
+        merged = {k: v for k, v in data.items() if not isinstance(v, dict) or k in _DICT_KEYS}
+        if section and isinstance(data.get(section), dict):
+            merged.update(data[section])
+        self._data = merged
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        names = set(self.settings_cls.model_fields)
+        return {k: v for k, v in self._data.items() if k in names}
+
+
+# Top-level mapping values that are parameters, not role sections.
+_DICT_KEYS = {"routing"}
+
+
+def _default_hostname() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+class CommonSettings(BaseSettings):
+    """Parameters every role reads."""
+
+    model_config = SettingsConfigDict(env_prefix="POSTFLEET_", extra="ignore")
+    config_section: ClassVar[str | None] = None
+
+    # Postfix: myhostname (default: the machine's FQDN).
+    myhostname: str = Field(default_factory=_default_hostname)
+    database_url: str = "sqlite+aiosqlite:///var/postfleet.db"
+    nats_url: str = "nats://127.0.0.1:4222"
+    # The role's /healthz, /readyz and /metrics listener; port 0 picks a free one.
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    log_format: str = "json"  # json | text
+    log_level: str = "INFO"
+    # Where cleanup's gRPC Submit listens (cleanup binds it; ingress dials it).
+    cleanup_address: str = "127.0.0.1:10027"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls), file_secret_settings)

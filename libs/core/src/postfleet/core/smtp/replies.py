@@ -1,0 +1,81 @@
+"""SMTP replies: one error type and the reply texts every role shares.
+
+Texts and enhanced status codes mirror Postfix's (smtpd, cleanup, smtp), so
+log tooling and administrators see the replies they already know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SmtpReply:
+    """A reply: basic code, enhanced status (RFC 3463) and text."""
+
+    code: int
+    status: str
+    text: str
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    def with_text(self, text: str) -> SmtpReply:
+        return SmtpReply(self.code, self.status, text)
+
+
+class SmtpError(Exception):
+    """Raised anywhere a reply must reach the SMTP client (or the DSN)."""
+
+    def __init__(self, reply: SmtpReply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+    @property
+    def temporary(self) -> bool:
+        return self.reply.temporary
+
+
+OK = SmtpReply(250, "2.0.0", "Ok")
+SENDER_OK = SmtpReply(250, "2.1.0", "Ok")
+RCPT_OK = SmtpReply(250, "2.1.5", "Ok")
+DATA_GO = SmtpReply(354, "", "End data with <CR><LF>.<CR><LF>")
+RESET_OK = SmtpReply(250, "2.0.0", "Ok")
+BYE = SmtpReply(221, "2.0.0", "Bye")
+RELAY_DENIED = SmtpReply(554, "5.7.1", "Relay access denied")
+QUEUE_UNAVAILABLE = SmtpReply(451, "4.3.0", "Error: queue file write error")
+SIZE_EXCEEDED = SmtpReply(552, "5.3.4", "Message size exceeds fixed limit")
+TOO_MANY_RECIPIENTS = SmtpReply(452, "4.5.3", "Error: too many recipients")
+NEED_RECIPIENTS = SmtpReply(554, "5.5.1", "Error: no valid recipients")
+NEED_MAIL = SmtpReply(503, "5.5.1", "Error: need MAIL command")
+NEED_RCPT = SmtpReply(503, "5.5.1", "Error: need RCPT command")
+NESTED_MAIL = SmtpReply(503, "5.5.1", "Error: nested MAIL command")
+BAD_ADDRESS_SYNTAX = SmtpReply(501, "5.1.3", "Bad recipient address syntax")
+BAD_SENDER_SYNTAX = SmtpReply(501, "5.1.7", "Bad sender address syntax")
+
+
+def queued_as(queue_id: str) -> SmtpReply:
+    """Postfix's answer to end-of-data once the message is in the queue."""
+    return SmtpReply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def parse_reply(code: int, text: str, default_status: str | None = None) -> SmtpReply:
+    """Split a remote reply's text into enhanced status and text, Postfix style.
+
+    When the remote omits the enhanced status, Postfix derives X.0.0 from the
+    basic code's class.
+    """
+    first, _, rest = text.partition(" ")
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] in "245":
+        return SmtpReply(code, first, rest)
+    status = default_status or f"{str(code)[0]}.0.0"
+    return SmtpReply(code, status, text)

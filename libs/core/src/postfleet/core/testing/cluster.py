@@ -1,0 +1,154 @@
+"""Run postfleet roles as real processes for end-to-end tests.
+
+Each role is ``python -m postfleet.<package>`` with its settings in the
+environment, exactly as ``postfleet run ROLE`` starts it, so a test can
+``kill -9`` any of them and start it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from postfleet.core.testing.ports import free_port, wait_port
+
+ROLE_MODULES = {
+    "ingress-smtp": "postfleet.ingress_smtp",
+    "cleanup": "postfleet.cleanup",
+    "qmgr": "postfleet.qmgr",
+    "delivery": "postfleet.delivery",
+}
+
+
+@dataclass
+class RoleProcess:
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    http_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> RoleProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", ROLE_MODULES[self.name]],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.http_port}/readyz"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM: the drain case."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Cluster:
+    """A whole postfleet on given NATS and database URLs, one process per role."""
+
+    workdir: Path
+    database_url: str
+    nats_url: str
+    config: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    smtp_port: int = field(default_factory=free_port)
+    cleanup_port: int = field(default_factory=free_port)
+    roles: dict[str, RoleProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "postfleet.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        for name in ROLE_MODULES:
+            self.roles[name] = RoleProcess(
+                name, self._env_for(name), self.workdir / f"{name}.log", free_port()
+            )
+
+    def _env_for(self, role: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFLEET_")}
+        env.update(
+            POSTFLEET_CONFIG=str(self.config_path),
+            POSTFLEET_DATABASE_URL=self.database_url,
+            POSTFLEET_NATS_URL=self.nats_url,
+            POSTFLEET_CLEANUP_ADDRESS=f"127.0.0.1:{self.cleanup_port}",
+            POSTFLEET_CLEANUP_LISTEN=f"127.0.0.1:{self.cleanup_port}",
+            POSTFLEET_LISTENERS=json.dumps(
+                [{"name": "smtp", "address": "127.0.0.1", "port": self.smtp_port}]
+            ),
+            POSTFLEET_MYHOSTNAME="mx.postfleet.test",
+            POSTFLEET_LOG_FORMAT="text",
+        )
+        env.update(self.env)
+        return env
+
+    def role_env(self, role: str) -> dict[str, str]:
+        return self.roles[role].env
+
+    def start(self, *names: str) -> None:
+        for name in names or tuple(ROLE_MODULES):
+            self.roles[name].http_port = free_port()
+            self.roles[name].env["POSTFLEET_HTTP_PORT"] = str(self.roles[name].http_port)
+            self.roles[name].start()
+        if not names or "ingress-smtp" in names:
+            wait_port(self.smtp_port)
+
+    def kill(self, *names: str) -> None:
+        for name in names or tuple(ROLE_MODULES):
+            self.roles[name].kill()
+
+    def stop(self, *names: str) -> None:
+        for name in names or tuple(ROLE_MODULES):
+            self.roles[name].stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"==== {n}\n{r.log()}" for n, r in self.roles.items())

@@ -1,0 +1,87 @@
+"""pytest fixtures shared by every test suite (loaded with ``-p``).
+
+- ``nats_server``: a fresh NATS + JetStream on a free loopback port.
+- ``database_url``: parametrised over SQLite and PostgreSQL; a new database
+  each test, migrated to head.
+- ``smtp_sink``: a real SMTP server standing for the next hop.
+- ``make_cluster``: every role as a real process on those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postfleet.core.testing.cluster import Cluster
+from postfleet.core.testing.databases import fresh_postgres, sqlite_url
+from postfleet.core.testing.nats import NatsServer
+from postfleet.core.testing.sink import SmtpSink
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    from postfleet.core.db.engine import create_engine
+    from postfleet.core.db.migrate import upgrade
+
+    async def migrated(url: str) -> str:
+        engine = create_engine(url)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+        return url
+
+    if request.param == "sqlite":
+        yield await migrated(sqlite_url(tmp_path))
+    else:
+        async with fresh_postgres() as url:
+            yield await migrated(url)
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    from postfleet.core.db.engine import create_engine
+    from postfleet.core.db.migrate import upgrade
+
+    async with fresh_postgres() as url:
+        engine = create_engine(url)
+        await upgrade(engine)
+        await engine.dispose()
+        yield url
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def make_cluster(
+    tmp_path: Path, nats_server: NatsServer
+) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(database_url: str, config: dict[str, Any] | None = None, **env: str) -> Cluster:
+        cluster = Cluster(
+            tmp_path / f"cluster{len(made)}", database_url, nats_server.url,
+            config=config or {}, env=env,
+        )
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()

@@ -1,0 +1,49 @@
+"""The queue store's schema migrates and round-trips on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from postfleet.core.db.engine import create_engine, sessionmaker
+from postfleet.core.db.migrate import current_revision, upgrade
+from postfleet.core.db.models import Message, Recipient, RecipientStatus, utcnow
+from postfleet.core.queueid import new_queue_id
+
+
+async def test_migrations_are_idempotent_and_reach_head(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine)  # second run: nothing to do
+        async with engine.connect() as conn:
+            assert await current_revision(conn) == "0001"
+    finally:
+        await engine.dispose()
+
+
+async def test_message_and_recipients_round_trip_with_utc_times(database_url: str) -> None:
+    engine = create_engine(database_url)
+    now = utcnow()
+    qid = new_queue_id()
+    try:
+        async with sessionmaker(engine)() as session, session.begin():
+            session.add(Message(queue_id=qid, sender="a@x.test", size=3, body=b"hi\n",
+                                arrived_at=now, expires_at=now + timedelta(days=5)))
+            await session.flush()
+            session.add(Recipient(queue_id=qid, address="b@y.test", next_attempt_at=now))
+        async with sessionmaker(engine)() as session:
+            rcpt = (await session.execute(select(Recipient))).scalar_one()
+            msg = await session.get(Message, qid)
+        assert msg is not None and msg.body == b"hi\n"
+        assert rcpt.status == RecipientStatus.PENDING and rcpt.attempts == 0
+        assert rcpt.next_attempt_at == now and rcpt.next_attempt_at.tzinfo is not None
+    finally:
+        await engine.dispose()
+
+
+def test_queue_ids_sort_by_arrival_and_do_not_collide() -> None:
+    ids = [new_queue_id(1_700_000_000 + i / 1000) for i in range(2000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert len(ids[0]) == 15 and ids[0].isalnum()

@@ -1,0 +1,1 @@
+"""postfleet's kopf operator: MailDomain/Transport resources -> the routing snapshot."""

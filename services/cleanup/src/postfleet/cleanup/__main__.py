@@ -1,0 +1,3 @@
+from postfleet.cleanup.main import main
+
+main()

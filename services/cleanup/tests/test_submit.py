@@ -1,0 +1,166 @@
+"""cleanup's Submit over real gRPC into a real queue store (SQLite and PostgreSQL),
+with the wake-up on a real NATS server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from postfleet.cleanup.queue_writer import QueueWriter
+from postfleet.cleanup.settings import CleanupSettings
+from postfleet.cleanup.submit import CleanupService
+from postfleet.core.bus import subjects
+from postfleet.core.bus.connect import connect
+from postfleet.core.db.engine import create_engine, sessionmaker
+from postfleet.core.db.models import Message, Recipient
+from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
+from postfleet.core.testing.nats import NatsServer
+from postfleet.core.testing.ports import free_port
+
+
+def _request(body: bytes, rcpts: list[str], chunk: int = 7) -> list[cleanup_pb2.SubmitRequest]:
+    env = cleanup_pb2.Envelope(
+        sender="alice@x.test",
+        recipients=[cleanup_pb2.Recipient(address=r) for r in rcpts],
+        client=cleanup_pb2.ClientInfo(name="c.test", address="127.0.0.1", helo="c.test",
+                                      protocol="ESMTP"),
+    )
+    parts = [cleanup_pb2.SubmitRequest(envelope=env)]
+    parts += [cleanup_pb2.SubmitRequest(chunk=body[i:i + chunk])
+              for i in range(0, len(body), chunk)]
+    return parts
+
+
+async def _stream(parts: list[cleanup_pb2.SubmitRequest]) -> AsyncIterator[
+        cleanup_pb2.SubmitRequest]:
+    for p in parts:
+        yield p
+
+
+@pytest.fixture
+async def cleanup(database_url: str, nats_server: NatsServer) -> AsyncIterator[
+        tuple[cleanup_pb2_grpc.CleanupStub, str, asyncio.Queue[bytes]]]:
+    settings = CleanupSettings(database_url=database_url, myhostname="mx.test",
+                               message_size_limit=1000)
+    engine = create_engine(database_url)
+    nc = await connect(nats_server.url, "test")
+    wakeups: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_msg(msg: object) -> None:
+        await wakeups.put(b"wake")
+
+    await nc.subscribe(subjects.QUEUE_INCOMING, cb=on_msg)
+
+    async def wake(_n: int) -> None:
+        await nc.publish(subjects.QUEUE_INCOMING, b"")
+
+    writer = QueueWriter(engine, on_commit=wake)
+    writer.start()
+    server = grpc.aio.server()
+    cleanup_pb2_grpc.add_CleanupServicer_to_server(CleanupService(settings, writer), server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield cleanup_pb2_grpc.CleanupStub(channel), database_url, wakeups
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await writer.stop()
+        await nc.close()
+        await engine.dispose()
+
+
+async def _counts(url: str) -> tuple[int, int]:
+    engine = create_engine(url)
+    try:
+        async with sessionmaker(engine)() as s:
+            m = (await s.execute(select(func.count()).select_from(Message))).scalar_one()
+            r = (await s.execute(select(func.count()).select_from(Recipient))).scalar_one()
+        return m, r
+    finally:
+        await engine.dispose()
+
+
+async def test_submit_commits_message_and_recipients_then_wakes_qmgr(cleanup: tuple) -> None:
+    stub, url, wakeups = cleanup
+    body = b"Subject: t\r\n\r\nhello\r\n"
+    reply = await stub.Submit(_stream(_request(body, ["b@y.test", "c@y.test"])))
+    assert len(reply.queue_id) == 15
+    await asyncio.wait_for(wakeups.get(), 5)
+    engine = create_engine(url)
+    try:
+        async with sessionmaker(engine)() as s:
+            msg = await s.get(Message, reply.queue_id)
+            rcpts = (await s.execute(select(Recipient.address).order_by(Recipient.id))).all()
+    finally:
+        await engine.dispose()
+    assert msg is not None and msg.sender == "alice@x.test"
+    head = msg.body.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"Received: from c.test (c.test [127.0.0.1])")
+    assert b"\r\nSubject: t\r\nMessage-ID: <" in head and b"\r\nDate: " in head
+    assert b"id " + reply.queue_id.encode() in msg.body
+    assert msg.body.endswith(b"\r\n\r\nhello\r\n")
+    assert [r[0] for r in rcpts] == ["b@y.test", "c@y.test"]
+
+
+async def test_concurrent_submissions_each_get_their_own_committed_message(
+        cleanup: tuple) -> None:
+    stub, url, _ = cleanup
+    replies = await asyncio.gather(*[
+        stub.Submit(_stream(_request(b"Subject: %d\r\n\r\nx\r\n" % i, [f"u{i}@y.test"])))
+        for i in range(40)
+    ])
+    assert len({r.queue_id for r in replies}) == 40
+    assert await _counts(url) == (40, 40)
+
+
+async def test_oversize_message_is_refused_and_nothing_is_queued(cleanup: tuple) -> None:
+    stub, url, _ = cleanup
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Submit(_stream(_request(b"x" * 2000, ["b@y.test"], chunk=500)))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "5.3.4" in (err.value.details() or "")
+    assert await _counts(url) == (0, 0)
+
+
+async def test_envelope_without_recipients_is_refused(cleanup: tuple) -> None:
+    stub, url, _ = cleanup
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Submit(_stream(_request(b"x\r\n", [])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await _counts(url) == (0, 0)
+
+
+async def test_database_failure_answers_unavailable_and_writes_nothing(
+        tmp_path: Path) -> None:
+    # A queue store that cannot be written: the directory is a file.
+    blocker = tmp_path / "notadir"
+    blocker.write_text("")
+    url = f"sqlite+aiosqlite:///{blocker}/queue.db"
+    settings = CleanupSettings(database_url=url)
+    engine = create_async_engine(url)
+    writer = QueueWriter(engine)
+    writer.start()
+    server = grpc.aio.server()
+    cleanup_pb2_grpc.add_CleanupServicer_to_server(CleanupService(settings, writer), server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await cleanup_pb2_grpc.CleanupStub(ch).Submit(
+                    _stream(_request(b"x\r\n", ["a@b.test"])))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(None)
+        await writer.stop()
+        await engine.dispose()

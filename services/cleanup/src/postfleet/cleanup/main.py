@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 import grpc
+
 from postfleet.cleanup.queue_writer import QueueWriter
 from postfleet.cleanup.settings import CleanupSettings
 from postfleet.cleanup.submit import CleanupService

@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from postfleet.core.db.models import Message, Recipient
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from postfleet.core.db.models import Message, Recipient
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+from prometheus_client import Counter
+
 from postfleet.cleanup.headers import fix_up
 from postfleet.cleanup.queue_writer import QueueWriter
 from postfleet.cleanup.settings import CleanupSettings
@@ -21,7 +23,6 @@ from postfleet.core.db.models import MessageState, RecipientStatus
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
 from postfleet.core.queueid import new_queue_id
-from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 

@@ -87,7 +87,7 @@ class RoutingView:
                 while True:
                     try:
                         entry = await watcher.updates(timeout=30)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     if entry is None or not entry.value:
                         continue

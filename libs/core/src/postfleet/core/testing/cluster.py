@@ -40,7 +40,7 @@ class RoleProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> RoleProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", ROLE_MODULES[self.name]],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,

@@ -34,7 +34,7 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.store_dir / "nats.log", "ab")  # noqa: SIM115
+        log = open(self.store_dir / "nats.log", "ab")
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
              "-sd", str(self.store_dir)],

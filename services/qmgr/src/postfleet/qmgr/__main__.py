@@ -1,0 +1,3 @@
+from postfleet.qmgr.main import main
+
+main()

@@ -1,0 +1,47 @@
+"""qmgr's settings (Postfix parameter names and defaults).
+
+Postfix parameters: queue_run_delay, minimal_backoff_time,
+maximal_backoff_time, maximal_queue_lifetime, bounce_queue_lifetime,
+default_destination_concurrency_limit, default_destination_recipient_limit,
+qmgr_message_recipient_limit, myhostname, bounce_notice_recipient.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from typing import ClassVar
+
+from pydantic import Field
+
+from postfleet.core.settings import CommonSettings
+from postfleet.core.timeparse import Seconds
+
+
+def _owner() -> str:
+    # No dots: the owner is a NATS subject token (postfleet.qmgr.done.<owner>).
+    host = socket.gethostname().split(".")[0][:40] or "qmgr"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class QmgrSettings(CommonSettings):
+    config_section: ClassVar[str | None] = "qmgr"
+
+    queue_run_delay: Seconds = 300
+    minimal_backoff_time: Seconds = 300
+    maximal_backoff_time: Seconds = 4000
+    default_destination_concurrency_limit: int = 20
+    default_destination_recipient_limit: int = 50
+    # Recipients held in memory (claimed, not yet dispatched) at most.
+    qmgr_message_recipient_limit: int = 20000
+    # postfleet-specific: how many due recipients one claim takes, how long a
+    # claim (lease) lasts before another qmgr may retake the work, how many
+    # results one database transaction applies.
+    qmgr_claim_batch: int = 500
+    qmgr_lease_time: Seconds = 3600
+    qmgr_result_batch: int = 256
+    # A dispatched job whose result never came back stops counting against
+    # its destination's concurrency after this long.
+    qmgr_inflight_timeout: Seconds = 900
+    qmgr_owner: str = Field(default_factory=_owner)

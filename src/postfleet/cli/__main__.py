@@ -1,0 +1,5 @@
+import sys
+
+from postfleet.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""The ``postfleet`` command: run roles, load and query routes, manage the queue."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from postfleet.cli.roles import ROLE_MODULES
+
+DESCRIPTION = """\
+postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
+
+  postfleet run all --config FILE     everything on one machine (embedded NATS
+                                      + SQLite under ./var), like `postfix start`
+  postfleet run ROLE                  one role (cleanup, qmgr, delivery,
+                                      ingress-smtp, operator) against the NATS
+                                      and database named by --nats-url and
+                                      --database-url (or POSTFLEET_* env vars)
+  postfleet routes load FILE          publish FILE's routing: block to NATS KV
+  postfleet route ADDRESS...          where mail for ADDRESS goes (sendmail -bv)
+  postfleet queue list|show|flush|hold|release|requeue|delete
+                                      mailq / postqueue / postsuper
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="postfleet", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run all roles (monolithic) or one role",
+                         description="Run every role under one supervisor (`all`) or one role.")
+    run.add_argument("role", choices=["all", *ROLE_MODULES], help="`all` or a role name")
+    run.add_argument("--config", type=Path, help="postfleet YAML (Postfix parameters)")
+    run.add_argument("--var-dir", type=Path, default=Path("var"),
+                     help="state for `run all`: SQLite queue, NATS store (default ./var)")
+    run.add_argument("--nats-url", help="use this NATS instead of the embedded one "
+                     "(run all) / the NATS to join (one role)")
+    run.add_argument("--database-url", help="queue store URL, e.g. "
+                     "postgresql+asyncpg://user@host/db or sqlite+aiosqlite:///path")
+
+    routes = sub.add_parser("routes", help="manage the routing snapshot")
+    rsub = routes.add_subparsers(dest="routes_command", required=True)
+    load = rsub.add_parser("load", help="publish a config file's routing: block to NATS KV")
+    load.add_argument("file", type=Path)
+    load.add_argument("--nats-url", default=os.environ.get("POSTFLEET_NATS_URL"),
+                      help="NATS server (default: POSTFLEET_NATS_URL, or var/run.json)")
+    load.add_argument("--var-dir", type=Path, default=Path("var"))
+
+    route = sub.add_parser("route", help="show how addresses are routed (sendmail -bv)")
+    route.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    route.add_argument("--config", type=Path, help="read routes from this file")
+    route.add_argument("--json", action="store_true", help="one JSON object per address")
+
+    queue = sub.add_parser("queue", help="inspect and manage the queue (mailq, postsuper)")
+    queue.add_argument("action", choices=["list", "show", "flush", "hold", "release",
+                                          "requeue", "delete"])
+    queue.add_argument("queue_id", nargs="?", help="a queue id (all but list; flush: optional)")
+    queue.add_argument("--api", help="qmgr admin API URL (default: POSTFLEET_API or "
+                       "var/run.json written by `run all`)")
+    queue.add_argument("--var-dir", type=Path, default=Path("var"))
+    queue.add_argument("--json", action="store_true", help="print the API's JSON")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.role == "all":
+        from postfleet.cli.launcher import run_all
+
+        if args.database_url:
+            os.environ["POSTFLEET_DATABASE_URL"] = args.database_url
+        return run_all(args.config, args.var_dir, args.nats_url)
+    if args.config:
+        os.environ["POSTFLEET_CONFIG"] = str(args.config.resolve())
+    if args.nats_url:
+        os.environ["POSTFLEET_NATS_URL"] = args.nats_url
+    if args.database_url:
+        os.environ["POSTFLEET_DATABASE_URL"] = args.database_url
+    module = ROLE_MODULES[args.role]
+    os.execv(sys.executable, [sys.executable, "-m", module])
+    return 0  # not reached
+
+
+def _routes(args: argparse.Namespace) -> int:
+    from postfleet.cli.routes import publish_config_routes
+    from postfleet.core.settings import load_config_file
+
+    nats_url = args.nats_url
+    state = args.var_dir / "run.json"
+    if not nats_url and state.exists():
+        nats_url = json.loads(state.read_text())["nats_url"]
+    if not nats_url:
+        raise SystemExit("no NATS server: pass --nats-url or set POSTFLEET_NATS_URL")
+    try:
+        cfg = load_config_file(args.file)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read {args.file}: {exc}") from None
+    version = asyncio.run(publish_config_routes(nats_url, cfg))
+    print(f"routing snapshot version {version} published from {args.file}")
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from postfleet.cli.routes import describe, format_route, snapshot_from_config
+    from postfleet.core.settings import load_config_file
+
+    cfg = load_config_file(args.config) if args.config else {}
+    snapshot = snapshot_from_config(cfg)
+    for address in args.addresses:
+        print(format_route(describe(snapshot, address), args.json))
+    return 0
+
+
+def _queue(args: argparse.Namespace) -> int:
+    from postfleet.cli.queue import call, default_api, mailq
+
+    api = args.api or default_api(args.var_dir)
+    needs_id = args.action not in ("list", "flush")
+    if needs_id and not args.queue_id:
+        raise SystemExit(f"`postfleet queue {args.action}` needs a queue id")
+    qid = args.queue_id
+    if args.action == "list":
+        out = call(api, "GET", "")
+        print(json.dumps(out, indent=2) if args.json else mailq(out))
+        return 0
+    if args.action == "show":
+        out = call(api, "GET", f"/{qid}")
+    elif args.action == "delete":
+        out = call(api, "DELETE", f"/{qid}")
+    elif args.action == "flush" and not qid:
+        out = call(api, "POST", "/flush")
+    else:
+        out = call(api, "POST", f"/{qid}/{args.action}")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"run": _run, "routes": _routes, "route": _route, "queue": _queue}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""The roles ``postfleet run`` knows, by name, and the module each runs.
+
+The CLI starts roles as processes (``python -m MODULE``) and never imports
+their internals: roles meet only through proto/, the bus and the database.
+"""
+
+from __future__ import annotations
+
+ROLE_MODULES: dict[str, str] = {
+    "cleanup": "postfleet.cleanup",
+    "qmgr": "postfleet.qmgr",
+    "delivery": "postfleet.delivery",
+    "ingress-smtp": "postfleet.ingress_smtp",
+    "operator": "postfleet.operator",
+}
+
+# What `postfleet run all` supervises, in start order (the operator belongs
+# to Kubernetes; the monolith loads routes from the config file instead).
+MONOLITH_ROLES = ("cleanup", "qmgr", "delivery", "ingress-smtp")

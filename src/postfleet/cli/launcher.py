@@ -86,7 +86,7 @@ class Launcher:
         port = free_port()
         store = self.var_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
-        log = open(self.var_dir / "nats.log", "ab")
+        log = open(self.var_dir / "nats.log", "ab")  # noqa: ASYNC230 - once, at start-up
         self.nats_proc = await asyncio.create_subprocess_exec(
             str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
             stdout=log, stderr=log,

@@ -1,0 +1,42 @@
+# postfleet: the README's two commands (`make run`, `make test`) and dev chores.
+# Everything installs into .venv; uv itself is bootstrapped if missing.
+
+UV := $(shell command -v uv 2>/dev/null || echo .tools/uv/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= examples/quickstart/postfleet.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint peers proto bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml uv.lock libs/core/pyproject.toml $(wildcard services/*/pyproject.toml) $(wildcard operator/pyproject.toml)
+	@scripts/ensure-uv
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+run: install
+	$(BIN)/postfleet run all --config $(CONFIG)
+
+# Debian packages of the real peers the tests talk to (swaks, Postfix's
+# smtp-source/smtp-sink, dnsmasq). Installed only when missing.
+peers:
+	@scripts/install-peers
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: install peers lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+proto: install
+	$(BIN)/python scripts/gen_proto.py
+
+bench: install peers
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,192 @@
+"""Throughput benchmark: Postfix's smtp-source sends N messages into
+`postfleet run all`; Postfix's smtp-sink receives them.
+
+Prints the accept rate (smtp-source's wall time), the end-to-end rate (until
+qmgr has applied N delivered results) and the peak RSS of every role.
+A benchmark, not a test: it asserts nothing about speed.
+
+    .venv/bin/python bench/throughput.py [--db sqlite|postgres] [-m 5000] [-s 20] [-l 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def delivered(http_port: int) -> float:
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+        if line.startswith('postfleet_qmgr_recipients_total{status="delivered"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS per role, sampled from the launcher's children."""
+
+    def __init__(self, launcher_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(launcher_pid)
+        self.peak: dict[str, int] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            procs = [self.root, *self.root.children(recursive=True)]
+            for p in procs:
+                try:
+                    cmd = p.cmdline()
+                    rss = p.memory_info().rss
+                except psutil.Error:
+                    continue
+                name = self._role(cmd)
+                self.peak[name] = max(self.peak.get(name, 0), rss)
+            time.sleep(0.2)
+
+    @staticmethod
+    def _role(cmd: list[str]) -> str:
+        if "-m" in cmd:
+            return cmd[cmd.index("-m") + 1].removeprefix("postfleet.")
+        if cmd and cmd[0].endswith("nats-server"):
+            return "nats-server"
+        return "launcher"
+
+
+async def make_pg() -> str:
+    import asyncpg
+
+    name = f"pf_bench_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(PG_ADMIN)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    return name
+
+
+async def drop_pg(name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("-m", "--messages", type=int, default=5000)
+    ap.add_argument("-s", "--sessions", type=int, default=20)
+    ap.add_argument("-l", "--size", type=int, default=1024)
+    ap.add_argument("--timeout", type=float, default=600)
+    args = ap.parse_args()
+    for tool in ("/usr/sbin/smtp-source", "/usr/sbin/smtp-sink"):
+        if not os.path.exists(tool):
+            raise SystemExit(f"{tool} missing: run `make peers` (Debian package postfix)")
+
+    work = Path(tempfile.mkdtemp(prefix="postfleet-bench-"))
+    os.chmod(work, 0o755)
+    smtp_port, sink_port = free_port(), free_port()
+    config = {
+        "myhostname": "mx.bench.test",
+        "ingress_smtp": {"listeners": [{"name": "smtp", "address": "127.0.0.1",
+                                        "port": smtp_port}]},
+        "routing": {"relay_domains": ["example.test"],
+                    "transport_maps": {"example.test": f"smtp:[127.0.0.1]:{sink_port}"}},
+    }
+    (work / "postfleet.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ)
+    pg_name = None
+    if args.db == "postgres":
+        pg_name = asyncio.run(make_pg())
+        env["POSTFLEET_DATABASE_URL"] = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{pg_name}"
+    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{sink_port}",
+                             "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        [str(Path(sys.executable).parent / "postfleet"), "run", "all", "--config",
+         str(work / "postfleet.yaml"), "--var-dir", str(work / "var")],
+        env=env, stdout=open(work / "launcher.log", "w"), stderr=subprocess.STDOUT)
+    sampler = RssSampler(launcher.pid)
+    try:
+        wait_port(smtp_port)
+        time.sleep(2)  # every role ready
+        qmgr_port = json.loads((work / "var" / "run.json").read_text())["http_ports"]["qmgr"]
+        sampler.start()
+        t0 = time.monotonic()
+        src = subprocess.run(
+            ["/usr/sbin/smtp-source", "-s", str(args.sessions), "-m", str(args.messages),
+             "-l", str(args.size), "-d", "-f", "bench@sender.test", "-t", "sink@example.test",
+             f"127.0.0.1:{smtp_port}"], capture_output=True, text=True)
+        t_accept = time.monotonic() - t0
+        if src.returncode != 0:
+            raise SystemExit(f"smtp-source failed: {src.stdout}{src.stderr}")
+        last_report = 0.0
+        while (done := delivered(qmgr_port)) < args.messages:
+            if time.monotonic() - t0 > args.timeout:
+                raise SystemExit(f"only {done:.0f}/{args.messages} delivered in {args.timeout}s")
+            if time.monotonic() - last_report > 5:
+                print(f"  … {done:.0f}/{args.messages} delivered", file=sys.stderr)
+                last_report = time.monotonic()
+            time.sleep(0.05)
+        t_e2e = time.monotonic() - t0
+        sampler.done.set()
+        sampler.join()
+        print(f"postfleet throughput ({args.db}): {args.messages} messages of {args.size} B "
+              f"over {args.sessions} sessions")
+        print(f"  accept rate:     {args.messages / t_accept:8.1f} msg/s ({t_accept:.1f} s)")
+        print(f"  end-to-end rate: {args.messages / t_e2e:8.1f} msg/s ({t_e2e:.1f} s)")
+        print("  peak RSS per process:")
+        for name, rss in sorted(sampler.peak.items()):
+            print(f"    {name:14} {rss / 2**20:7.1f} MiB")
+        return 0
+    finally:
+        sampler.done.set()
+        launcher.terminate()
+        try:
+            launcher.wait(60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+        sink.terminate()
+        sink.wait(10)
+        if pg_name:
+            asyncio.run(drop_pg(pg_name))
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 
 from postfleet.core.db.engine import create_engine
 from postfleet.core.db.models import DeliveryLog, Message, Recipient
-from postfleet.core.routing.store import publish_snapshot
 from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.routing.store import publish_snapshot
 from postfleet.core.testing.cluster import Cluster
 from postfleet.core.testing.sink import SmtpSink
 

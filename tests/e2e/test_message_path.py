@@ -32,7 +32,7 @@ async def test_a_message_travels_every_role_to_the_next_hop(
     sent = await asyncio.to_thread(swaks, cluster.smtp_port, "bob@example.test")
     assert sent.returncode == 0, sent.stdout + sent.stderr
     queued = [ln for ln in sent.stdout.splitlines() if "queued as" in ln]
-    assert queued and "<~ 250 2.0.0 Ok: queued as " in queued[0]
+    assert queued and "<-  250 2.0.0 Ok: queued as " in queued[0]
     queue_id = queued[0].rsplit(" ", 1)[1]
 
     (received,) = await smtp_sink.wait_for(1)

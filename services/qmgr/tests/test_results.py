@@ -77,12 +77,16 @@ async def test_a_deferral_sets_the_next_attempt_and_keeps_the_message(
 async def test_a_bounce_queues_one_notice_to_the_sender(engine: AsyncEngine) -> None:
     qid = await queue_message(engine, ["a@y.test"], sender="alice@x.test")
     claimed = await claim_due(engine, "q1", datetime.now(UTC), 60, 10)
-    res = _result(claimed, [("bounced", "5.1.1", "550 5.1.1 <a@y.test>: User unknown")])
+    res = _result(claimed, [("bounced", "5.1.1", "host h[1.2.3.4] said: 550 5.1.1 <a@y.test>: "
+                                                 "User unknown (in reply to RCPT TO command)")])
+    res.recipients[0].diagnostic = "550 5.1.1 <a@y.test>: User unknown"
     applied = await apply_results(engine, [res], POLICY, "mx.test")
     await apply_results(engine, [res], POLICY, "mx.test")  # repeat: no second notice
-    assert applied.bounced == 1 and len(applied.new_queue_ids) == 1
+    assert applied.bounced == 1 and len(applied.notices) == 1
+    assert applied.notices[0][0] == qid
     msgs, rcpts, _ = await _rows(engine)
-    assert [m.queue_id for m in msgs] == applied.new_queue_ids
+    assert [m.queue_id for m in msgs] == [applied.notices[0][1]]
+    assert applied.log_lines == [(qid, "removed")]
     notice = msgs[0]
     assert notice.sender == "" and [r.address for r in rcpts] == ["alice@x.test"]
     parsed = message_from_bytes(notice.body)
@@ -90,7 +94,9 @@ async def test_a_bounce_queues_one_notice_to_the_sender(engine: AsyncEngine) -> 
     assert parsed.get_content_type() == "multipart/report"
     text = notice.body.decode()
     assert "Status: 5.1.1" in text and "Final-Recipient: rfc822; a@y.test" in text
-    assert f"X-Postfix-Queue-ID: {qid}" in text and "User unknown" in text
+    assert f"X-Postfix-Queue-ID: {qid}" in text
+    assert "Diagnostic-Code: smtp; 550 5.1.1 <a@y.test>: User unknown" in text
+    assert "<a@y.test>: host h[1.2.3.4] said: 550 5.1.1" in text
 
 
 async def test_a_bounced_notice_is_not_bounced_again(engine: AsyncEngine) -> None:
@@ -98,7 +104,7 @@ async def test_a_bounced_notice_is_not_bounced_again(engine: AsyncEngine) -> Non
     claimed = await claim_due(engine, "q1", datetime.now(UTC), 60, 10)
     res = _result(claimed, [("bounced", "5.1.1", "550 no")])
     applied = await apply_results(engine, [res], POLICY, "mx.test")
-    assert applied.bounced == 1 and applied.new_queue_ids == []
+    assert applied.bounced == 1 and applied.notices == []
     assert (await _rows(engine))[0] == []
 
 
@@ -109,6 +115,7 @@ async def test_past_the_queue_lifetime_a_deferral_expires_and_bounces(
     claimed = await claim_due(engine, "q1", datetime.now(UTC), 60, 10)
     res = _result(claimed, [("deferred", "4.4.1", "connect to h[1.2.3.4]:25: refused")])
     applied = await apply_results(engine, [res], POLICY, "mx.test")
-    assert applied.expired == 1 and len(applied.new_queue_ids) == 1
+    assert applied.expired == 1 and len(applied.notices) == 1
+    assert "status=expired" in applied.log_lines[0][1]
     _, _, logs = await _rows(engine)
     assert logs[0].status == "expired"

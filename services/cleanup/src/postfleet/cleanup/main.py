@@ -12,7 +12,7 @@ from postfleet.cleanup.queue_writer import QueueWriter
 from postfleet.cleanup.settings import CleanupSettings
 from postfleet.cleanup.submit import CleanupService
 from postfleet.core.bus import subjects
-from postfleet.core.bus.connect import connect
+from postfleet.core.bus.connect import close, connect
 from postfleet.core.db.engine import create_engine
 from postfleet.core.db.migrate import upgrade
 from postfleet.core.logs import setup_logging
@@ -52,8 +52,7 @@ async def run(settings: CleanupSettings) -> None:
         # Drain: refuse new calls, let calls in flight commit.
         await server.stop(grace=10)
         await writer.stop()
-    with contextlib.suppress(Exception):
-        await nc.drain()
+    await close(nc)
     await engine.dispose()
 
 

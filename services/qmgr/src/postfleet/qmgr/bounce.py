@@ -50,6 +50,7 @@ class BounceItem:
     orig_rcpt: str
     dsn: str
     reply: str
+    diagnostic: str
     relay: str
     expired: bool
     arrived_at: datetime
@@ -81,7 +82,9 @@ def _status_part(items: list[BounceItem], host: str) -> str:
         ]
         if relay_host:
             lines.append(f"Remote-MTA: dns; {relay_host}")
-        lines += [f"Diagnostic-Code: smtp; {item.reply}", ""]
+        # A remote reply is an smtp diagnostic; a local reason is Postfix's X-Postfix.
+        code = f"smtp; {item.diagnostic}" if item.diagnostic else f"X-Postfix; {item.reply}"
+        lines += [f"Diagnostic-Code: {code}", ""]
     return "\n".join(lines)
 
 
@@ -128,8 +131,8 @@ def build_notice(items: list[BounceItem], original: bytes, host: str, now: datet
 
 async def build_bounces(
     conn: AsyncConnection, items: list[BounceItem], host: str, now: datetime
-) -> list[str]:
-    """Queue one notice per original message; returns the new queue ids."""
+) -> list[tuple[str, str]]:
+    """Queue one notice per original message; returns (original, notice) ids."""
     by_message: dict[str, list[BounceItem]] = {}
     for item in items:
         by_message.setdefault(item.queue_id, []).append(item)
@@ -137,7 +140,7 @@ async def build_bounces(
         select(Message.queue_id, Message.body).where(Message.queue_id.in_(by_message))
     )
     bodies: dict[str, bytes] = {qid: body for qid, body in rows}
-    new_ids: list[str] = []
+    new_ids: list[tuple[str, str]] = []
     for qid, group in by_message.items():
         body = build_notice(group, bodies.get(qid, b""), host, now)
         new_id = new_queue_id()
@@ -152,5 +155,5 @@ async def build_bounces(
             notify="", status=RecipientStatus.PENDING, transport="", nexthop="", attempts=0,
             next_attempt_at=now, dsn_status="", last_reply="",
         ))
-        new_ids.append(new_id)
+        new_ids.append((qid, new_id))
     return new_ids

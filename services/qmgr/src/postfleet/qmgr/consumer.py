@@ -73,10 +73,10 @@ async def consume_results(
                 await m.ack()
             except Exception as exc:
                 log.warning("ack failed (%s); the repeat will be harmless", exc)
-        for qid, program, line in applied.log_lines:
-            maillog(program, qid, line)
-        for qid in applied.new_queue_ids:
-            maillog("bounce", qid, "sender non-delivery notification queued")
+        for qid, notice in applied.notices:
+            maillog("bounce", qid, f"sender non-delivery notification: {notice}")
+        for qid, line in applied.log_lines:
+            maillog("qmgr", qid, line)
         RESULTS.labels("delivered").inc(applied.delivered)
         RESULTS.labels("deferred").inc(applied.deferred)
         RESULTS.labels("bounced").inc(applied.bounced)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from nats.aio.msg import Msg
 
 from postfleet.core.bus import subjects
-from postfleet.core.bus.connect import connect, ensure_bus
+from postfleet.core.bus.connect import close, connect, ensure_bus
 from postfleet.core.db.engine import create_engine
 from postfleet.core.db.migrate import upgrade
 from postfleet.core.logs import setup_logging
@@ -67,8 +66,7 @@ async def run(settings: QmgrSettings) -> None:
             t.cancel()
         await scheduler.release_waiting()
     await routing.stop()
-    with contextlib.suppress(Exception):
-        await nc.drain()
+    await close(nc)
     await engine.dispose()
 
 

@@ -46,8 +46,11 @@ class Applied:
     deferred: int = 0
     bounced: int = 0
     expired: int = 0
-    log_lines: list[tuple[str, str, str]] = field(default_factory=list)  # (qid, program, text)
-    new_queue_ids: list[str] = field(default_factory=list)
+    # Mail log lines qmgr owns (delivery logs each attempt itself):
+    # expiries and removals, as (queue id, text).
+    log_lines: list[tuple[str, str]] = field(default_factory=list)
+    # (original queue id, notice queue id) per non-delivery notice queued.
+    notices: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -95,14 +98,14 @@ async def apply_results(
             applied.deferred = len(defer_rows)
         bounce_items = await _fail(conn, failed, messages, applied)
         if bounce_items:
-            applied.new_queue_ids = await build_bounces(conn, bounce_items, myhostname, now)
+            applied.notices = await build_bounces(conn, bounce_items, myhostname, now)
         if logs:
             await conn.execute(insert(DeliveryLog), logs)
         await _mark_deferred(conn, {r["queue_id"] for r in logs if r["status"] == "deferred"})
-        await _remove_finished(conn, qids)
-    applied.log_lines = [
-        (str(r["queue_id"]), str(r["transport"]), _line(r)) for r in logs
-    ]
+        removed = await _remove_finished(conn, qids)
+    applied.log_lines = [(str(r["queue_id"]), _line(r) + ", returned to sender")
+                         for r in logs if r["status"] == "expired"]
+    applied.log_lines += [(qid, "removed") for qid in sorted(removed)]
     return applied
 
 
@@ -172,7 +175,8 @@ async def _fail(
         if msg.sender and "NEVER" not in row.notify.upper():
             items.append(BounceItem(
                 queue_id=res.queue_id, sender=msg.sender, recipient=rr.address,
-                orig_rcpt=row.orig_rcpt, dsn=rr.dsn, reply=rr.reply, relay=res.relay,
+                orig_rcpt=row.orig_rcpt, dsn=rr.dsn, reply=rr.reply,
+                diagnostic=rr.diagnostic, relay=res.relay,
                 expired=final is RecipientStatus.EXPIRED, arrived_at=msg.arrived_at,
             ))
     return items
@@ -187,15 +191,17 @@ async def _mark_deferred(conn: AsyncConnection, qids: set[object]) -> None:
         )
 
 
-async def _remove_finished(conn: AsyncConnection, qids: set[str]) -> None:
+async def _remove_finished(conn: AsyncConnection, qids: set[str]) -> set[str]:
     """Delete messages none of whose recipients is still to be delivered."""
     if not qids:
-        return
+        return set()
     open_rcpt = exists().where(Recipient.queue_id == Message.queue_id, _not_final())
-    await conn.execute(
+    removed = await conn.execute(
         delete(Message).where(Message.queue_id.in_(qids), ~open_rcpt)
+        .returning(Message.queue_id)
         .execution_options(synchronize_session=False)
     )
+    return set(removed.scalars())
 
 
 def _log_row(

@@ -112,3 +112,17 @@ async def ensure_bus(nc: Client) -> JetStreamContext:
     await ensure_streams(js)
     await routing_bucket(js)
     return js
+
+
+async def close(nc: Client, timeout: int = 2) -> None:
+    """Flush what was published, then close. Not ``drain()``: a role closes
+    only after its work is done, and drain waits out pending pull requests
+    (up to its 30 s timeout) for nothing."""
+    try:
+        await nc.flush(timeout=timeout)
+    except Exception as exc:
+        log.debug("flush before close failed: %s", exc)
+    try:
+        await nc.close()
+    except Exception as exc:
+        log.debug("close failed: %s", exc)

@@ -26,7 +26,7 @@ class SmtpReply:
         return self.code >= 500
 
     def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}"
+        return " ".join(str(part) for part in (self.code, self.status, self.text) if part)
 
     def with_text(self, text: str) -> SmtpReply:
         return SmtpReply(self.code, self.status, text)
@@ -79,3 +79,34 @@ def parse_reply(code: int, text: str, default_status: str | None = None) -> Smtp
         return SmtpReply(code, first, rest)
     status = default_status or f"{str(code)[0]}.0.0"
     return SmtpReply(code, status, text)
+
+
+# -- smtpd (ingress-smtp) protocol replies, Postfix smtpd(8) texts ------------
+# Texts that carry the client's address or our hostname are completed with
+# ``with_text`` at the call site, e.g. RELAY_DENIED.with_text(f"<{rcpt}>: ...").
+NOOP_OK = SmtpReply(250, "2.0.0", "Ok")
+NEED_HELO = SmtpReply(503, "5.5.1", "Error: send HELO/EHLO first")
+HELO_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: HELO hostname")
+EHLO_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: EHLO hostname")
+MAIL_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+RCPT_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+DATA_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: DATA")
+VRFY_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: VRFY address")
+BAD_SIZE_SYNTAX = SmtpReply(501, "5.5.4", "Bad message size syntax")
+BAD_BODY_SYNTAX = SmtpReply(501, "5.5.4", "Unsupported BODY parameter")
+UNSUPPORTED_OPTION = SmtpReply(555, "5.5.4", "Unsupported option")  # + ": NAME"
+UNKNOWN_COMMAND = SmtpReply(502, "5.5.2", "Error: command not recognized")
+NOT_IMPLEMENTED = SmtpReply(502, "5.5.1", "Error: command not implemented")
+BAD_SYNTAX = SmtpReply(500, "5.5.2", "Error: bad syntax")
+LINE_TOO_LONG = SmtpReply(500, "5.5.2", "Error: command line too long")
+AUTH_NOT_ENABLED = SmtpReply(503, "5.5.1", "Error: authentication not enabled")
+VRFY_ANSWER = SmtpReply(252, "2.0.0", "")  # Postfix: "252 2.0.0 <address as given>"
+BARE_LF_REJECTED = SmtpReply(550, "5.5.2", "Error: bare <LF> received")
+RELAY_DEFERRED = SmtpReply(454, "4.7.1", "Relay access denied")
+RCPT_ACCESS_DENIED = SmtpReply(554, "5.7.1", "Recipient address rejected: Access denied")
+RCPT_ACCESS_DEFERRED = SmtpReply(450, "4.7.1", "Recipient address rejected: Access denied")
+CONFIG_ERROR = SmtpReply(451, "4.3.5", "Server configuration error")
+# 421 replies name the server first: with_text(f"{myhostname} {r.text}").
+TOO_MANY_ERRORS = SmtpReply(421, "4.7.0", "Error: too many errors")
+TIMEOUT_EXCEEDED = SmtpReply(421, "4.4.2", "Error: timeout exceeded")
+SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down, closing transmission channel")

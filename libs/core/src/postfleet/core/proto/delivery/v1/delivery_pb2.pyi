@@ -105,6 +105,7 @@ class RecipientResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     DSN_FIELD_NUMBER: _builtins.int
     REPLY_FIELD_NUMBER: _builtins.int
+    DIAGNOSTIC_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     address: _builtins.str
     status: _builtins.str
@@ -112,7 +113,11 @@ class RecipientResult(_message.Message):
     dsn: _builtins.str
     """enhanced status code, e.g. 2.0.0"""
     reply: _builtins.str
-    """remote reply or local explanation"""
+    """remote reply or local explanation, as logged"""
+    diagnostic: _builtins.str
+    """The bare remote reply ("550 5.1.1 ..."), for a DSN's Diagnostic-Code;
+    empty when the outcome is local (connect failure, timeout, ...).
+    """
     def __init__(
         self,
         *,
@@ -121,10 +126,11 @@ class RecipientResult(_message.Message):
         status: _builtins.str = ...,
         dsn: _builtins.str = ...,
         reply: _builtins.str = ...,
+        diagnostic: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "dsn", b"dsn", "id", b"id", "reply", b"reply", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "diagnostic", b"diagnostic", "dsn", b"dsn", "id", b"id", "reply", b"reply", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,262 @@
+"""kopf handlers: MailDomain and Transport resources -> one routing snapshot in
+NATS KV, and each resource's status (the operator's postmap + ``postfix reload``).
+
+Every create, update, resume and delete recompiles the whole set from kopf
+indexes (kopf fills them from its initial listing before any handler runs, so
+a restarted operator never publishes a partial set), publishes the snapshot
+when its content changed (a new version) and writes the resource's status:
+a ``Ready`` condition, the exact error when it is left out, ``snapshotVersion``
+(the snapshot in force when the status last changed) and
+``observedGeneration``. A resource's status can change because of another one
+(a conflict is resolved when the older resource goes away), so a per-resource
+timer re-checks it every ``status_interval`` seconds. Deletion runs behind a
+finalizer: the entry leaves the snapshot before the object goes.
+
+Postfix parameters written: see ``compile`` (mydestination, relay_domains,
+virtual_alias_domains, virtual_alias_maps, virtual_mailbox_domains,
+transport_maps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from nats.js import JetStreamContext
+from prometheus_client import Gauge
+
+from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.routing.store import publish_snapshot, read_snapshot
+from postfleet.operator.compile import (
+    MAILDOMAIN,
+    TRANSPORT,
+    Compiled,
+    Outcome,
+    Resource,
+    ResourceKey,
+    compile_routing,
+)
+
+log = logging.getLogger(__name__)
+
+GROUP = "postfleet.io"
+VERSION = "v1alpha1"
+PLURALS = {"maildomains": MAILDOMAIN, "transports": TRANSPORT}
+INDEX_IDS = {"maildomains": "maildomain_index", "transports": "transport_index"}
+
+READY = "Ready"
+REASON_PUBLISHED = "Published"
+REASON_INVALID = "Invalid"
+MESSAGE_OK = "in the routing snapshot"
+
+SNAPSHOT_VERSION = Gauge(
+    "postfleet_operator_snapshot_version", "Version of the routing snapshot in NATS KV"
+)
+INVALID_RESOURCES = Gauge(
+    "postfleet_operator_invalid_resources", "MailDomain/Transport resources left out"
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the kopf index keeps of one resource."""
+
+    resource: Resource
+    generation: int | None
+    deleting: bool
+
+
+def entry_from_body(kind: str, body: Mapping[str, Any]) -> Entry:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    resource = Resource(
+        kind=kind,
+        namespace=meta.get("namespace") or "",
+        name=meta.get("name") or "",
+        spec=copy.deepcopy(dict(spec)) if isinstance(spec, Mapping) else spec,
+        created=meta.get("creationTimestamp") or "",
+        incumbent=_ready_condition(status).get("status") == "True"
+        and status.get("observedGeneration") == meta.get("generation"),
+    )
+    return Entry(resource, meta.get("generation"), bool(meta.get("deletionTimestamp")))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    for cond in status.get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == READY:
+            return cond
+    return {}
+
+
+class RoutingOperator:
+    """The operator's state: the latest compilation and the published version."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        base: RoutingSnapshot | None = None,
+        *,
+        status_interval: float = 5.0,
+        retry_delay: float = 5.0,
+    ) -> None:
+        self.js = js
+        self.base = base or RoutingSnapshot()
+        self.status_interval = status_interval
+        self.retry_delay = retry_delay
+        self.compiled: Compiled | None = None
+        self.version = 0
+        self._generations: dict[ResourceKey, int | None] = {}
+        self._lock = asyncio.Lock()
+
+    # -- compile + publish ---------------------------------------------------------
+    async def reconcile(self, indexes: Iterable[Mapping[Any, Iterable[Entry]]]) -> Compiled:
+        """Recompile everything indexed (minus what is being deleted); publish on change."""
+        entries = [entry for index in indexes for store in index.values() for entry in store]
+        live = [e for e in entries if not e.deleting]
+        async with self._lock:
+            compiled = compile_routing((e.resource for e in live), self.base)
+            try:
+                current = await read_snapshot(self.js)
+                if current is None or _content(current) != _content(compiled.snapshot):
+                    current = await publish_snapshot(self.js, compiled.snapshot)
+                    log.info("published routing snapshot version %d", current.version)
+            except Exception as exc:  # NATS down or slow: kopf retries the handler
+                raise kopf.TemporaryError(
+                    f"cannot publish the routing snapshot: {exc!r}", delay=self.retry_delay
+                ) from exc
+            self.compiled = compiled
+            self.version = current.version
+            self._generations = {e.resource.key: e.generation for e in live}
+            SNAPSHOT_VERSION.set(current.version)
+            INVALID_RESOURCES.set(len(compiled.errors))
+            return compiled
+
+    # -- status -----------------------------------------------------------------
+    def desired_status(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The status to write, or None when the current one is right (or unknown yet)."""
+        meta = body.get("metadata") or {}
+        key: ResourceKey = (kind, meta.get("namespace") or "", meta.get("name") or "")
+        if self.compiled is None or key not in self.compiled.outcomes:
+            return None
+        generation = meta.get("generation")
+        if self._generations.get(key) != generation:
+            return None  # a newer spec is on its way through a handler
+        outcome: Outcome = self.compiled.outcomes[key]
+        message = outcome.error if outcome.error is not None else "; ".join(outcome.notes)
+        message = message or MESSAGE_OK
+        status = "True" if outcome.ok else "False"
+        current = body.get("status") or {}
+        cond = _ready_condition(current)
+        if (
+            cond.get("status") == status
+            and cond.get("message") == message
+            and current.get("message") == message
+            and current.get("observedGeneration") == generation
+            # a wiped KV restarts numbering: never point past the version in force
+            and 0 < (current.get("snapshotVersion") or 0) <= self.version
+        ):
+            return None
+        transition = cond.get("lastTransitionTime") if cond.get("status") == status else None
+        return {
+            "conditions": [
+                {
+                    "type": READY,
+                    "status": status,
+                    "reason": REASON_PUBLISHED if outcome.ok else REASON_INVALID,
+                    "message": message,
+                    "lastTransitionTime": transition or _now(),
+                    "observedGeneration": generation,
+                }
+            ],
+            "snapshotVersion": self.version,
+            "observedGeneration": generation,
+            "message": message,
+        }
+
+    def update_status(self, kind: str, body: kopf.Body, patch: kopf.Patch) -> None:
+        desired = self.desired_status(kind, body)
+        if desired is None:
+            return
+        for name, value in desired.items():
+            patch.status[name] = value
+        if desired["conditions"][0]["status"] == "True":
+            kopf.info(
+                body,
+                reason=REASON_PUBLISHED,
+                message=f"routing snapshot version {self.version}: {desired['message']}",
+            )
+        else:
+            kopf.warn(body, reason=REASON_INVALID, message=desired["message"])
+
+    # -- kopf wiring --------------------------------------------------------------
+    def register(self, registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:
+        for plural, kind in PLURALS.items():
+            self._register_kind(registry, plural, kind)
+        objects_log = logging.getLogger("kopf.objects")
+        if not any(isinstance(f, _QuietStatusTimer) for f in objects_log.filters):
+            objects_log.addFilter(_QuietStatusTimer())
+        return registry
+
+    def _register_kind(self, registry: kopf.OperatorRegistry, plural: str, kind: str) -> None:
+        def index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Entry]:
+            entry = entry_from_body(kind, body)
+            return {(entry.resource.namespace, entry.resource.name): entry}
+
+        async def changed(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+            await self.reconcile(kwargs[i] for i in INDEX_IDS.values())
+            self.update_status(kind, body, patch)
+
+        async def deleted(**kwargs: Any) -> None:
+            await self.reconcile(kwargs[i] for i in INDEX_IDS.values())
+
+        def status(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+            self.update_status(kind, body, patch)
+
+        common: dict[str, Any] = {"registry": registry, "backoff": self.retry_delay}
+        kopf.index(GROUP, VERSION, plural, id=INDEX_IDS[plural], registry=registry)(index)
+        kopf.on.resume(GROUP, VERSION, plural, id="routing", **common)(changed)
+        kopf.on.create(GROUP, VERSION, plural, id="routing", **common)(changed)
+        kopf.on.update(GROUP, VERSION, plural, id="routing", **common)(changed)
+        kopf.on.delete(GROUP, VERSION, plural, id="routing", **common)(deleted)
+        kopf.timer(GROUP, VERSION, plural, id="status", interval=self.status_interval, **common)(
+            status
+        )
+
+
+class _QuietStatusTimer(logging.Filter):
+    """Drop kopf's per-run lines of the status timer (one per resource every
+    status_interval); its failures still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.INFO and record.getMessage().startswith("Timer 'status'")
+        )
+
+
+def _content(snapshot: RoutingSnapshot) -> dict[str, Any]:
+    return snapshot.model_dump(exclude={"version"})
+
+
+def kopf_settings(finalizer: str = "postfleet.io/routing") -> kopf.OperatorSettings:
+    """kopf's own settings: our finalizer name, progress kept in annotations
+    (the status belongs to the resource's Ready condition)."""
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = finalizer
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="operator.postfleet.io"
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="operator.postfleet.io", key="last-handled-configuration"
+    )
+    return settings

@@ -1,0 +1,85 @@
+"""Wiring for ``python -m postfleet.operator``: connect to NATS, build the kopf
+registry, run kopf (standalone by default: one replica, no peering) next to the role's
+/healthz, /readyz and /metrics.
+
+Postfix parameters read: myhostname and the ``routing:`` block (the base
+tables the resources add to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from postfleet.core.bus.connect import connect, routing_bucket
+from postfleet.core.logs import setup_logging
+from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.service import Service
+from postfleet.core.settings import CONFIG_ENV
+from postfleet.operator.handlers import RoutingOperator, kopf_settings
+from postfleet.operator.settings import OperatorSettings
+
+LoginFn = Callable[..., kopf.ConnectionInfo | None]
+
+
+def cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+async def serve(settings: OperatorSettings, login: LoginFn = cluster_login) -> None:
+    """Run until SIGTERM/SIGINT."""
+    nc = await connect(settings.nats_url, "postfleet-operator")
+    try:
+        js = nc.jetstream()
+        await routing_bucket(js)
+        base = RoutingSnapshot.from_config(settings.routing, myhostname=settings.myhostname)
+        operator = RoutingOperator(
+            js, base, status_interval=settings.status_interval, retry_delay=settings.retry_delay
+        )
+        registry = operator.register(kopf.OperatorRegistry())
+        kopf.on.login(registry=registry)(login)
+        kopf_ready = asyncio.Event()
+        async with Service("operator", settings) as svc:
+            svc.add_check("nats", lambda: nc.is_connected)
+            svc.add_check("kopf", kopf_ready.is_set)
+            svc.set_ready(True)
+            namespaces = settings.namespaces
+            others = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+            tasks = await kopf.spawn_tasks(
+                registry=registry,
+                settings=kopf_settings(settings.finalizer),
+                standalone=settings.operator_standalone,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                stop_flag=svc.stopping,
+                ready_flag=kopf_ready,
+            )
+            # kopf took SIGTERM/SIGINT for itself: hand them back to the Service, whose
+            # stop flag kopf watches (and /readyz turns false while draining).
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, svc.request_stop)
+            # kopf ends cancelled when asked to stop: that is our exit.
+            with contextlib.suppress(asyncio.CancelledError):
+                await kopf.run_tasks(tasks, ignored=others)
+    finally:
+        await nc.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="postfleet-operator", description=__doc__)
+    parser.add_argument("--config", help="postfleet YAML file (default: $POSTFLEET_CONFIG)")
+    args = parser.parse_args(argv)
+    if args.config:
+        os.environ[CONFIG_ENV] = args.config
+    settings = OperatorSettings()
+    setup_logging("operator", settings.log_format, settings.log_level)
+    asyncio.run(serve(settings))

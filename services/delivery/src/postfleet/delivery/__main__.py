@@ -1,0 +1,3 @@
+from postfleet.delivery.main import main
+
+main()

@@ -1,0 +1,88 @@
+"""Pure pieces of the delivery role: nexthop syntax, DATA framing, SMTP paths,
+settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from postfleet.delivery.nexthop import Nexthop, NexthopError, parse_nexthop
+from postfleet.delivery.settings import DeliverySettings
+from postfleet.delivery.smtp import dot_stuff, smtp_path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[127.0.0.1]:2526", Nexthop("127.0.0.1", 2526, True)),
+        ("[relay.univ.es]", Nexthop("relay.univ.es", 25, True)),
+        ("smtp.univ.es:587", Nexthop("smtp.univ.es", 587, False)),
+        ("smtp.univ.es", Nexthop("smtp.univ.es", 25, False)),
+        ("[2001:db8::1]:25", Nexthop("2001:db8::1", 25, True)),
+        ("[ipv6:2001:db8::1]", Nexthop("2001:db8::1", 25, True)),
+        ("[mx.test]:submission", Nexthop("mx.test", 587, True)),
+        (" [mx.test]:2525 ", Nexthop("mx.test", 2525, True)),
+    ],
+)
+def test_parse_nexthop(text: str, expected: Nexthop) -> None:
+    assert parse_nexthop(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "[mx.test", "[mx.test]x", "mx.test:", "mx.test:99999", "2001:db8::1",
+             "[]:25", "mx.test:nosuchservice"],
+)
+def test_bad_nexthop(text: str) -> None:
+    with pytest.raises(NexthopError):
+        parse_nexthop(text)
+
+
+def test_nexthop_str_is_the_pool_key() -> None:
+    assert str(parse_nexthop("[mx.test]")) == "[mx.test]:25"
+    assert str(parse_nexthop("mx.test:25")) == "mx.test:25"
+
+
+def test_dot_stuffing_once_and_crlf_kept() -> None:
+    body = b".a\r\n..b\r\nc.\r\n.\r\n"
+    assert dot_stuff(body) == b"..a\r\n...b\r\nc.\r\n..\r\n.\r\n"
+    assert dot_stuff(b"no dots\r\n") == b"no dots\r\n.\r\n"
+    assert dot_stuff(b"unterminated") == b"unterminated\r\n.\r\n"
+    assert dot_stuff(b"") == b".\r\n"
+
+
+@pytest.mark.parametrize(
+    ("address", "path"),
+    [
+        ("", "<>"),
+        ("bob@dest.test", "<bob@dest.test>"),
+        ("first.last+tag@dest.test", "<first.last+tag@dest.test>"),
+        ("john doe@dest.test", '<"john doe"@dest.test>'),
+        ('"quoted"@dest.test', '<"quoted"@dest.test>'),
+        ("a..b@dest.test", '<"a..b"@dest.test>'),
+        ("postmaster", "<postmaster>"),
+        ("josé@dest.test", "<josé@dest.test>"),
+    ],
+)
+def test_smtp_path(address: str, path: str) -> None:
+    assert smtp_path(address) == path
+
+
+def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POSTFLEET_CONFIG", raising=False)
+    monkeypatch.setenv("POSTFLEET_TRANSPORTS", "smtp, relay")
+    monkeypatch.setenv("POSTFLEET_SMTP_CONNECT_TIMEOUT", "1m")
+    monkeypatch.setenv("POSTFLEET_MYHOSTNAME", "mx.univ.es")
+    s = DeliverySettings()
+    assert s.transports == ["smtp", "relay"]
+    assert s.smtp_connect_timeout == 60.0
+    assert s.smtp_helo_name == "mx.univ.es"
+    assert s.smtp_helo_timeout == 300.0
+    assert s.smtp_data_done_timeout == 600.0
+    assert s.default_process_limit == 100
+    assert s.smtp_connection_cache_time_limit == 2.0
+    assert s.smtp_connection_reuse_time_limit == 300.0
+    assert s.delivery_ack_wait == 600.0
+    monkeypatch.setenv("POSTFLEET_TRANSPORTS", '["smtp"]')
+    monkeypatch.setenv("POSTFLEET_SMTP_HELO_NAME", "out.$myhostname")
+    s = DeliverySettings()
+    assert s.transports == ["smtp"]
+    assert s.smtp_helo_name == "out.mx.univ.es"

@@ -1,0 +1,105 @@
+"""ingress-smtp listeners: one asyncio server per configured smtpd service
+(the master.cf lines), and the SIGTERM drain.
+
+Drain: the servers stop accepting, idle sessions get ``421 4.3.2 ... Service
+shutting down`` now, sessions inside a transaction may finish it (their
+message is queued and answered) and are closed at their next command; what
+is left after ``drain_timeout`` is closed with the same 421. A client that
+hears 421 retries elsewhere, so nothing acknowledged is lost and nothing
+unacknowledged is kept.
+
+Postfix parameters: the per-listener overrides of every smtpd parameter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+from postfleet.core.routing.store import RoutingView
+from postfleet.core.smtp import replies
+from postfleet.ingress_smtp.handler import IngressHandler
+from postfleet.ingress_smtp.protocol import IngressSMTP, Sessions
+from postfleet.ingress_smtp.settings import IngressSettings, Listener
+from postfleet.ingress_smtp.submit import CleanupClient
+
+log = logging.getLogger(__name__)
+
+
+class Listeners:
+    def __init__(
+        self, settings: IngressSettings, routing: RoutingView, cleanup: CleanupClient
+    ) -> None:
+        self.settings = settings
+        self.routing = routing
+        self.cleanup = cleanup
+        self.sessions = Sessions()
+        self.ports: dict[str, int] = {}
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self) -> None:
+        try:
+            for listener in self.settings.listeners:
+                await self._start_one(listener)
+        except BaseException:
+            await self.drain(0)
+            raise
+
+    async def _start_one(self, listener: Listener) -> None:
+        loop = asyncio.get_running_loop()
+        params = self.settings.params_for(listener)
+        handler = IngressHandler(
+            listener=listener.name, params=params, routing=self.routing, cleanup=self.cleanup
+        )
+        myhostname = self.settings.myhostname
+
+        def session() -> IngressSMTP:
+            return IngressSMTP(
+                handler, params=params, myhostname=myhostname, listener=listener.name,
+                sessions=self.sessions, bare_newline_exempt=handler.bare_newline_exempt,
+                loop=loop,
+            )
+
+        server = await loop.create_server(
+            session, host=listener.address, port=listener.port, reuse_address=True
+        )
+        self._servers.append(server)
+        self.ports[listener.name] = int(server.sockets[0].getsockname()[1])
+        log.info("smtpd %s listening on %s:%d", listener.name, listener.address,
+                 self.ports[listener.name])
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let sessions finish up to ``timeout``, close the rest."""
+        for server in self._servers:
+            server.close()
+        for live in self.sessions:
+            live.begin_drain()
+        if len(self.sessions):
+            log.info("draining %d SMTP sessions (up to %.0fs)", len(self.sessions), timeout)
+            try:
+                await asyncio.wait_for(self.sessions.empty.wait(), timeout)
+            except TimeoutError:
+                log.warning("closing %d SMTP sessions at the drain deadline",
+                            len(self.sessions))
+                for live in self.sessions:
+                    live.hang_up(replies.SHUTTING_DOWN)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.sessions.empty.wait(), 2)
+        for server in self._servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 2)
+        self._servers.clear()
+
+    async def __aenter__(self) -> Listeners:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.drain(0)

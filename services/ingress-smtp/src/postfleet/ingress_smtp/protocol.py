@@ -1,0 +1,403 @@
+"""ingress-smtp: the SMTP protocol engine (Postfix smtpd.c's command loop and
+smtp_stream.c), on aiosmtpd.
+
+aiosmtpd gives the connection handling, the command loop, line limits and
+the idle timer; this subclass gives it Postfix's grammar and replies:
+HELO/EHLO (PIPELINING, SIZE, VRFY, ENHANCEDSTATUSCODES, 8BITMIME), MAIL with
+the null sender and SIZE=/BODY=, RCPT, a DATA reader that ends only at
+<CR><LF>.<CR><LF> and applies smtpd_forbid_bare_newline, accepts long lines
+(as Postfix does) and enforces message_size_limit, the error limits, the
+Postfix timeout reply, and SIGTERM drain. Policy (restrictions, recipient
+limit) and submission live in the handler (``handler.py``) behind aiosmtpd's
+``handle_MAIL``/``handle_RCPT``/``handle_DATA`` hooks; address parsing and
+reply formatting in ``grammar.py``; per-client state in ``session.py``.
+
+Postfix parameters: message_size_limit, line_length_limit, smtpd_timeout,
+smtpd_banner, smtpd_hard_error_limit, smtpd_soft_error_limit,
+smtpd_error_sleep_time, smtpd_recipient_overshoot_limit,
+smtpd_forbid_bare_newline, smtpd_helo_required, smtpd_peername_lookup.
+
+Relies on aiosmtpd 1.4.x internals (``_smtp_methods``, ``_handler_coroutine``,
+``_timeout_handle``, ``_reader``); pin the minor version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, Envelope
+
+from postfleet.core.smtp import replies
+from postfleet.core.smtp.replies import SmtpReply
+from postfleet.ingress_smtp.grammar import (
+    after_keyword,
+    parse_path,
+    postfix_text,
+    reply_line,
+    unsupported,
+)
+from postfleet.ingress_smtp.metrics import CONNECTIONS, REJECTS, SESSIONS
+from postfleet.ingress_smtp.session import IngressSession, Sessions
+from postfleet.ingress_smtp.settings import SmtpdParams
+
+log = logging.getLogger(__name__)
+
+_TIMER_RESET_EVERY = 1.0  # seconds between idle-timer resets while DATA streams in
+
+
+class IngressSMTP(SMTP):
+    """One SMTP session, Postfix-flavoured."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        params: SmtpdParams,
+        myhostname: str,
+        listener: str,
+        sessions: Sessions,
+        bare_newline_exempt: Callable[[str], bool] = lambda ip: False,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        limit = params.line_length_limit
+        # Read by SMTP.__init__ (stream limit) and the command loop.
+        self.line_length_limit = limit
+        self.command_size_limit = limit
+        self.command_size_limits = collections.defaultdict(lambda: limit)
+        self.params = params
+        self.myhostname = myhostname
+        self.listener = listener
+        self.draining = False
+        self._sessions = sessions
+        self._bare_newline_exempt = bare_newline_exempt
+        self._banner = params.banner(myhostname)
+        self._greeted = False
+        self._busy = False
+        super().__init__(
+            handler,
+            data_size_limit=params.message_size_limit or None,
+            enable_SMTPUTF8=False,
+            decode_data=False,
+            hostname=myhostname,
+            timeout=params.smtpd_timeout,
+            loop=loop or asyncio.get_running_loop(),
+        )
+        self._smtp_methods = {
+            name: self._guard(name, method) for name, method in self._smtp_methods.items()
+        }
+
+    # -- session bookkeeping ---------------------------------------------------
+    def _create_session(self) -> IngressSession:
+        return IngressSession(self.loop)
+
+    # Methods, not properties: aiosmtpd inspects every attribute in __init__.
+    def smtpd_session(self) -> IngressSession:
+        assert isinstance(self.session, IngressSession)
+        return self.session
+
+    def transaction(self) -> Envelope:
+        assert self.envelope is not None
+        return self.envelope
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self._sessions.add(self)
+            CONNECTIONS.labels(self.listener).inc()
+            SESSIONS.labels(self.listener).inc()
+            self.smtpd_session().start_name_lookup(self.params.smtpd_peername_lookup)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.session is not None:
+            self.smtpd_session().cancel_lookup()
+        if self in self._sessions:
+            self._sessions.discard(self)
+            SESSIONS.labels(self.listener).dec()
+        super().connection_lost(error)
+
+    # -- replies -----------------------------------------------------------------
+    async def push(self, status: Any) -> None:
+        text = status.decode("ascii", "replace") if isinstance(status, bytes) else str(status)
+        if not self._greeted and text.startswith("220"):
+            self._greeted = True
+            text = f"220 {self._banner}"
+        text = postfix_text(text)
+        code, final = text[:3], text[3:4] != "-"
+        failing = code[:1] in ("4", "5")
+        session = self.smtpd_session()
+        if failing:
+            REJECTS.labels(self.listener, code).inc()
+            if self._counts_as_error(text):
+                session.error_count += 1
+        if final and session.error_count >= self.params.smtpd_soft_error_limit:
+            await asyncio.sleep(self.params.smtpd_error_sleep_time)
+        await super().push(text)
+        if failing and code != "421" and session.error_count >= self.params.smtpd_hard_error_limit:
+            log.info("too many errors from %s", session.describe())
+            self.hang_up(replies.TOO_MANY_ERRORS)
+
+    def _counts_as_error(self, text: str) -> bool:
+        if text.startswith("421") or text.startswith(reply_line(replies.QUEUE_UNAVAILABLE)):
+            return False
+        if text.startswith("452 4.5.3"):
+            return self.smtpd_session().rcpt_overshoot > self.params.smtpd_recipient_overshoot_limit
+        return True
+
+    async def reply(self, reply: SmtpReply) -> None:
+        await self.push(reply_line(reply))
+
+    def hang_up(self, reply: SmtpReply | None) -> None:
+        """Send a 421 naming this server (if given) and close the session; safe
+        from any context, including the session's own command."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            if reply is not None:
+                line = reply_line(reply.with_text(f"{self.myhostname} {reply.text}"))
+                REJECTS.labels(self.listener, str(reply.code)).inc()
+                transport.write(line.encode("ascii") + b"\r\n")
+            transport.close()
+        task = self._handler_coroutine
+        if task is not None and not task.done():
+            task.cancel()
+
+    def _timeout_cb(self) -> None:
+        log.info("timeout after %s from %s", self.params.smtpd_timeout,
+                 self.smtpd_session().describe())
+        self.hang_up(replies.TIMEOUT_EXCEEDED)
+
+    # -- drain -------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """Stop taking new transactions; idle sessions are closed now."""
+        self.draining = True
+        if not self._busy and not self.in_transaction:
+            self.hang_up(replies.SHUTTING_DOWN)
+
+    def _guard(
+        self, name: str, method: Callable[[str | None], Awaitable[None]]
+    ) -> Callable[[str | None], Awaitable[None]]:
+        async def run(arg: str | None) -> None:
+            if self.draining and name != "QUIT" and not self.in_transaction:
+                self.hang_up(replies.SHUTTING_DOWN)
+                return
+            self._busy = True
+            try:
+                await method(arg)
+            finally:
+                self._busy = False
+            if self.draining and not self.in_transaction:
+                self.hang_up(replies.SHUTTING_DOWN)
+
+        return run
+
+    # -- commands ----------------------------------------------------------------
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.reply(replies.HELO_SYNTAX)
+            return
+        self._set_rset_state()
+        self.smtpd_session().extended_smtp = False
+        self.smtpd_session().host_name = hostname
+        await self.push(f"250 {self.myhostname}")
+
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.reply(replies.EHLO_SYNTAX)
+            return
+        self._set_rset_state()
+        self.smtpd_session().extended_smtp = True
+        self.smtpd_session().host_name = hostname
+        limit = self.params.message_size_limit
+        lines = [
+            self.myhostname, "PIPELINING", f"SIZE {limit}" if limit else "SIZE", "VRFY",
+            "ENHANCEDSTATUSCODES", "8BITMIME",
+        ]
+        for line in lines[:-1]:
+            await self.push(f"250-{line}")
+        await self.push(f"250 {lines[-1]}")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.params.smtpd_helo_required and not self.smtpd_session().host_name:
+            await self.reply(replies.NEED_HELO)
+            return
+        if self.in_transaction:
+            await self.reply(replies.NESTED_MAIL)
+            return
+        rest = after_keyword(arg, "FROM:")
+        if rest is None:
+            await self.reply(replies.MAIL_SYNTAX)
+            return
+        path = parse_path(rest)
+        if path is None:
+            await self.reply(replies.BAD_SENDER_SYNTAX)
+            return
+        address, params = path
+        problem = self._mail_params(params)
+        if problem is not None:
+            await self.reply(problem)
+            return
+        self.smtpd_session().rcpt_overshoot = 0
+        status = await self._call_handler_hook("MAIL", address, params)
+        if status is MISSING:
+            self.transaction().mail_from = address
+            self.transaction().mail_options.extend(params)
+            status = reply_line(replies.SENDER_OK)
+        await self.push(status)
+
+    def _mail_params(self, params: list[str]) -> SmtpReply | None:
+        for param in params:
+            key, _, value = param.partition("=")
+            key = key.upper()
+            if key == "SIZE":
+                if not value.isdigit():
+                    return replies.BAD_SIZE_SYNTAX
+                limit = self.params.message_size_limit
+                if limit and int(value) > limit:
+                    return replies.SIZE_EXCEEDED
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    return replies.BAD_BODY_SYNTAX
+            else:
+                return unsupported(param)
+        return None
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not self.in_transaction:
+            await self.reply(replies.NEED_MAIL)
+            return
+        rest = after_keyword(arg, "TO:")
+        if rest is None:
+            await self.reply(replies.RCPT_SYNTAX)
+            return
+        path = parse_path(rest)
+        if path is None or not path[0]:
+            await self.reply(replies.BAD_ADDRESS_SYNTAX)
+            return
+        address, params = path
+        if params:
+            await self.reply(unsupported(params[0]))
+            return
+        status = await self._call_handler_hook("RCPT", address, params)
+        if status is MISSING:
+            self.transaction().rcpt_tos.append(address)
+            status = reply_line(replies.RCPT_OK)
+        await self.push(status)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if not self.transaction().rcpt_tos:
+            await self.reply(replies.NEED_RECIPIENTS if self.in_transaction
+                             else replies.NEED_RCPT)
+            return
+        if arg:
+            await self.reply(replies.DATA_SYNTAX)
+            return
+        await self.reply(replies.DATA_GO)
+        result = await self._read_content()
+        if result is None:
+            return  # the session is gone
+        body, problem = result
+        if problem is not None:
+            self._set_post_data_state()
+            await self.reply(problem)
+            return
+        self.transaction().original_content = body
+        self.transaction().content = body
+        # Waiting for cleanup is not client idle time (smtpd_timeout is for I/O).
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if self.transport is not None:
+                self._reset_timeout()
+            self._set_post_data_state()
+        await self.push(reply_line(replies.OK) if status is MISSING else status)
+
+    async def _read_content(self) -> tuple[bytes, SmtpReply | None] | None:
+        """Read DATA up to <CR><LF>.<CR><LF>: (dot-unstuffed bytes, refusal)."""
+        mode = self.params.smtpd_forbid_bare_newline
+        if mode != "no" and self._bare_newline_exempt(self.smtpd_session().client_ip):
+            mode = "no"
+        limit = self.params.message_size_limit
+        parts: list[bytes] = []
+        size = 0
+        too_big = False
+        line_start = True  # the next piece begins a line
+        after_crlf = True  # the previous line ended in <CR><LF> (DATA counts)
+        prev_tail = b""  # last byte of the previous piece of a long line
+        reader = self._reader
+        last_reset = self.loop.time()
+        while True:
+            try:
+                piece: bytes = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as exc:
+                piece = await reader.read(exc.consumed)  # part of a long line
+            except asyncio.IncompleteReadError:
+                self.hang_up(None)
+                return None
+            if self.loop.time() - last_reset > _TIMER_RESET_EVERY:
+                self._reset_timeout()
+                last_reset = self.loop.time()
+            if line_start and after_crlf and piece == b".\r\n":
+                break
+            complete = piece.endswith(b"\n")
+            crlf = piece.endswith(b"\r\n") or (
+                piece == b"\n" and not line_start and prev_tail == b"\r"
+            )
+            if complete and not crlf:
+                if mode == "reject":
+                    await self.reply(replies.BARE_LF_REJECTED)
+                    self.hang_up(None)
+                    return None
+                if mode == "normalize":
+                    piece = piece[:-1] + b"\r\n"
+            if line_start and piece.startswith(b"."):
+                piece = piece[1:]
+            size += len(piece)
+            if limit and size > limit and not too_big:
+                too_big = True
+                parts.clear()  # keep reading to the end, keep nothing
+            if not too_big:
+                parts.append(piece)
+            line_start, after_crlf = (True, crlf) if complete else (False, after_crlf)
+            prev_tail = b"" if complete else piece[-1:]
+        if too_big:
+            return b"", replies.SIZE_EXCEEDED
+        return b"".join(parts), None
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        self._set_rset_state()
+        await self.reply(replies.RESET_OK)
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        await self.reply(replies.NOOP_OK)
+
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        await self.reply(replies.BYE)
+        self.hang_up(None)
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        if not arg:
+            await self.reply(replies.VRFY_SYNTAX)
+            return
+        await self.reply(replies.VRFY_ANSWER.with_text(arg))
+
+    async def smtp_HELP(self, arg: str | None) -> None:
+        await self.reply(replies.UNKNOWN_COMMAND)
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        await self.reply(replies.UNKNOWN_COMMAND)
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        await self.reply(replies.AUTH_NOT_ENABLED)
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        await self.reply(replies.NOT_IMPLEMENTED)

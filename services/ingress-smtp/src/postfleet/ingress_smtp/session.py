@@ -1,0 +1,124 @@
+"""ingress-smtp: what smtpd keeps per client -- address, verified name
+(Postfix's forward-confirmed reverse lookup), HELO, error counters -- and the
+set of live sessions that SIGTERM drains.
+
+Postfix parameters: smtpd_peername_lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiosmtpd.smtp import Session
+
+from postfleet.ingress_smtp.restrictions import normalize_ip
+
+if TYPE_CHECKING:
+    from postfleet.ingress_smtp.protocol import IngressSMTP
+
+NAME_LOOKUP_TIMEOUT = 5.0
+
+
+async def lookup_client_name(ip: str) -> str:
+    """The forward-confirmed reverse name of ``ip``, or "unknown" (Postfix)."""
+    if not ip:
+        return "unknown"
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(NAME_LOOKUP_TIMEOUT):
+            name, _ = await loop.getnameinfo((ip, 0), socket.NI_NAMEREQD)
+            infos = await loop.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, TimeoutError, UnicodeError):
+        return "unknown"
+    if any(normalize_ip(str(info[4][0])) == ip for info in infos):
+        return name
+    return "unknown"
+
+
+class IngressSession(Session):
+    """aiosmtpd's session plus what smtpd keeps per client."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.error_count = 0
+        self.rcpt_overshoot = 0
+        self.sasl_username = ""
+        self.client_name = "unknown"  # verified reverse name, once looked up
+        self._lookup: asyncio.Task[str] | None = None
+
+    @property
+    def client_ip(self) -> str:
+        peer = self.peer
+        if isinstance(peer, tuple) and peer:
+            return normalize_ip(str(peer[0]))
+        return ""
+
+    @property
+    def client_port(self) -> int:
+        peer = self.peer
+        return int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
+
+    @property
+    def helo(self) -> str:
+        return str(self.host_name or "")
+
+    @property
+    def protocol(self) -> str:
+        return "ESMTP" if self.extended_smtp else "SMTP"
+
+    def start_name_lookup(self, enabled: bool) -> None:
+        """smtpd_peername_lookup: resolve the client's name while it talks."""
+        if enabled and self.client_ip:
+            self._lookup = asyncio.get_running_loop().create_task(
+                lookup_client_name(self.client_ip), name="smtpd-peername"
+            )
+
+    async def resolved_name(self) -> str:
+        """The client's name, waiting for the lookup if it is still running."""
+        lookup = self._lookup
+        if lookup is not None:
+            try:
+                self.client_name = await asyncio.shield(lookup)
+            except asyncio.CancelledError:
+                if not lookup.cancelled():
+                    raise  # we are being cancelled, not the lookup
+            self._lookup = None
+        return self.client_name
+
+    def cancel_lookup(self) -> None:
+        if self._lookup is not None and not self._lookup.done():
+            self._lookup.cancel()
+
+    def describe(self) -> str:
+        """Postfix's ``name[address]``."""
+        return f"{self.client_name}[{self.client_ip}]"
+
+
+class Sessions:
+    """The live sessions of the listeners, for drain."""
+
+    def __init__(self) -> None:
+        self._live: set[IngressSMTP] = set()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def add(self, session: IngressSMTP) -> None:
+        self._live.add(session)
+        self.empty.clear()
+
+    def discard(self, session: IngressSMTP) -> None:
+        self._live.discard(session)
+        if not self._live:
+            self.empty.set()
+
+    def __contains__(self, session: object) -> bool:
+        return session in self._live
+
+    def __iter__(self) -> Iterator[IngressSMTP]:
+        return iter(list(self._live))
+
+    def __len__(self) -> int:
+        return len(self._live)

@@ -1,0 +1,171 @@
+"""ingress-smtp settings: Postfix smtpd(8) parameters with Postfix's defaults.
+
+Postfix parameters: myhostname (CommonSettings), message_size_limit,
+smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
+smtpd_banner, mail_name, smtpd_hard_error_limit, smtpd_soft_error_limit,
+smtpd_error_sleep_time, line_length_limit, smtpd_forbid_bare_newline,
+smtpd_forbid_bare_newline_exclusions, smtpd_helo_required,
+smtpd_peername_lookup, smtpd_relay_restrictions,
+smtpd_recipient_restrictions. The ``listeners`` list is master.cf: one entry
+per smtpd service, each with ``overrides`` playing the part of ``-o
+name=value``. Environment: ``POSTFLEET_<NAME>`` (``POSTFLEET_LISTENERS`` is
+JSON); YAML: top level or the ``ingress_smtp:`` section.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import NoDecode
+
+from postfleet.core.settings import CommonSettings
+from postfleet.core.timeparse import Seconds
+from postfleet.ingress_smtp.restrictions import (
+    DEFAULT_RELAY_RESTRICTIONS,
+    check_no_open_relay,
+    parse_network,
+    validate_restrictions,
+)
+
+MAIL_NAME = "postfleet"
+
+
+def _postfix_list(value: object) -> object:
+    """Postfix lists are "a, b c" strings; YAML/JSON lists are taken as they are."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [v for v in re.split(r"[,\s]+", text) if v]
+    return value
+
+
+def _bare_newline(value: object) -> object:
+    # Postfix 3.9: "yes" is a synonym for "normalize".
+    text = str(value).strip().lower()
+    return "normalize" if text == "yes" else text
+
+
+PostfixList = Annotated[list[str], NoDecode, BeforeValidator(_postfix_list)]
+BareNewline = Annotated[
+    Literal["normalize", "reject", "no"], BeforeValidator(_bare_newline)
+]
+
+
+class SmtpdParams(BaseModel):
+    """The per-session parameters; a listener may override any of them (-o)."""
+
+    # Bytes of message content; 0 = no limit.
+    message_size_limit: int = Field(default=10240000, ge=0)
+    smtpd_recipient_limit: int = Field(default=1000, ge=0)
+    # 452 "too many recipients" replies before they count as errors.
+    smtpd_recipient_overshoot_limit: int = Field(default=1000, ge=0)
+    smtpd_timeout: Seconds = 300.0
+    smtpd_banner: str = "$myhostname ESMTP $mail_name"
+    smtpd_hard_error_limit: int = Field(default=20, ge=1)
+    smtpd_soft_error_limit: int = Field(default=10, ge=1)
+    smtpd_error_sleep_time: Seconds = 1.0
+    # Longest command line, and the piece size of long message lines (which
+    # are accepted, as Postfix does, not rejected).
+    line_length_limit: int = Field(default=2048, ge=512)
+    # Postfix >= 3.9 default: accept bare <LF> as a line end but end DATA only
+    # at <CR><LF>.<CR><LF> (SMTP smuggling defence); "reject" answers 550 5.5.2.
+    smtpd_forbid_bare_newline: BareNewline = "normalize"
+    smtpd_forbid_bare_newline_exclusions: PostfixList = Field(
+        default_factory=lambda: ["$mynetworks"]
+    )
+    smtpd_helo_required: bool = False
+    smtpd_peername_lookup: bool = True
+    smtpd_relay_restrictions: PostfixList = Field(
+        default_factory=lambda: list(DEFAULT_RELAY_RESTRICTIONS)
+    )
+    smtpd_recipient_restrictions: PostfixList = Field(default_factory=list)
+
+    @field_validator("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+    @classmethod
+    def _known(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return validate_restrictions(info.field_name or "restrictions", value)
+
+    @field_validator("smtpd_forbid_bare_newline_exclusions")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry != "$mynetworks":
+                parse_network(entry)
+        return value
+
+    @model_validator(mode="after")
+    def _not_open(self) -> SmtpdParams:
+        check_no_open_relay(self.smtpd_relay_restrictions, self.smtpd_recipient_restrictions)
+        return self
+
+    def banner(self, myhostname: str) -> str:
+        return (self.smtpd_banner.replace("${myhostname}", myhostname)
+                .replace("$myhostname", myhostname)
+                .replace("${mail_name}", MAIL_NAME).replace("$mail_name", MAIL_NAME))
+
+
+_PARAM_NAMES = frozenset(SmtpdParams.model_fields)
+
+
+class Listener(BaseModel):
+    """One smtpd service (a master.cf line): where it listens and its -o overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    address: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)  # 0 picks a free port (tests)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("overrides")
+    @classmethod
+    def _overridable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - _PARAM_NAMES)
+        if unknown:
+            raise ValueError(
+                f"not a per-listener smtpd parameter: {', '.join(unknown)} "
+                f"(allowed: {', '.join(sorted(_PARAM_NAMES))})"
+            )
+        return value
+
+
+class IngressSettings(CommonSettings, SmtpdParams):
+    config_section: ClassVar[str] = "ingress_smtp"
+
+    # The laptop default; Kubernetes sets 0.0.0.0:25 (and 587, ...) per chart.
+    listeners: list[Listener] = Field(
+        default_factory=lambda: [Listener(name="smtp", address="127.0.0.1", port=2525)]
+    )
+    # The deadline of one gRPC Submit to cleanup (envelope + body + commit).
+    cleanup_timeout: Seconds = 60.0
+    # SIGTERM: in-flight sessions get this long to finish (kept below the
+    # Kubernetes default terminationGracePeriodSeconds of 30).
+    drain_timeout: Seconds = 25.0
+
+    @model_validator(mode="after")
+    def _listeners_valid(self) -> IngressSettings:
+        names = [listener.name for listener in self.listeners]
+        if len(names) != len(set(names)):
+            raise ValueError(f"listener names must be unique: {names}")
+        if not self.listeners:
+            raise ValueError("at least one listener is required")
+        for listener in self.listeners:
+            self.params_for(listener)  # overrides must validate
+        return self
+
+    def params_for(self, listener: Listener) -> SmtpdParams:
+        """The main.cf values with the listener's -o overrides on top."""
+        base = {name: getattr(self, name) for name in _PARAM_NAMES}
+        return SmtpdParams.model_validate({**base, **listener.overrides})

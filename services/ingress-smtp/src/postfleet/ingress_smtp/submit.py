@@ -1,0 +1,126 @@
+"""ingress-smtp: hand one message to cleanup over gRPC (Postfix's smtpd ->
+cleanup stream on private/cleanup).
+
+The call streams the envelope first, then the raw content in chunks of at
+most 64 KiB, and returns cleanup's queue id, which cleanup sends only once the
+message and its recipients are committed (DESIGN invariant 1). Any failure
+raises ``SubmitFailed`` carrying the reply for the client: cleanup's own SMTP
+reply when it refused the message (it puts "5xx x.y.z text" in the status
+details with RESOURCE_EXHAUSTED, INVALID_ARGUMENT, FAILED_PRECONDITION or
+PERMISSION_DENIED), else Postfix's ``451 4.3.0 Error: queue file write
+error`` so the client retries.
+
+Postfix parameters: none (the deadline is ``cleanup_timeout``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
+from postfleet.core.smtp.replies import QUEUE_UNAVAILABLE, SmtpReply
+from postfleet.ingress_smtp.metrics import SUBMIT_FAILURES, SUBMIT_SECONDS
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+
+# gRPC codes with which cleanup says "this message is refused" (not "I failed").
+_REFUSALS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+_SMTP_REPLY = re.compile(r"^([45])(\d\d) (\1\.\d{1,3}\.\d{1,3}) (.+)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    name: str
+    address: str
+    port: int
+    helo: str
+    protocol: str  # SMTP or ESMTP
+
+
+class SubmitFailed(Exception):
+    def __init__(self, reply: SmtpReply, reason: str) -> None:
+        super().__init__(f"{reason}: {reply}")
+        self.reply = reply
+        self.reason = reason
+
+
+def reply_for_status(code: Any, details: str | None) -> SmtpReply:
+    """The client's reply for a failed Submit."""
+    if code in _REFUSALS and details:
+        m = _SMTP_REPLY.match(details.strip())
+        if m:
+            return SmtpReply(int(m.group(1) + m.group(2)), m.group(3), m.group(4))
+    return QUEUE_UNAVAILABLE
+
+
+def chunks(body: bytes, size: int = CHUNK_SIZE) -> list[bytes]:
+    return [body[i:i + size] for i in range(0, len(body), size)]
+
+
+class CleanupClient:
+    """Submit messages on one long-lived ``grpc.aio`` channel (made in main)."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = cleanup_pb2_grpc.CleanupStub(channel)
+        self.timeout = timeout
+
+    async def submit(
+        self,
+        *,
+        sender: str,
+        recipients: Sequence[str],
+        client: ClientInfo,
+        body: bytes,
+        trace_id: str,
+        body_type: str = "",
+    ) -> str:
+        envelope = cleanup_pb2.Envelope(
+            sender=sender,
+            recipients=[cleanup_pb2.Recipient(address=r) for r in recipients],
+            client=cleanup_pb2.ClientInfo(
+                name=client.name, address=client.address, port=client.port,
+                helo=client.helo, protocol=client.protocol,
+            ),
+            trace_id=trace_id,
+            body_type=body_type,
+        )
+
+        async def requests() -> AsyncIterator[cleanup_pb2.SubmitRequest]:
+            yield cleanup_pb2.SubmitRequest(envelope=envelope)
+            for piece in chunks(body):
+                yield cleanup_pb2.SubmitRequest(chunk=piece)
+
+        started = time.monotonic()
+        try:
+            reply = await self._stub.Submit(requests(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            smtp = reply_for_status(exc.code(), exc.details())
+            reason = exc.code().name.lower()
+            SUBMIT_FAILURES.labels(reason).inc()
+            log.warning("cleanup Submit failed: %s %s -> %s", exc.code().name, exc.details(),
+                        smtp, extra={"trace_id": trace_id})
+            raise SubmitFailed(smtp, reason) from exc
+        except Exception as exc:  # channel closed, serialisation, ...: never a 250
+            SUBMIT_FAILURES.labels("error").inc()
+            log.warning("cleanup Submit failed", exc_info=True, extra={"trace_id": trace_id})
+            raise SubmitFailed(QUEUE_UNAVAILABLE, "error") from exc
+        finally:
+            SUBMIT_SECONDS.observe(time.monotonic() - started)
+        if not reply.queue_id:
+            SUBMIT_FAILURES.labels("no_queue_id").inc()
+            raise SubmitFailed(QUEUE_UNAVAILABLE, "no queue id")
+        return str(reply.queue_id)

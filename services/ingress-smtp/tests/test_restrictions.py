@@ -1,0 +1,74 @@
+"""The relay decision on routing snapshots (reject_unauth_destination semantics)."""
+
+from __future__ import annotations
+
+import pytest
+
+from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.ingress_smtp.restrictions import (
+    DEFAULT_RELAY_RESTRICTIONS,
+    Client,
+    bare_newline_excluded,
+    check_recipient,
+    normalize_ip,
+)
+
+
+def decide(snapshot: RoutingSnapshot, ip: str, rcpt: str, relay=DEFAULT_RELAY_RESTRICTIONS,
+           recipient=()) -> str | None:
+    reply = check_recipient(snapshot, Client(ip), rcpt, relay_restrictions=list(relay),
+                            recipient_restrictions=list(recipient))
+    return None if reply is None else f"{reply.code} {reply.status} {reply.text}"
+
+
+def test_default_snapshot_is_closed_to_outside_clients() -> None:
+    default = RoutingSnapshot()
+    assert decide(default, "192.0.2.7", "x@example.com") == (
+        "554 5.7.1 <x@example.com>: Relay access denied")
+    assert decide(default, "2001:db8::1", "x@example.com") is not None
+    assert decide(default, "", "x@example.com") is not None  # unknown client
+    # ... open to the host itself (mynetworks_style=host) ...
+    assert decide(default, "127.0.0.1", "x@example.com") is None
+    assert decide(default, "::1", "x@example.com") is None
+    # ... and anyone may send to the local domains.
+    assert decide(default, "192.0.2.7", "postmaster@localhost") is None
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "allowed"),
+    [
+        ("a@relay.example", True),
+        ("a@dept.relay.example", True),  # parent_domain_matches_subdomains
+        ("a@virtual.example", True),
+        ("a@mailbox.example", True),
+        ("a@mx.univ.es", True),  # $myhostname in mydestination
+        ("postmaster", True),  # no domain: local
+        ("a@elsewhere.example", False),
+        ("a@notrelay.example", False),
+    ],
+)
+def test_domains_we_accept_for(rcpt: str, allowed: bool) -> None:
+    snapshot = RoutingSnapshot(
+        myhostname="mx.univ.es", mynetworks=["10.0.0.0/8"], relay_domains=["relay.example"],
+        virtual_alias_domains=["virtual.example"], virtual_mailbox_domains=["mailbox.example"],
+    )
+    assert (decide(snapshot, "192.0.2.7", rcpt) is None) is allowed
+    assert decide(snapshot, "10.1.2.3", rcpt) is None  # mynetworks relays anywhere
+
+
+def test_defer_and_reject_variants() -> None:
+    snapshot = RoutingSnapshot(mynetworks=["10.0.0.0/8"])
+    assert decide(snapshot, "192.0.2.7", "a@b.example",
+                  relay=["permit_mynetworks", "defer_unauth_destination"]) == (
+        "454 4.7.1 <a@b.example>: Relay access denied")
+    assert decide(snapshot, "10.0.0.1", "a@b.example",
+                  recipient=["reject"]) == (
+        "554 5.7.1 <a@b.example>: Recipient address rejected: Access denied")
+
+
+def test_ipv4_mapped_client_matches_mynetworks() -> None:
+    assert normalize_ip("::ffff:10.1.2.3") == "10.1.2.3"
+    snapshot = RoutingSnapshot(mynetworks=["10.0.0.0/8"])
+    assert bare_newline_excluded(snapshot, ["$mynetworks"], "10.1.2.3")
+    assert not bare_newline_excluded(snapshot, ["$mynetworks"], "192.0.2.1")
+    assert bare_newline_excluded(snapshot, ["192.0.2.0/24"], "192.0.2.1")

@@ -1,0 +1,108 @@
+"""IngressSettings: Postfix names and defaults, env/YAML, listener -o overrides."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from postfleet.ingress_smtp.settings import IngressSettings, Listener
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("POSTFLEET_"):
+            monkeypatch.delenv(name)
+
+
+def test_postfix_defaults() -> None:
+    s = IngressSettings(myhostname="mx.example")
+    assert s.message_size_limit == 10240000
+    assert s.smtpd_recipient_limit == 1000
+    assert s.smtpd_timeout == 300
+    assert s.smtpd_hard_error_limit == 20
+    assert s.smtpd_soft_error_limit == 10
+    assert s.line_length_limit == 2048
+    assert s.smtpd_forbid_bare_newline == "normalize"
+    assert s.smtpd_forbid_bare_newline_exclusions == ["$mynetworks"]
+    assert s.smtpd_relay_restrictions == [
+        "permit_mynetworks", "permit_sasl_authenticated", "reject_unauth_destination"]
+    assert s.banner("mx.example") == "mx.example ESMTP postfleet"
+    assert [(x.name, x.address, x.port) for x in s.listeners] == [("smtp", "127.0.0.1", 2525)]
+    assert s.cleanup_address == "127.0.0.1:10027"
+
+
+def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "POSTFLEET_LISTENERS",
+        '[{"name":"smtp","address":"0.0.0.0","port":25},'
+        ' {"name":"submission","port":587,"overrides":{"smtpd_recipient_limit":50}}]',
+    )
+    monkeypatch.setenv("POSTFLEET_SMTPD_TIMEOUT", "5m")
+    monkeypatch.setenv("POSTFLEET_CLEANUP_TIMEOUT", "30s")
+    monkeypatch.setenv("POSTFLEET_MESSAGE_SIZE_LIMIT", "1000")
+    monkeypatch.setenv("POSTFLEET_SMTPD_RELAY_RESTRICTIONS",
+                       "permit_mynetworks, reject_unauth_destination")
+    monkeypatch.setenv("POSTFLEET_SMTPD_FORBID_BARE_NEWLINE", "yes")
+    s = IngressSettings()
+    assert s.smtpd_timeout == 300 and s.cleanup_timeout == 30
+    assert s.smtpd_relay_restrictions == ["permit_mynetworks", "reject_unauth_destination"]
+    assert s.smtpd_forbid_bare_newline == "normalize"  # Postfix 3.9: yes = normalize
+    smtp, submission = s.listeners
+    assert (smtp.address, smtp.port) == ("0.0.0.0", 25)
+    assert s.params_for(smtp).smtpd_recipient_limit == 1000
+    assert s.params_for(submission).smtpd_recipient_limit == 50
+    assert s.params_for(submission).message_size_limit == 1000  # main.cf value inherited
+
+
+def test_yaml_section(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "postfleet.yaml"
+    path.write_text(
+        "myhostname: mx.univ.es\n"
+        "message_size_limit: 2000\n"
+        "ingress_smtp:\n"
+        "  smtpd_banner: $myhostname ESMTP ready\n"
+        "  listeners:\n"
+        "    - {name: smtp, address: 127.0.0.1, port: 2526, overrides: {smtpd_timeout: 10s}}\n"
+    )
+    monkeypatch.setenv("POSTFLEET_CONFIG", str(path))
+    s = IngressSettings()
+    assert s.message_size_limit == 2000
+    assert s.banner(s.myhostname) == "mx.univ.es ESMTP ready"
+    assert s.params_for(s.listeners[0]).smtpd_timeout == 10
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"listeners": [{"name": "smtp", "port": 25, "overrides": {"myhostname": "x"}}]},
+        {"listeners": [{"name": "smtp", "port": 25, "overrides": {"smtpd_timeout": "soon"}}]},
+        {"listeners": [{"name": "a", "port": 25}, {"name": "a", "port": 26}]},
+        {"smtpd_relay_restrictions": ["permit_mynetworks", "permit_open_relay"]},
+        # Postfix refuses to start as an open relay; so do we.
+        {"smtpd_relay_restrictions": ["permit_mynetworks"]},
+        {"smtpd_relay_restrictions": ["permit"], "smtpd_recipient_restrictions": []},
+        {"listeners": [{"name": "smtp", "port": 25,
+                        "overrides": {"smtpd_relay_restrictions": "permit"}}]},
+        {"smtpd_forbid_bare_newline": "maybe"},
+        {"smtpd_forbid_bare_newline_exclusions": ["not-a-network"]},
+    ],
+)
+def test_bad_configuration_is_refused(values: dict) -> None:
+    with pytest.raises(ValidationError):
+        IngressSettings(myhostname="mx.example", **values)
+
+
+def test_recipient_restrictions_can_carry_the_relay_check() -> None:
+    s = IngressSettings(
+        myhostname="mx.example", smtpd_relay_restrictions=[],
+        smtpd_recipient_restrictions="permit_mynetworks reject_unauth_destination",
+    )
+    assert s.smtpd_recipient_restrictions == ["permit_mynetworks", "reject_unauth_destination"]
+
+
+def test_listener_rejects_unknown_keys() -> None:
+    with pytest.raises(ValidationError):
+        Listener.model_validate({"name": "smtp", "port": 25, "tls": True})

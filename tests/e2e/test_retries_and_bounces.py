@@ -48,7 +48,7 @@ async def test_a_5xx_bounces_to_the_sender(
         cluster = await start(make_cluster(database_url, config))
         qid = await send(cluster.smtp_port, "nobody@example.test")
         (notice,) = await senders_mx.wait_for(1, timeout=30)
-    assert notice.sender == "" and notice.recipients == ["alice@sender.test"]
+    assert notice.sender == "<>" and notice.recipients == ["alice@sender.test"]  # null sender
     msg = notice.message
     assert msg["Subject"] == "Undelivered Mail Returned to Sender"
     assert msg.get_content_type() == "multipart/report"

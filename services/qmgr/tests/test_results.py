@@ -119,3 +119,19 @@ async def test_past_the_queue_lifetime_a_deferral_expires_and_bounces(
     assert "status=expired" in applied.log_lines[0][1]
     _, _, logs = await _rows(engine)
     assert logs[0].status == "expired"
+
+
+async def test_a_batch_of_many_results_applies_in_one_go(engine: AsyncEngine) -> None:
+    for i in range(5):
+        await queue_message(engine, [f"a{i}@y.test", f"b{i}@y.test"])
+    claimed = await claim_due(engine, "q1", datetime.now(UTC), 60, 100)
+    by_qid: dict[str, list] = {}
+    for c in claimed:
+        by_qid.setdefault(c.queue_id, []).append(c)
+    results = [_result(cs, [("sent", "2.0.0", "250 ok"), ("deferred", "4.2.0", "450 later")])
+               for cs in by_qid.values()]
+    applied = await apply_results(engine, results, POLICY, "mx.test")
+    assert (applied.delivered, applied.deferred) == (5, 5)
+    msgs, rcpts, logs = await _rows(engine)
+    assert len(msgs) == 5 and len(logs) == 10
+    assert sorted(r.status for r in rcpts) == ["deferred"] * 5 + ["delivered"] * 5

@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, insert, select, update
+from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
 from postfleet.core.db.models import (
-    FINAL_STATUSES,
     DeliveryLog,
     Message,
     MessageState,
@@ -120,7 +119,9 @@ async def _messages(conn: AsyncConnection, qids: set[str]) -> dict[str, Any]:
 
 
 def _not_final() -> ColumnElement[bool]:
-    return Recipient.status.not_in(FINAL_STATUSES)
+    # Plain comparisons, not IN (...): an expanding IN cannot be executemany'd.
+    return or_(Recipient.status == RecipientStatus.PENDING,
+               Recipient.status == RecipientStatus.DEFERRED)
 
 
 def _finish_stmt() -> Update:

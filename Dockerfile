@@ -44,7 +44,8 @@ RUN groupadd --system --gid 10001 postfleet \
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    MALLOC_ARENA_MAX=2
 # The default SQLite queue (monolithic use) lives under var/ here.
 WORKDIR /var/lib/postfleet
 USER 10001:10001

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from postfleet.core.db.engine import create_engine, sessionmaker
-from postfleet.core.db.migrate import current_revision, upgrade
+from postfleet.core.db.migrate import HEAD, alembic_config, current_revision, upgrade
 from postfleet.core.db.models import Message, Recipient, RecipientStatus, utcnow
 from postfleet.core.queueid import new_queue_id
 
@@ -17,7 +17,7 @@ async def test_migrations_are_idempotent_and_reach_head(database_url: str) -> No
     try:
         await upgrade(engine)  # second run: nothing to do
         async with engine.connect() as conn:
-            assert await current_revision(conn) == "0001"
+            assert await current_revision(conn) == HEAD
     finally:
         await engine.dispose()
 
@@ -47,3 +47,9 @@ def test_queue_ids_sort_by_arrival_and_do_not_collide() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert len(ids[0]) == 15 and ids[0].isalnum()
+
+
+def test_the_head_constant_names_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD

@@ -105,6 +105,9 @@ class Launcher:
             f"sqlite+aiosqlite:///{(self.var_dir / 'postfleet.db').resolve()}")
         cleanup_addr = env.get("POSTFLEET_CLEANUP_ADDRESS") or cfg.get("cleanup_address") or (
             f"127.0.0.1:{free_port()}")
+        # glibc makes an arena per thread (gRPC, aiosqlite); two are plenty
+        # for asyncio roles and keep each role's RSS well down.
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         env.update(
             POSTFLEET_DATABASE_URL=database_url,
             POSTFLEET_NATS_URL=nats_url,

@@ -135,10 +135,13 @@ class Cluster:
         return self.roles[role].env
 
     def start(self, *names: str) -> None:
-        for name in names or tuple(ROLE_MODULES):
+        chosen = names or tuple(ROLE_MODULES)
+        for name in chosen:  # start together, then wait: imports overlap
             self.roles[name].http_port = free_port()
             self.roles[name].env["POSTFLEET_HTTP_PORT"] = str(self.roles[name].http_port)
-            self.roles[name].start()
+            self.roles[name].start(wait=False)
+        for name in chosen:
+            self.roles[name].wait_ready()
         if not names or "ingress-smtp" in names:
             wait_port(self.smtp_port)
 

@@ -35,6 +35,7 @@ RESTART_MIN_S = 1.0
 RESTART_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0
 STOP_GRACE_S = 30.0
+READY_TIMEOUT_S = 60.0
 
 
 def free_port() -> int:
@@ -147,11 +148,32 @@ class Launcher:
                 child = Child(role, {**env, "POSTFLEET_HTTP_PORT": str(port)}, port)
                 await child.start()
                 self.children.append(child)
+                # In order, each ready before the next: ingress-smtp, last,
+                # never answers a client while cleanup cannot take mail.
+                await self.wait_ready(child)
             self.announce(cfg, env)
             await self.supervise()
         finally:
             await self.shutdown()
         return 0
+
+    async def wait_ready(self, child: Child, timeout: float = READY_TIMEOUT_S) -> None:
+        import httpx
+
+        url = f"http://127.0.0.1:{child.http_port}/readyz"
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1) as client:
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                if child.proc is not None and child.proc.returncode is not None:
+                    raise SystemExit(f"{child.role} exited with status "
+                                     f"{child.proc.returncode} while starting; see its log above")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url)).status_code == 200:
+                        say(f"{child.role} ready")
+                        return
+                await asyncio.sleep(0.1)
+        if not self.stopping.is_set():
+            raise SystemExit(f"{child.role} not ready after {timeout:.0f}s; see its log above")
 
     def announce(self, cfg: dict[str, Any], env: dict[str, str]) -> None:
         listeners = (cfg.get("ingress_smtp") or {}).get("listeners") or [

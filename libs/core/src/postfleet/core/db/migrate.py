@@ -9,7 +9,6 @@ PostgreSQL an advisory lock keeps replicas from racing.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text

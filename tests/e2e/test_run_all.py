@@ -1,0 +1,104 @@
+"""`postfleet run all`: the embedded default (SQLite under var/, the wheel's
+NATS) runs every role, restarts one that dies, answers `postfleet queue`,
+and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from postfleet.core.testing.ports import free_port, wait_port
+from postfleet.core.testing.sink import SmtpSink
+
+from .conftest import FAST_QMGR, eventually, send
+
+pytestmark = pytest.mark.slow
+
+POSTFLEET = str(Path(sys.executable).parent / "postfleet")
+
+
+def _children(pid: int, module: str) -> list[psutil.Process]:
+    out = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if module in child.cmdline():
+                out.append(child)
+        except psutil.Error:
+            continue
+    return out
+
+
+async def test_run_all_serves_restarts_and_stops_cleanly(
+        tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    port = free_port()
+    config = tmp_path / "postfleet.yaml"
+    config.write_text(yaml.safe_dump({
+        "myhostname": "mx.runall.test",
+        "ingress_smtp": {"listeners": [{"name": "smtp", "address": "127.0.0.1",
+                                        "port": port}]},
+        "qmgr": dict(FAST_QMGR),
+        "routing": {"relay_domains": ["example.test"],
+                    "transport_maps": {"example.test": f"smtp:{smtp_sink.nexthop}"}},
+    }))
+    out = tmp_path / "launcher.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFLEET_")}
+    with open(out, "wb") as fh:
+        launcher = subprocess.Popen(
+            [POSTFLEET, "run", "all", "--config", str(config), "--var-dir",
+             str(tmp_path / "var")], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        await asyncio.to_thread(wait_port, port, "127.0.0.1", 60)
+        await eventually(lambda: b"queue admin API" in out.read_bytes(), what="start-up")
+        printed = out.read_text()
+        assert f"SMTP listener smtp on 127.0.0.1:{port}" in printed
+        assert "NATS nats://127.0.0.1:" in printed and "postfleet.db" in printed
+        assert (tmp_path / "var" / "postfleet.db").exists()
+
+        await send(port, "bob@example.test", subject="first")
+        await smtp_sink.wait_for(1)
+
+        # kill -9 a role: the launcher restarts it, mail keeps flowing.
+        (delivery,) = _children(launcher.pid, "postfleet.delivery")
+        delivery.kill()
+        await eventually(lambda: b"delivery exited with status -9" in out.read_bytes(),
+                         what="the restart notice")
+        await eventually(lambda: len(_children(launcher.pid, "postfleet.delivery")) == 1,
+                         what="a new delivery process")
+        await send(port, "carol@example.test", subject="second")
+        await smtp_sink.wait_for(2)
+
+        listing = await eventually(lambda: _queue_list(tmp_path), what="an empty queue")
+        assert listing == "Mail queue is empty"
+
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        launcher.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(launcher.wait, 60)
+        assert code == 0, out.read_text()
+        assert "postfleet: stopped" in out.read_text()
+        gone, alive = psutil.wait_procs(children, timeout=5)
+        assert alive == [], f"left running: {[p.pid for p in alive]}"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(10)
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if str(tmp_path) in " ".join(cmd):
+                proc.kill()
+
+
+def _queue_list(tmp_path: Path) -> str:
+    time.sleep(0.2)
+    res = subprocess.run([POSTFLEET, "queue", "list", "--var-dir", str(tmp_path / "var")],
+                         capture_output=True, text=True, timeout=30)
+    text = res.stdout.strip()
+    return text if text == "Mail queue is empty" else ""

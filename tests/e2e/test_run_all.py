@@ -84,7 +84,7 @@ async def test_run_all_serves_restarts_and_stops_cleanly(
         code = await asyncio.to_thread(launcher.wait, 60)
         assert code == 0, out.read_text()
         assert "postfleet: stopped" in out.read_text()
-        gone, alive = psutil.wait_procs(children, timeout=5)
+        _, alive = psutil.wait_procs(children, timeout=5)
         assert alive == [], f"left running: {[p.pid for p in alive]}"
     finally:
         if launcher.poll() is None:

@@ -31,8 +31,12 @@ def generate(outdir: Path) -> list[Path]:
             shutil.copyfile(src, dst)
             staged.append(str(rel))
         include = str(Path(protoc.__file__).parent / "_proto")
+        # mypy-protobuf's plugin sits beside this interpreter; name it, as
+        # the venv's bin/ need not be on PATH.
+        plugin = Path(sys.executable).parent / "protoc-gen-mypy"
         rc = protoc.main(
-            ["protoc", f"-I{tmp}", f"-I{include}", f"--python_out={outdir}",
+            ["protoc", f"-I{tmp}", f"-I{include}", f"--plugin=protoc-gen-mypy={plugin}",
+             f"--python_out={outdir}",
              f"--grpc_python_out={outdir}", f"--mypy_out={outdir}", *staged]
         )
         if rc != 0:

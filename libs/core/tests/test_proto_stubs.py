@@ -11,8 +11,11 @@ COMMITTED = ROOT / "libs" / "core" / "src" / "postfleet" / "core" / "proto"
 
 
 def test_generated_stubs_match_the_proto_files(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), str(tmp_path)],
-                   check=True, capture_output=True)
+    gen = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_proto.py"), str(tmp_path)],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert gen.returncode == 0, gen.stdout + gen.stderr
     fresh = tmp_path / "postfleet" / "core" / "proto"
     names = sorted(p.relative_to(fresh) for p in fresh.rglob("*.py*"))
     assert names == sorted(p.relative_to(COMMITTED) for p in COMMITTED.rglob("*.py*")

@@ -7,6 +7,7 @@ Services, HPAs, PDBs, operator RBAC, NetworkPolicies, values schema).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -217,9 +218,13 @@ def test_env_every_role_reads(chart):
     assert sorted((x["name"], x["address"], x["port"]) for x in listeners) == [
         ("smtp", "0.0.0.0", 2525), ("smtps", "0.0.0.0", 2465), ("submission", "0.0.0.0", 2587),
     ]
-    assert env_value(ingress, "POSTFLEET_PROXY_PROTOCOL") == "false"
+    # No PROXY header expected, no TLS: Postfix's defaults, and smtps without a
+    # certificate is not put in wrapper mode (the role would refuse to start).
+    assert not {"POSTFLEET_SMTPD_UPSTREAM_PROXY_PROTOCOL", "POSTFLEET_PROXY_PROTOCOL",
+                "POSTFLEET_SMTPD_TLS_CERT_FILE", "POSTFLEET_SMTPD_TLS_SECURITY_LEVEL"} & set(
+        env_of(ingress))
+    assert not any("overrides" in x for x in listeners)
     assert env_value(ingress, "POSTFLEET_CLEANUP_ADDRESS") == "mail-postfleet-cleanup:10027"
-    assert "POSTFLEET_SMTPD_TLS_CERT_FILE" not in env_of(ingress)
     assert env_value(deployments["cleanup"], "POSTFLEET_CLEANUP_LISTEN") == "0.0.0.0:10027"
 
     operator = env_of(deployments["operator"])
@@ -239,9 +244,16 @@ def test_env_production(chart):
         "name": "postfleet-database", "key": "url"}
     assert env["POSTFLEET_NATS_URL"]["valueFrom"]["secretKeyRef"] == {
         "name": "postfleet-nats", "key": "url"}
-    assert env["POSTFLEET_PROXY_PROTOCOL"]["value"] == "true"
+    # The load balancer sends a PROXY header: Postfix's smtpd_upstream_proxy_protocol.
+    assert env["POSTFLEET_SMTPD_UPSTREAM_PROXY_PROTOCOL"]["value"] == "haproxy"
+    assert "POSTFLEET_PROXY_PROTOCOL" not in env
 
-    # TLS: a cert-manager style Secret (tls.crt / tls.key) mounted read-only.
+    # TLS: a cert-manager style Secret (tls.crt / tls.key) mounted read-only;
+    # the level is the one `config` sets; smtps speaks TLS from the first byte.
+    assert env["POSTFLEET_SMTPD_TLS_SECURITY_LEVEL"]["value"] == "may"
+    listeners = {x["name"]: x for x in json.loads(env["POSTFLEET_LISTENERS"]["value"])}
+    assert listeners["smtps"]["overrides"] == {"smtpd_tls_wrappermode": True}
+    assert "overrides" not in listeners["smtp"] and "overrides" not in listeners["submission"]
     cert, key = (env[f"POSTFLEET_SMTPD_TLS_{k}_FILE"]["value"] for k in ("CERT", "KEY"))
     mount = next(m for m in container(ingress)["volumeMounts"] if cert.startswith(m["mountPath"]))
     assert mount["readOnly"] is True
@@ -270,6 +282,46 @@ def test_env_production(chart):
                       if v["name"] == mount["name"])
         assert volume["configMap"]["name"] == configmap["metadata"]["name"]
         assert "checksum/config" in dep["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_tls_secret_defaults_the_level_and_keeps_overrides(chart):
+    deployments = chart.objects(
+        "default", "Deployment", "--set", "ingressSmtp.tls.secretName=mx-tls",
+        "--set", "ingressSmtp.listeners.submission.overrides.smtpd_tls_security_level=encrypt",
+        "--set", "ingressSmtp.listeners.smtps.overrides.smtpd_tls_wrappermode=false",
+    )
+    env = env_of(deployments["ingress-smtp"])
+    # A certificate alone would enable nothing in Postfix; the chart asks for "may".
+    assert env["POSTFLEET_SMTPD_TLS_SECURITY_LEVEL"]["value"] == "may"
+    listeners = {x["name"]: x for x in json.loads(env["POSTFLEET_LISTENERS"]["value"])}
+    assert listeners["submission"]["overrides"] == {"smtpd_tls_security_level": "encrypt"}
+    assert listeners["smtps"]["overrides"] == {"smtpd_tls_wrappermode": False}  # theirs wins
+
+    configured = chart.objects(
+        "default", "Deployment", "--set", "ingressSmtp.tls.secretName=mx-tls",
+        "--set", "ingressSmtp.config.smtpd_tls_security_level=encrypt",
+    )
+    levels = [e["value"] for e in container(configured["ingress-smtp"])["env"]
+              if e["name"] == "POSTFLEET_SMTPD_TLS_SECURITY_LEVEL"]
+    assert levels == ["encrypt"]
+
+
+def test_ingress_env_is_what_the_role_reads(chart, monkeypatch):
+    """The production env, fed to the role's own settings: names and values parse."""
+    from postfleet.ingress_smtp.settings import IngressSettings
+
+    ingress = chart.objects("production", "Deployment")["ingress-smtp"]
+    for name in [n for n in os.environ if n.startswith("POSTFLEET_")]:
+        monkeypatch.delenv(name)
+    for entry in container(ingress)["env"]:
+        if "value" in entry and entry["name"] != "POSTFLEET_CONFIG":
+            monkeypatch.setenv(entry["name"], entry["value"])
+    settings = IngressSettings()
+    params = {x.name: settings.params_for(x) for x in settings.listeners}
+    assert params["smtp"].tls_level() == params["submission"].tls_level() == "may"
+    assert params["smtps"].smtpd_tls_wrappermode and params["smtps"].tls_level() == "encrypt"
+    assert params["smtps"].tls_key_path() == "/etc/postfleet/tls/tls.key"
+    assert all(p.smtpd_upstream_proxy_protocol == "haproxy" for p in params.values())
 
 
 def test_listener_overrides_reach_the_role(chart):

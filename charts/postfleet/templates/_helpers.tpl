@@ -120,7 +120,7 @@ POSTFLEET_<NAME> env vars. Keys the chart sets itself are left out.
 Pass (dict "root" $ "values" ROLE_VALUES).
 */}}
 {{- define "postfleet.env.config" -}}
-{{- $reserved := list "config" "database_url" "nats_url" "http_host" "http_port" "cleanup_address" "cleanup_listen" "listeners" "myhostname" "proxy_protocol" "smtpd_tls_cert_file" "smtpd_tls_key_file" }}
+{{- $reserved := list "config" "database_url" "nats_url" "http_host" "http_port" "cleanup_address" "cleanup_listen" "listeners" "myhostname" "smtpd_upstream_proxy_protocol" "smtpd_tls_cert_file" "smtpd_tls_key_file" }}
 {{- $merged := merge (deepCopy (.values.config | default dict)) (deepCopy (.root.Values.config | default dict)) }}
 {{- range $key, $value := $merged }}
 {{- if not (has (lower $key) $reserved) }}

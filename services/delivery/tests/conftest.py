@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +26,11 @@ from postfleet.core.testing.nats import NatsServer
 from postfleet.delivery.agent import DeliveryAgent
 from postfleet.delivery.settings import DeliverySettings
 
+from .dovecot import Dovecot
+
+# A loopback port nothing answers on (discard): DNS queries there fail at once.
+NO_DNS = "127.0.0.1:9"
+
 BODY = (
     b"From: alice@origin.test\r\n"
     b"To: bob@dest.test\r\n"
@@ -37,6 +42,17 @@ BODY = (
     b"middle . dot\r\n"
     b"last line\r\n"
 )
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """A real Dovecot LMTP server, shared by the session's tests (each test
+    uses its own recipients)."""
+    server = Dovecot().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture
@@ -160,6 +176,9 @@ def delivery_settings(database_url: str, nats_url: str, **overrides: Any) -> Del
         database_url=database_url, nats_url=nats_url, myhostname="mx.postfleet.test",
         delivery_fetch_timeout=0.5, delivery_drain_timeout=5.0,
         smtp_connect_timeout=5.0, smtp_helo_timeout=10.0,
+        # Never the machine's own resolver: a test that wants DNS brings a
+        # dnsmasq (make_dns); any other lookup goes nowhere and fails fast.
+        dns_nameservers=[NO_DNS], dns_timeout=1.0,
     )
     values.update(overrides)
     return DeliverySettings(**values)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from postfleet.delivery.nexthop import Nexthop, NexthopError, parse_nexthop
+from postfleet.delivery.resolve import parse_nameserver
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.smtp import dot_stuff, smtp_path
 
@@ -86,3 +87,45 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     s = DeliverySettings()
     assert s.transports == ["smtp"]
     assert s.smtp_helo_name == "out.mx.univ.es"
+
+
+def test_dns_and_mailbox_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POSTFLEET_CONFIG", raising=False)
+    monkeypatch.setenv("POSTFLEET_MYHOSTNAME", "mx.univ.es")
+    s = DeliverySettings()
+    assert s.transports == ["smtp", "relay", "lmtp", "local", "virtual", "error", "discard"]
+    assert (s.smtp_mx_address_limit, s.smtp_mx_session_limit) == (5, 2)
+    assert s.smtp_host_lookup == ["dns"]
+    assert s.dns_enabled and s.dns_nameservers == []
+    assert s.lmtp_lhlo_name == "mx.univ.es"
+    assert (s.lmtp_tcp_port, s.lmtp_connect_timeout, s.lmtp_data_done_timeout) == (24, 0, 600)
+    assert (s.mailbox_size_limit, s.virtual_mailbox_limit) == (51200000, 51200000)
+    assert (s.local_user_policy, s.virtual_user_policy) == ("existing", "create")
+    monkeypatch.setenv("POSTFLEET_DNS_NAMESERVERS", "127.0.0.1:5353, [::1]:53")
+    monkeypatch.setenv("POSTFLEET_SMTP_HOST_LOOKUP", "dns, native")
+    monkeypatch.setenv("POSTFLEET_DISABLE_DNS_LOOKUPS", "yes")
+    monkeypatch.setenv("POSTFLEET_LOCAL_RECIPIENTS", "bob alice")
+    s = DeliverySettings()
+    assert s.dns_nameservers == ["127.0.0.1:5353", "[::1]:53"]
+    assert s.smtp_host_lookup == ["dns", "native"]
+    assert not s.dns_enabled
+    assert s.local_recipients == ["bob", "alice"]
+    monkeypatch.setenv("POSTFLEET_SMTP_DNS_SUPPORT_LEVEL", "dnssec")
+    assert DeliverySettings().dns_enabled  # the level wins over the legacy switch
+    monkeypatch.setenv("POSTFLEET_SMTP_HOST_LOOKUP", "nis")
+    with pytest.raises(ValueError):
+        DeliverySettings()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1", ("127.0.0.1", 53)), ("127.0.0.1:5353", ("127.0.0.1", 5353)),
+     ("[::1]:5353", ("::1", 5353)), ("::1", ("::1", 53))],
+)
+def test_parse_nameserver(text: str, expected: tuple[str, int]) -> None:
+    assert parse_nameserver(text) == expected
+
+
+def test_nameserver_must_be_an_address() -> None:
+    with pytest.raises(ValueError):
+        parse_nameserver("ns.example.test")

@@ -1,13 +1,19 @@
 """Fixtures for ingress-smtp: the role in-process on a free port, a real gRPC
 server standing in for cleanup (another role, so a test double of the peer),
-and a raw SMTP dialog client for protocol-level assertions."""
+a raw SMTP dialog client for protocol-level assertions (optionally sending a
+PROXY header first, optionally under TLS), and a test PKI made with the
+``openssl`` command: a CA and server certificates for localhost/127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -120,11 +126,12 @@ async def make_ingress(cleanup: CleanupServer) -> AsyncIterator[MakeIngress]:
         **values: Any,
     ) -> Ingress:
         values.setdefault("smtpd_peername_lookup", False)
+        listeners = values.pop("listeners", None) or [
+            Listener(name="smtp", address="127.0.0.1", port=0, overrides=overrides or {})]
         settings = IngressSettings(
             myhostname="mx.postfleet.test",
             cleanup_address=cleanup_address or cleanup.address,
-            listeners=[Listener(name="smtp", address="127.0.0.1", port=0,
-                                overrides=overrides or {})],
+            listeners=listeners,
             **values,
         )
         routing = RoutingView(snapshot)
@@ -149,11 +156,28 @@ class Dialog:
         self.greeting: tuple[int, list[str]] = (0, [])
 
     @classmethod
-    async def open(cls, port: int, host: str = "127.0.0.1") -> Dialog:
+    async def open(
+        cls, port: int, host: str = "127.0.0.1", *, preamble: bytes = b"",
+        tls: ssl.SSLContext | None = None,
+    ) -> Dialog:
+        """Connect; send ``preamble`` (a PROXY header) first; with ``tls``, do the
+        handshake before the banner (wrapper mode)."""
         reader, writer = await asyncio.open_connection(host, port)
         dialog = cls(reader, writer)
+        if preamble:
+            await dialog.send(preamble)
+        if tls is not None:
+            await dialog.start_tls(tls)
         dialog.greeting = await dialog.reply()
         return dialog
+
+    async def start_tls(self, context: ssl.SSLContext, hostname: str = "localhost") -> None:
+        await asyncio.wait_for(self.writer.start_tls(context, server_hostname=hostname), 10)
+
+    @property
+    def tls_version(self) -> str | None:
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        return None if ssl_object is None else str(ssl_object.version())
 
     async def reply(self, timeout: float = 10) -> tuple[int, list[str]]:
         lines: list[str] = []
@@ -192,11 +216,11 @@ class Dialog:
 
 
 @pytest.fixture
-async def dialogs() -> AsyncIterator[Callable[[int], Awaitable[Dialog]]]:
+async def dialogs() -> AsyncIterator[Callable[..., Awaitable[Dialog]]]:
     opened: list[Dialog] = []
 
-    async def open_dialog(port: int) -> Dialog:
-        dialog = await Dialog.open(port)
+    async def open_dialog(port: int, **options: Any) -> Dialog:
+        dialog = await Dialog.open(port, **options)
         opened.append(dialog)
         return dialog
 
@@ -220,3 +244,65 @@ async def transaction(dialog: Dialog, sender: str, rcpts: list[str], body: bytes
 @pytest.fixture
 def smtp_transaction() -> Callable[..., Awaitable[str]]:
     return transaction
+
+
+# -- test PKI ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pki:
+    """A test CA and what it issued; ``issue`` makes more server certificates."""
+
+    directory: Path
+    ca_file: Path
+    cert_file: Path  # localhost + 127.0.0.1, CN=mx.postfleet.test
+    key_file: Path
+
+    def client_context(self, **versions: ssl.TLSVersion) -> ssl.SSLContext:
+        """A client that verifies the chain and the name against the test CA only."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        for name, version in versions.items():
+            setattr(context, name, version)
+        return context
+
+    def issue(self, name: str, common_name: str) -> tuple[Path, Path]:
+        return _issue(self.directory, self.ca_file, name, common_name)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+_EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+
+
+def _issue(directory: Path, ca_file: Path, name: str, common_name: str) -> tuple[Path, Path]:
+    ext = directory / f"{name}.ext"
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    _openssl("req", *_EC, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", f"/CN={common_name}", cwd=directory)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", ca_file.name, "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", ext.name, "-out", f"{name}.crt",
+             cwd=directory)
+    return directory / f"{name}.crt", directory / f"{name}.key"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    if shutil.which("openssl") is None:
+        pytest.fail("the TLS tests make their CA with the openssl command, which is missing")
+    directory = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", *_EC, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=postfleet test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    ca_file = directory / "ca.crt"
+    cert, key = _issue(directory, ca_file, "server", "mx.postfleet.test")
+    return Pki(directory, ca_file, cert, key)

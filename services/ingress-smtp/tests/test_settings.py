@@ -32,6 +32,14 @@ def test_postfix_defaults() -> None:
     assert s.banner("mx.example") == "mx.example ESMTP postfleet"
     assert [(x.name, x.address, x.port) for x in s.listeners] == [("smtp", "127.0.0.1", 2525)]
     assert s.cleanup_address == "127.0.0.1:10027"
+    # TLS and PROXY: off unless asked for, as in Postfix.
+    assert s.smtpd_tls_security_level == "" and s.tls_level() == "none"
+    assert s.smtpd_tls_cert_file == "" and s.smtpd_tls_key_file == "$smtpd_tls_cert_file"
+    assert s.smtpd_tls_wrappermode is False
+    assert s.smtpd_tls_protocols == s.smtpd_tls_mandatory_protocols == ">=TLSv1.2"
+    assert s.smtpd_starttls_timeout == 300
+    assert s.smtpd_upstream_proxy_protocol == "" and s.proxy_timeout() is None
+    assert s.smtpd_upstream_proxy_timeout == 5
 
 
 def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,6 +63,33 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.params_for(smtp).smtpd_recipient_limit == 1000
     assert s.params_for(submission).smtpd_recipient_limit == 50
     assert s.params_for(submission).message_size_limit == 1000  # main.cf value inherited
+
+
+def test_tls_and_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the Helm chart sets (cert-manager's Secret mounted as tls.crt/tls.key).
+    monkeypatch.setenv("POSTFLEET_SMTPD_TLS_SECURITY_LEVEL", "may")
+    monkeypatch.setenv("POSTFLEET_SMTPD_TLS_CERT_FILE", "/etc/postfleet/tls/tls.crt")
+    monkeypatch.setenv("POSTFLEET_SMTPD_TLS_KEY_FILE", "/etc/postfleet/tls/tls.key")
+    monkeypatch.setenv("POSTFLEET_SMTPD_UPSTREAM_PROXY_PROTOCOL", "haproxy")
+    monkeypatch.setenv(
+        "POSTFLEET_LISTENERS",
+        '[{"name":"smtp","port":2525},'
+        ' {"name":"submission","port":2587,"overrides":{"smtpd_tls_security_level":"encrypt"}},'
+        ' {"name":"smtps","port":2465,"overrides":{"smtpd_tls_wrappermode":"yes"}}]',
+    )
+    s = IngressSettings()
+    smtp, submission, smtps = (s.params_for(x) for x in s.listeners)
+    assert smtp.tls_level() == "may" and smtp.tls_protocols() == ">=TLSv1.2"
+    assert submission.tls_level() == "encrypt"
+    assert smtps.tls_level() == "encrypt" and smtps.smtpd_tls_wrappermode is True
+    assert smtps.tls_key_path() == "/etc/postfleet/tls/tls.key"
+    assert smtp.proxy_timeout() == smtps.proxy_timeout() == 5
+
+
+def test_key_in_the_certificate_file() -> None:
+    s = IngressSettings(myhostname="mx.example", smtpd_tls_security_level="may",
+                        smtpd_tls_cert_file="/etc/ssl/mx.pem")
+    assert s.tls_key_path() == "/etc/ssl/mx.pem"  # Postfix: $smtpd_tls_cert_file
 
 
 def test_yaml_section(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,6 +123,18 @@ def test_yaml_section(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
                         "overrides": {"smtpd_relay_restrictions": "permit"}}]},
         {"smtpd_forbid_bare_newline": "maybe"},
         {"smtpd_forbid_bare_newline_exclusions": ["not-a-network"]},
+        # TLS that needs a certificate but has none (Postfix would run without TLS).
+        {"smtpd_tls_security_level": "may"},
+        {"listeners": [{"name": "submission", "port": 587,
+                        "overrides": {"smtpd_tls_security_level": "encrypt"}}]},
+        {"listeners": [{"name": "smtps", "port": 465,
+                        "overrides": {"smtpd_tls_wrappermode": True}}]},
+        {"smtpd_tls_security_level": "dane", "smtpd_tls_cert_file": "/x.pem"},
+        {"smtpd_tls_protocols": ">=TLSv1.4"},
+        {"smtpd_tls_mandatory_protocols": "TLSv1 TLSv1.3"},
+        {"smtpd_starttls_timeout": "0s"},
+        {"smtpd_upstream_proxy_protocol": "proxy-v2"},
+        {"smtpd_upstream_proxy_timeout": "-1"},
     ],
 )
 def test_bad_configuration_is_refused(values: dict) -> None:

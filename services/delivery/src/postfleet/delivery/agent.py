@@ -2,7 +2,8 @@
 cache and one job consumer per transport. ``main`` builds one around a NATS
 connection and a database engine; tests run one in-process the same way.
 
-Postfix parameters: default_process_limit (concurrent jobs per process).
+Postfix parameters: default_process_limit (concurrent jobs per process,
+shared fairly by the transports' consumers).
 """
 
 from __future__ import annotations
@@ -14,31 +15,47 @@ import time
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postfleet.delivery.error import DiscardTransport, ErrorTransport
 from postfleet.delivery.jobs import JobConsumer, JobRunner, Slots, Transport
+from postfleet.delivery.lmtp import LmtpTransport
+from postfleet.delivery.local import LocalTransport, VirtualTransport
 from postfleet.delivery.pool import SessionPool
-from postfleet.delivery.resolve import Resolver
+from postfleet.delivery.resolve import Resolver, resolver_for
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.smtp import SmtpTransport
 from postfleet.delivery.store import MessageStore
 
 log = logging.getLogger(__name__)
 
-# Transport name -> client. Postfix's master.cf runs its smtp client under
-# both names; lmtp, local, virtual, pipe, error and discard join later.
+# Transport name -> delivery agent. Postfix's master.cf runs its smtp client
+# under both "smtp" and "relay" (relay_transport); every other name is its
+# own agent. pipe(8) is not implemented.
 SMTP_CLIENT_TRANSPORTS = ("smtp", "relay")
+KNOWN_TRANSPORTS = (*SMTP_CLIENT_TRANSPORTS, "lmtp", "local", "virtual", "error", "discard")
 
 
 def build_transports(
     names: list[str], settings: DeliverySettings, pool: SessionPool, resolver: Resolver | None
 ) -> dict[str, Transport]:
+    resolver = resolver or resolver_for(settings)
     transports: dict[str, Transport] = {}
     smtp: SmtpTransport | None = None
     for name in names:
         if name in SMTP_CLIENT_TRANSPORTS:
             smtp = smtp or SmtpTransport(settings, pool, resolver)
             transports[name] = smtp
+        elif name == "lmtp":
+            transports[name] = LmtpTransport(settings, resolver)
+        elif name == "local":
+            transports[name] = LocalTransport(settings)
+        elif name == "virtual":
+            transports[name] = VirtualTransport(settings)
+        elif name == "error":
+            transports[name] = ErrorTransport()
+        elif name == "discard":
+            transports[name] = DiscardTransport()
         else:
-            known = ", ".join(SMTP_CLIENT_TRANSPORTS)
+            known = ", ".join(KNOWN_TRANSPORTS)
             raise ValueError(f"transport {name!r} is not implemented (known: {known})")
     return transports
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
@@ -52,18 +53,33 @@ class Transport(Protocol):
 
 
 class Slots:
-    """How many jobs this process may run at once (default_process_limit)."""
+    """How many jobs this process may run at once (default_process_limit),
+    shared by every transport's consumer first come, first served: a consumer
+    waiting for a slot is served before a later one, so a busy transport
+    cannot starve an idle one."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._freed = asyncio.Event()
+        self._waiters: deque[tuple[asyncio.Future[int], int]] = deque()
 
     async def reserve(self, want: int) -> int:
         """Wait for a free slot, then take up to ``want`` of the free ones."""
-        while self.used >= self.limit:
-            self._freed.clear()
-            await self._freed.wait()
+        if not self._waiters and self.used < self.limit:
+            return self._take(want)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        entry = (future, want)
+        self._waiters.append(entry)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            elif future.done() and not future.cancelled():
+                self.release(future.result())  # granted just as we were cancelled
+            raise
+
+    def _take(self, want: int) -> int:
         count = min(want, self.limit - self.used)
         self.used += count
         return count
@@ -71,7 +87,10 @@ class Slots:
     def release(self, count: int = 1) -> None:
         if count:
             self.used -= count
-            self._freed.set()
+        while self._waiters and self.used < self.limit:
+            future, want = self._waiters.popleft()
+            if not future.done():
+                future.set_result(self._take(want))
 
 
 class JobRunner:
@@ -244,6 +263,7 @@ class JobConsumer:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._fetching = False
+        self._naks: set[asyncio.Task[None]] = set()
 
     async def setup(self) -> None:
         """Create the durable consumer (idempotent) and bind to it."""
@@ -279,8 +299,15 @@ class JobConsumer:
     async def _loop(self) -> None:
         assert self._psub is not None
         pause = 0.5
+        # Idle, a consumer long-polls for one job without holding a slot, and
+        # takes a slot (first come, first served) once the job is in hand:
+        # idle transports never hold the slots a busy one needs. Busy, it
+        # takes slots first and asks for as many jobs, twice as many as the
+        # last fetch brought (up to delivery_fetch_batch).
+        ask = 1
         while not self._stopping:
-            want = await self.slots.reserve(self.batch)
+            reserved = await self.slots.reserve(ask) if ask > 1 else 0
+            want = max(reserved, 1)
             msgs: list[Msg] = []
             error: Exception | None = None
             self._fetching = True
@@ -292,7 +319,7 @@ class JobConsumer:
                 error = exc
             finally:
                 self._fetching = False
-                self.slots.release(want - len(msgs))
+                self.slots.release(max(0, reserved - len(msgs)))
             if error is not None:
                 log.warning("fetching %s jobs failed: %r", self.transport, error)
                 await asyncio.sleep(pause)  # the bus is down or restarting
@@ -303,6 +330,10 @@ class JobConsumer:
                     log.debug("re-creating consumer %s failed: %r", self.durable, exc)
                 continue
             pause = 0.5
+            ask = min(self.batch, 2 * len(msgs)) if msgs else 1
+            if msgs and not reserved and not self._stopping:
+                if not await self._slot_for(msgs[0]):
+                    break
             if self._stopping:
                 for msg in msgs:  # fetched too late: another replica takes them now
                     await _quietly(msg.nak())
@@ -314,6 +345,23 @@ class JobConsumer:
                 )
                 self.tasks.add(task)
                 task.add_done_callback(self._job_done)
+
+    async def _slot_for(self, msg: Msg) -> bool:
+        """Wait for a slot for a job fetched without one, telling JetStream
+        the job is in hand meanwhile. False when stopped while waiting (the
+        job is then handed back)."""
+        keepalive = _Keepalive(msg, self.runner.keepalive_s)
+        try:
+            await self.slots.reserve(1)
+            return True
+        except asyncio.CancelledError:
+            # stop() cancels a loop that is not fetching: hand the job back.
+            task = asyncio.get_running_loop().create_task(_quietly(msg.nak()))
+            self._naks.add(task)
+            task.add_done_callback(self._naks.discard)
+            raise
+        finally:
+            keepalive.cancel()
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)

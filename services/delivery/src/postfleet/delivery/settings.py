@@ -5,20 +5,31 @@ smtp_connect_timeout, smtp_helo_timeout, smtp_mail_timeout,
 smtp_rcpt_timeout, smtp_data_init_timeout, smtp_data_done_timeout,
 smtp_rset_timeout, smtp_quit_timeout, smtp_connection_cache_time_limit,
 smtp_connection_reuse_time_limit, smtp_connection_reuse_count_limit,
-smtp_mx_address_limit.
+smtp_mx_address_limit, smtp_mx_session_limit, smtp_host_lookup,
+smtp_dns_support_level, disable_dns_lookups, smtp_randomize_addresses,
+smtp_address_preference, inet_protocols, proxy_interfaces; lmtp(8):
+lmtp_lhlo_name, lmtp_connect_timeout, lmtp_lhlo_timeout, lmtp_mail_timeout,
+lmtp_rcpt_timeout, lmtp_data_init_timeout, lmtp_data_done_timeout,
+lmtp_quit_timeout, lmtp_tcp_port; local(8) and virtual(8): mailbox_size_limit,
+recipient_delimiter, virtual_mailbox_base, virtual_mailbox_limit.
 
 postfleet's own (the bus has no Postfix counterpart): delivery_ack_wait,
 delivery_fetch_batch, delivery_fetch_timeout, delivery_result_retry_time,
-delivery_drain_timeout, delivery_db_pool_size.
+delivery_drain_timeout, delivery_db_pool_size. Also postfleet's own, because
+Postfix leaves them to the operating system: dns_nameservers and dns_timeout
+(the resolver the smtp client asks; Postfix uses the system's resolv.conf),
+local_mail_root, local_user_policy and local_recipients (Postfix's local(8)
+finds users and their home directories in the password database; here a user
+is a directory under local_mail_root) and virtual_user_policy.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BeforeValidator, model_validator
+from pydantic import BeforeValidator, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from postfleet.core.settings import CommonSettings
@@ -42,9 +53,10 @@ class DeliverySettings(CommonSettings):
     config_section: ClassVar[str | None] = "delivery"
 
     # Transports this process serves; each has one durable pull consumer on
-    # postfleet.delivery.<transport>, shared by every replica.
-    # Postfix's master.cf runs "relay" (relay_transport) as the smtp client too.
-    transports: NameList = ["smtp", "relay"]
+    # postfleet.delivery.<transport>, shared by every replica. By default one
+    # process serves every transport a routing table can name, like Postfix's
+    # stock master.cf ("relay" is the smtp client too).
+    transports: NameList = ["smtp", "relay", "lmtp", "local", "virtual", "error", "discard"]
     # Postfix: default_process_limit (100) — here, concurrent jobs per process.
     default_process_limit: int = 100
 
@@ -74,7 +86,70 @@ class DeliverySettings(CommonSettings):
     smtp_data_done_timeout: Seconds = 600.0
     smtp_rset_timeout: Seconds = 20.0
     smtp_quit_timeout: Seconds = 300.0
+    # MX and host lookups (Postfix smtp(8)). At most smtp_mx_address_limit
+    # addresses are tried per delivery (0: no limit), and at most
+    # smtp_mx_session_limit sessions that got past EHLO (0: no limit).
     smtp_mx_address_limit: int = 5
+    smtp_mx_session_limit: int = 2
+    # "dns", "native" or "dns, native" (A/AAAA through DNS, getaddrinfo, or
+    # getaddrinfo for hosts DNS does not know). Ignored when DNS is disabled.
+    smtp_host_lookup: NameList = ["dns"]
+    # "" (then disable_dns_lookups decides), "disabled", "enabled", "dnssec"
+    # (accepted; no DNSSEC validation or DANE here: treated as "enabled").
+    smtp_dns_support_level: Literal["", "disabled", "enabled", "dnssec"] = ""
+    disable_dns_lookups: bool = False
+    smtp_randomize_addresses: bool = True
+    smtp_address_preference: Literal["any", "ipv4", "ipv6"] = "any"
+    # Which address families to look up: all, ipv4, ipv6 (Postfix: "all").
+    inet_protocols: NameList = ["all"]
+    # Addresses this MTA is reached at besides its own name (Postfix: the
+    # network addresses forwarded to it by a NAT or proxy). An MX host named
+    # myhostname, or with one of these addresses, is this host: mail for a
+    # domain whose best MX is this host "loops back to myself" (5.4.6).
+    proxy_interfaces: NameList = []
+    # postfleet's: the DNS servers to ask, "ip" or "ip:port" ("[ip6]:port");
+    # empty: the system resolver (/etc/resolv.conf), like Postfix.
+    dns_nameservers: NameList = []
+    # postfleet's: how long one DNS lookup may take in all (retries included).
+    dns_timeout: Seconds = 10.0
+
+    # -- lmtp client (Postfix lmtp(8)); never an MX lookup ---------------------
+    lmtp_lhlo_name: str = "$myhostname"
+    lmtp_tcp_port: int = 24
+    lmtp_connect_timeout: Seconds = 0.0  # 0: the operating system's limit
+    lmtp_lhlo_timeout: Seconds = 300.0
+    lmtp_mail_timeout: Seconds = 300.0
+    lmtp_rcpt_timeout: Seconds = 300.0
+    lmtp_data_init_timeout: Seconds = 120.0
+    lmtp_data_done_timeout: Seconds = 600.0
+    lmtp_quit_timeout: Seconds = 300.0
+
+    # -- local (Postfix local(8), Maildir only) ----------------------------------
+    # <local_mail_root>/<user>/Maildir/{tmp,new,cur}; <user> is the
+    # recipient's local part, lowercased, without its recipient_delimiter
+    # extension (the home directory and home_mailbox = Maildir/ of Postfix).
+    local_mail_root: str = "var/mail"
+    # Who is a local user (Postfix asks the password database):
+    #   existing  a user whose directory <local_mail_root>/<user> exists
+    #   create    any user; the directory is made on first delivery
+    # Anyone else is bounced 5.1.1 'unknown user: "x"'.
+    local_user_policy: Literal["existing", "create"] = "existing"
+    # When set, exactly these users exist (directories made on demand),
+    # whatever local_user_policy says.
+    local_recipients: NameList = []
+    # Largest maildir file local(8) or virtual(8) writes (0: no limit) -> 5.2.2.
+    mailbox_size_limit: int = 51200000
+    # Characters that start an address extension (user+ext); empty: none.
+    recipient_delimiter: str = ""
+
+    # -- virtual (Postfix virtual(8), Maildir only) ------------------------------
+    # <virtual_mailbox_base>/<domain>/<user>/{tmp,new,cur}. Postfix looks the
+    # path up in virtual_mailbox_maps; recipients reach delivery only once
+    # routing has found them there, so by default the maildir is made on
+    # demand ("create"); "existing" bounces users without a directory.
+    virtual_mailbox_base: str = "var/vmail"
+    virtual_user_policy: Literal["existing", "create"] = "create"
+    virtual_mailbox_limit: int = 51200000
     # Connection cache: an idle session is closed after the cache time limit;
     # a session is not reused once older than the reuse time limit or after
     # the reuse count limit (0: no limit).
@@ -82,10 +157,35 @@ class DeliverySettings(CommonSettings):
     smtp_connection_reuse_time_limit: Seconds = 300.0
     smtp_connection_reuse_count_limit: int = 0
 
+    @field_validator("smtp_host_lookup")
+    @classmethod
+    def _host_lookup(cls, value: list[str]) -> list[str]:
+        methods = [v.lower() for v in value]
+        if not methods or any(m not in ("dns", "native") for m in methods):
+            raise ValueError('smtp_host_lookup: "dns", "native" or "dns, native"')
+        return methods
+
+    @field_validator("inet_protocols")
+    @classmethod
+    def _protocols(cls, value: list[str]) -> list[str]:
+        names = [v.lower() for v in value]
+        if not names or any(n not in ("all", "ipv4", "ipv6") for n in names):
+            raise ValueError('inet_protocols: "all", "ipv4", "ipv6" or "ipv4, ipv6"')
+        return names
+
+    @property
+    def dns_enabled(self) -> bool:
+        """Postfix: smtp_dns_support_level, or when empty, not disable_dns_lookups."""
+        if self.smtp_dns_support_level:
+            return self.smtp_dns_support_level != "disabled"
+        return not self.disable_dns_lookups
+
     @model_validator(mode="after")
     def _expand(self) -> DeliverySettings:
-        self.smtp_helo_name = self.smtp_helo_name.replace("$myhostname", self.myhostname)
-        self.smtp_helo_name = self.smtp_helo_name.replace("${myhostname}", self.myhostname)
+        for name in ("smtp_helo_name", "lmtp_lhlo_name"):
+            value = getattr(self, name)
+            value = value.replace("${myhostname}", self.myhostname)
+            setattr(self, name, value.replace("$myhostname", self.myhostname))
         if self.default_process_limit < 1:
             raise ValueError("default_process_limit must be at least 1")
         if self.delivery_fetch_batch < 1:

@@ -16,17 +16,23 @@ Outcomes carry Postfix's texts, so logs and bounces read as Postfix's do:
     conversation with host[ip] timed out while sending end of data
         -- message may be sent more than once                     4.4.2
 
+Servers are tried in the resolver's order (MX preference; see resolve.py):
+the next one when a connection fails or the greeting or EHLO is refused, and
+— as Postfix does for a server that is not the last — when a transaction
+ends in soft errors, for the recipients that got them, until
+smtp_mx_session_limit sessions have completed EHLO. A connection lost after
+the content went out is not retried elsewhere (the server may have the mail).
+
 Postfix parameters: smtp_helo_name, smtp_connect_timeout, smtp_helo_timeout,
 smtp_mail_timeout, smtp_rcpt_timeout, smtp_data_init_timeout,
-smtp_data_done_timeout, smtp_rset_timeout, smtp_mx_address_limit.
+smtp_data_done_timeout, smtp_rset_timeout, smtp_mx_session_limit (and, in
+the resolver, smtp_mx_address_limit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-import re
 import socket
 from collections.abc import Sequence
 
@@ -35,81 +41,19 @@ from aiosmtplib import SMTPResponse
 
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
-from postfleet.core.smtp.replies import parse_reply
 from postfleet.delivery import metrics
 from postfleet.delivery.nexthop import Nexthop, NexthopError, parse_nexthop
-from postfleet.delivery.outcome import RELAY_NONE, SENT, Delivery, Outcome, outcome
+from postfleet.delivery.outcome import DEFERRED, RELAY_NONE, SENT, Delivery, Outcome, outcome
 from postfleet.delivery.pool import Session, SessionPool
-from postfleet.delivery.resolve import Address, HostResolver, ResolveError, Resolver
+from postfleet.delivery.resolve import Address, ResolveError, Resolver, resolver_for
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.store import StoredMessage
+from postfleet.delivery.wire import dot_stuff, rejected, reply_dsn, reply_text, smtp_path
 
-log = logging.getLogger(__name__)
+__all__ = ["SmtpTransport", "dot_stuff", "smtp_path"]
 
-# -- content -------------------------------------------------------------------
-
-_LEADING_DOT = re.compile(rb"(?m)^\.")
-
-
-def dot_stuff(body: bytes) -> bytes:
-    """The DATA payload: content with leading dots doubled (RFC 5321 4.5.2),
-    a final line ending, and the terminating ``.<CRLF>``. Applied exactly once."""
-    if not body:
-        return b".\r\n"
-    if body.startswith(b".") or b"\n." in body:
-        body = _LEADING_DOT.sub(b"..", body)
-    if not body.endswith(b"\n"):
-        body += b"\r\n"
-    return body + b".\r\n"
-
-
-# -- addresses -----------------------------------------------------------------
-
-_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
-                       r"(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+)*")
-
-
-def smtp_path(address: str) -> str:
-    """Internal address form to the SMTP ``<path>``, quoting the local part
-    when it is not a dot-atom (as Postfix's quote_822_local does)."""
-    if not address:
-        return "<>"
-    local, at, domain = address.rpartition("@")
-    if not at:
-        local, domain = address, ""
-    if not _DOT_ATOM.fullmatch(local) and not (
-        len(local) > 1 and local.startswith('"') and local.endswith('"')
-    ):
-        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"<{local}@{domain}>" if at else f"<{local}>"
-
-
-# -- replies -------------------------------------------------------------------
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split("\n"))
-
-
-def _reply_text(resp: SMTPResponse) -> str:
-    return f"{resp.code} {_one_line(resp.message)}".rstrip()
-
-
-def _dsn(resp: SMTPResponse, force_class: str | None = None) -> str:
-    """The enhanced status of a reply, its class made to agree with the code."""
-    klass = str(resp.code)[:1]
-    if klass not in ("2", "4", "5"):
-        klass = "4"  # an unexpected reply: try again later
-    klass = force_class or klass
-    status = parse_reply(resp.code, _one_line(resp.message)).status
-    return klass + status[1:] if status[:1] != klass else status
-
-
-def _rejected(label: str, resp: SMTPResponse, command: str) -> Outcome:
-    """A refusal; an unexpected 1xx-3xx reply counts as a temporary one."""
-    text = f"host {label} said: {_reply_text(resp)} (in reply to {command} command)"
-    return outcome(_dsn(resp, None if resp.code >= 400 else "4"), text, _reply_text(resp))
-
+# A connection lost after the content went out: the server may have it.
+AMBIGUOUS = "-- message may be sent more than once"
 
 class _SessionFailure(Exception):
     """No usable session to any address; ``relay`` is none unless connected."""
@@ -130,7 +74,7 @@ class SmtpTransport:
     ) -> None:
         self.settings = settings
         self.pool = pool
-        self.resolver: Resolver = resolver or HostResolver()
+        self.resolver: Resolver = resolver or resolver_for(settings)
 
     async def deliver(self, job: delivery_pb2.Job, message: StoredMessage) -> Delivery:
         count = len(job.recipients)
@@ -139,21 +83,52 @@ class SmtpTransport:
         except NexthopError as exc:
             return Delivery.all(count, outcome("4.3.5", f"mail system configuration error: {exc}"))
         key = str(nexthop)
+        servers = _Servers(self, nexthop, message.queue_id)
+        outcomes: list[Outcome | None] = [None] * count
+        pending = list(range(count))
+        relay = RELAY_NONE
+        sessions = 0
+        limit = self.settings.smtp_mx_session_limit
         session = await self._cached(key)
-        if session is None:
+        while True:
+            if session is None:
+                try:
+                    session = await servers.next_session()
+                except _SessionFailure as failure:
+                    for index in pending:
+                        outcomes[index] = failure.result
+                    if sessions == 0:
+                        relay = failure.relay
+                    break
+            sessions += 1
+            relay = session.address.relay
+            servers.tried.add(session.address)
+            clean = False
             try:
-                session = await self._open(nexthop, message.queue_id)
-            except _SessionFailure as failure:
-                return Delivery.all(count, failure.result, failure.relay)
-        clean = False
-        try:
-            outcomes, clean = await self._transaction(session, message, job.recipients)
-        finally:
-            if clean:
-                self.pool.give(key, session)
-            else:
-                self.pool.discard(session)
-        return Delivery(session.address.relay, outcomes)
+                results, clean = await self._transaction(
+                    session, message, [job.recipients[i] for i in pending]
+                )
+            finally:
+                if clean:
+                    self.pool.give(key, session)
+                else:
+                    self.pool.discard(session)
+            session = None
+            retry: list[int] = []
+            for index, result in zip(pending, results, strict=True):
+                outcomes[index] = result
+                if result.status == DEFERRED and AMBIGUOUS not in result.reply:
+                    retry.append(index)
+            # Postfix: a server that is not the last one gets no final say on
+            # soft errors; their recipients go to the next MX host, within
+            # smtp_mx_session_limit sessions.
+            if not retry or 0 < limit <= sessions or not await servers.more():
+                break
+            first = outcomes[retry[0]]
+            if first is not None:
+                maillog(self.program, message.queue_id, first.reply)
+            pending = retry
+        return Delivery(relay, _complete(outcomes))
 
     # -- sessions ----------------------------------------------------------------
 
@@ -176,24 +151,10 @@ class SmtpTransport:
             self.pool.discard(session)
         return None
 
-    async def _open(self, nexthop: Nexthop, queue_id: str) -> Session:
-        try:
-            addresses = await self.resolver.resolve(nexthop)
-        except ResolveError as exc:
-            raise _SessionFailure(outcome(exc.dsn, exc.text)) from None
-        failure: _SessionFailure | None = None
-        for address in addresses[: max(1, self.settings.smtp_mx_address_limit)]:
-            try:
-                session = await self._session(address)
-            except _SessionFailure as exc:
-                failure = exc
-                # Postfix logs each failed server before trying the next one.
-                maillog(self.program, queue_id, exc.result.reply)
-                continue
-            self.pool.opened(session)
-            return session
-        assert failure is not None
-        raise failure
+    async def _open(self, address: Address) -> Session:
+        session = await self._session(address)
+        self.pool.opened(session)
+        return session
 
     async def _session(self, address: Address) -> Session:
         settings = self.settings
@@ -213,22 +174,22 @@ class SmtpTransport:
                 await client.connect(timeout=settings.smtp_helo_timeout)
             except aiosmtplib.SMTPConnectResponseError as exc:
                 resp = SMTPResponse(exc.code, exc.message)
-                text = f"host {label} refused to talk to me: {_reply_text(resp)}"
+                text = f"host {label} refused to talk to me: {reply_text(resp)}"
                 # Another server may do better: never a bounce (smtp_skip_5xx_greeting).
-                raise _SessionFailure(outcome(_dsn(resp, "4"), text), relay) from None
+                raise _SessionFailure(outcome(reply_dsn(resp, "4"), text), relay) from None
             state = "performing the EHLO handshake"
             try:
                 await client.ehlo(timeout=settings.smtp_helo_timeout)
             except aiosmtplib.SMTPHeloError as exc:
                 if not client.is_connected or exc.code < 500:
                     resp = SMTPResponse(exc.code, exc.message)
-                    raise _SessionFailure(_rejected(label, resp, "EHLO"), relay) from None
+                    raise _SessionFailure(rejected(label, resp, "EHLO"), relay) from None
                 state = "performing the HELO handshake"
                 try:
                     await client.helo(timeout=settings.smtp_helo_timeout)
                 except aiosmtplib.SMTPHeloError as exc2:
                     resp = SMTPResponse(exc2.code, exc2.message)
-                    raise _SessionFailure(_rejected(label, resp, "HELO"), relay) from None
+                    raise _SessionFailure(rejected(label, resp, "HELO"), relay) from None
         except BaseException as exc:
             client.close()
             sock.close()
@@ -310,7 +271,7 @@ class SmtpTransport:
             except ValueError:  # control characters: never sent
                 return [outcome("5.1.7", "bad sender address syntax")] * count, True
             if not 200 <= resp.code < 300:
-                return [_rejected(label, resp, "MAIL FROM")] * count, True
+                return [rejected(label, resp, "MAIL FROM")] * count, True
 
             state = "sending RCPT TO"
             accepted: list[int] = []
@@ -326,28 +287,28 @@ class SmtpTransport:
                 if 200 <= resp.code < 300:
                     accepted.append(index)
                 else:
-                    outcomes[index] = _rejected(label, resp, "RCPT TO")
+                    outcomes[index] = rejected(label, resp, "RCPT TO")
             if not accepted:
                 return _complete(outcomes), True
 
             state = "sending DATA command"
             resp = await client.execute_command(b"DATA", timeout=settings.smtp_data_init_timeout)
             if resp.code != 354:
-                result = _rejected(label, resp, "DATA")
+                result = rejected(label, resp, "DATA")
             else:
                 # The content goes out as stored (CRLF), dot-stuffed here and
                 # only here; aiosmtplib's data() would stuff and rewrite
                 # line endings itself, so the protocol is driven directly.
-                state = "sending end of data -- message may be sent more than once"
+                state = f"sending end of data {AMBIGUOUS}"
                 protocol = client.protocol
                 if protocol is None:
                     raise aiosmtplib.SMTPServerDisconnected("Connection lost")
                 protocol.write(dot_stuff(body))
                 resp = await protocol.read_response(timeout=settings.smtp_data_done_timeout)
                 if 200 <= resp.code < 300:
-                    result = Outcome(SENT, _dsn(resp), _reply_text(resp))
+                    result = Outcome(SENT, reply_dsn(resp), reply_text(resp))
                 else:
-                    result = _rejected(label, resp, "end of DATA")
+                    result = rejected(label, resp, "end of DATA")
             for index in accepted:
                 outcomes[index] = result
             return _complete(outcomes), True
@@ -357,6 +318,46 @@ class SmtpTransport:
             text = f"lost connection with {label} while {state}"
         failed = outcome("4.4.2", text)
         return [o if o is not None else failed for o in outcomes], False
+
+
+class _Servers:
+    """The nexthop's addresses, resolved on first need, each tried once."""
+
+    def __init__(self, transport: SmtpTransport, nexthop: Nexthop, queue_id: str) -> None:
+        self.transport = transport
+        self.nexthop = nexthop
+        self.queue_id = queue_id
+        self.addresses: list[Address] | None = None
+        self.tried: set[Address] = set()
+        self.failure: _SessionFailure | None = None
+
+    async def _load(self) -> list[Address]:
+        if self.addresses is None:
+            try:
+                self.addresses = await self.transport.resolver.resolve(self.nexthop)
+            except ResolveError as exc:
+                self.addresses = []
+                self.failure = _SessionFailure(outcome(exc.dsn, exc.text))
+        return self.addresses
+
+    async def more(self) -> bool:
+        return any(a not in self.tried for a in await self._load())
+
+    async def next_session(self) -> Session:
+        """A session with the next address that answers; raises _SessionFailure."""
+        for address in await self._load():
+            if address in self.tried:
+                continue
+            self.tried.add(address)
+            try:
+                return await self.transport._open(address)
+            except _SessionFailure as exc:
+                self.failure = exc
+                # Postfix logs each failed server before trying the next one.
+                maillog(self.transport.program, self.queue_id, exc.result.reply)
+        if self.failure is None:
+            self.failure = _SessionFailure(outcome("4.4.3", "no server address to try"))
+        raise self.failure
 
 
 def _complete(outcomes: list[Outcome | None]) -> list[Outcome]:

@@ -16,6 +16,8 @@ import logging
 import uuid
 from typing import Any
 
+from aiosmtpd.proxy_protocol import ProxyData
+
 from postfleet.core.maillog import maillog
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
@@ -102,6 +104,15 @@ class IngressHandler:
         log.info("queued %d bytes for %d recipients", len(envelope.original_content),
                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
         return reply_line(replies.queued_as(queue_id))
+
+    async def handle_PROXY(
+        self, server: Any, session: IngressSession, envelope: Any, proxy: ProxyData
+    ) -> bool:
+        """smtpd_upstream_proxy_protocol: the client is the one the PROXY header names."""
+        if not session.take_proxy(proxy):
+            return False
+        session.start_name_lookup(self.params.smtpd_peername_lookup)
+        return True
 
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtpd session error", exc_info=error)

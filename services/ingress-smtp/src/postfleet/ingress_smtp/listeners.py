@@ -8,7 +8,14 @@ is left after ``drain_timeout`` is closed with the same 421. A client that
 hears 421 retries elsewhere, so nothing acknowledged is lost and nothing
 unacknowledged is kept.
 
-Postfix parameters: the per-listener overrides of every smtpd parameter.
+TLS: each listener whose smtpd_tls_security_level is not none (or that is
+in wrapper mode) gets its certificate loaded at start -- a missing or broken
+one stops the role -- and listeners with the same certificate and protocol
+range share one ``ServerTls`` (one reload check).
+
+Postfix parameters: the per-listener overrides of every smtpd parameter;
+smtpd_tls_cert_file, smtpd_tls_key_file, smtpd_tls_protocols,
+smtpd_tls_mandatory_protocols.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
 from postfleet.ingress_smtp.handler import IngressHandler
 from postfleet.ingress_smtp.protocol import IngressSMTP, Sessions
-from postfleet.ingress_smtp.settings import IngressSettings, Listener
+from postfleet.ingress_smtp.settings import IngressSettings, Listener, SmtpdParams
 from postfleet.ingress_smtp.submit import CleanupClient
+from postfleet.ingress_smtp.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,7 @@ class Listeners:
         self.sessions = Sessions()
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
+        self._tls: dict[tuple[str, str, str], ServerTls] = {}
 
     async def start(self) -> None:
         try:
@@ -54,12 +63,13 @@ class Listeners:
             listener=listener.name, params=params, routing=self.routing, cleanup=self.cleanup
         )
         myhostname = self.settings.myhostname
+        tls = self._server_tls(params)
 
         def session() -> IngressSMTP:
             return IngressSMTP(
                 handler, params=params, myhostname=myhostname, listener=listener.name,
                 sessions=self.sessions, bare_newline_exempt=handler.bare_newline_exempt,
-                loop=loop,
+                tls=tls, loop=loop,
             )
 
         server = await loop.create_server(
@@ -67,8 +77,21 @@ class Listeners:
         )
         self._servers.append(server)
         self.ports[listener.name] = int(server.sockets[0].getsockname()[1])
-        log.info("smtpd %s listening on %s:%d", listener.name, listener.address,
-                 self.ports[listener.name])
+        log.info("smtpd %s listening on %s:%d (TLS %s%s%s)", listener.name, listener.address,
+                 self.ports[listener.name], params.tls_level(),
+                 ", wrapper mode" if params.smtpd_tls_wrappermode else "",
+                 ", PROXY protocol" if params.proxy_timeout() is not None else "")
+        if params.tls_level() == "none" and params.smtpd_tls_cert_file:
+            log.info("smtpd %s: smtpd_tls_cert_file is set but smtpd_tls_security_level is "
+                     "empty (none): STARTTLS is not offered", listener.name)
+
+    def _server_tls(self, params: SmtpdParams) -> ServerTls | None:
+        if params.tls_level() == "none":
+            return None
+        key = (params.smtpd_tls_cert_file, params.tls_key_path(), params.tls_protocols())
+        if key not in self._tls:
+            self._tls[key] = ServerTls(*key)
+        return self._tls[key]
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let sessions finish up to ``timeout``, close the rest."""

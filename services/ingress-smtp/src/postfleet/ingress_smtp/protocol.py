@@ -12,13 +12,33 @@ limit) and submission live in the handler (``handler.py``) behind aiosmtpd's
 ``handle_MAIL``/``handle_RCPT``/``handle_DATA`` hooks; address parsing and
 reply formatting in ``grammar.py``; per-client state in ``session.py``.
 
+TLS (Postfix smtpd's STARTTLS and wrapper mode, certificates in ``tls.py``):
+with ``smtpd_tls_security_level = may`` EHLO offers STARTTLS; ``encrypt``
+answers every command but HELO, EHLO, STARTTLS, NOOP and QUIT with ``530
+5.7.0 Must issue a STARTTLS command first`` until TLS is on. STARTTLS answers
+``220 2.0.0 Ready to start TLS``, throws away any plaintext pipelined after
+it (CVE-2011-0411), forgets HELO and the transaction (RFC 3207 4.2), and a
+failed handshake ends the session, as in Postfix. ``smtpd_tls_wrappermode``
+(smtps, port 465) does the handshake before the banner. Under TLS the
+protocol recorded for Received: becomes ESMTPS. The handshake is StreamWriter
+``start_tls`` (asyncio's public API) rather than aiosmtpd's own STARTTLS,
+which only exists after a 220 and re-creates the session.
+
+PROXY protocol (``smtpd_upstream_proxy_protocol = haproxy``): aiosmtpd reads
+the v1/v2 header within ``smtpd_upstream_proxy_timeout`` before anything is
+said (a missing or garbled header closes the connection without a word) and
+the handler's ``handle_PROXY`` takes the client address from it; in wrapper
+mode the header comes first, then the TLS handshake.
+
 Postfix parameters: message_size_limit, line_length_limit, smtpd_timeout,
 smtpd_banner, smtpd_hard_error_limit, smtpd_soft_error_limit,
 smtpd_error_sleep_time, smtpd_recipient_overshoot_limit,
-smtpd_forbid_bare_newline, smtpd_helo_required, smtpd_peername_lookup.
+smtpd_forbid_bare_newline, smtpd_helo_required, smtpd_peername_lookup,
+smtpd_tls_security_level, smtpd_tls_wrappermode, smtpd_starttls_timeout,
+smtpd_upstream_proxy_protocol, smtpd_upstream_proxy_timeout.
 
 Relies on aiosmtpd 1.4.x internals (``_smtp_methods``, ``_handler_coroutine``,
-``_timeout_handle``, ``_reader``); pin the minor version.
+``_timeout_handle``, ``_reader``, ``_writer``); pin the minor version.
 """
 
 from __future__ import annotations
@@ -26,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,10 +64,21 @@ from postfleet.ingress_smtp.grammar import (
 from postfleet.ingress_smtp.metrics import CONNECTIONS, REJECTS, SESSIONS
 from postfleet.ingress_smtp.session import IngressSession, Sessions
 from postfleet.ingress_smtp.settings import SmtpdParams
+from postfleet.ingress_smtp.tls import (
+    MUST_STARTTLS,
+    STARTTLS_READY,
+    STARTTLS_SYNTAX,
+    TLS_ALREADY_ACTIVE,
+    ServerTls,
+    tls_summary,
+)
 
 log = logging.getLogger(__name__)
 
 _TIMER_RESET_EVERY = 1.0  # seconds between idle-timer resets while DATA streams in
+# Postfix's commands without SMTPD_CMD_FLAG_PRE_TLS that this server knows:
+# refused with 530 5.7.0 before STARTTLS at smtpd_tls_security_level = encrypt.
+_NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "RSET", "VRFY", "AUTH"})
 
 
 class IngressSMTP(SMTP):
@@ -61,6 +93,7 @@ class IngressSMTP(SMTP):
         listener: str,
         sessions: Sessions,
         bare_newline_exempt: Callable[[str], bool] = lambda ip: False,
+        tls: ServerTls | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         limit = params.line_length_limit
@@ -77,6 +110,10 @@ class IngressSMTP(SMTP):
         self._banner = params.banner(myhostname)
         self._greeted = False
         self._busy = False
+        # The listener's certificate; None when TLS is off (level none).
+        self.tls = tls
+        self._handshaking = False
+        self._lost = False
         super().__init__(
             handler,
             data_size_limit=params.message_size_limit or None,
@@ -84,6 +121,7 @@ class IngressSMTP(SMTP):
             decode_data=False,
             hostname=myhostname,
             timeout=params.smtpd_timeout,
+            proxy_protocol_timeout=params.proxy_timeout(),
             loop=loop or asyncio.get_running_loop(),
         )
         self._smtp_methods = {
@@ -114,9 +152,14 @@ class IngressSMTP(SMTP):
             self._sessions.add(self)
             CONNECTIONS.labels(self.listener).inc()
             SESSIONS.labels(self.listener).inc()
-            self.smtpd_session().start_name_lookup(self.params.smtpd_peername_lookup)
+            if self.params.proxy_timeout() is None:  # else once PROXY named the client
+                self.smtpd_session().start_name_lookup(self.params.smtpd_peername_lookup)
 
     def connection_lost(self, error: Exception | None) -> None:
+        # Once only: a failed TLS handshake may or may not report it too.
+        if self._lost:
+            return
+        self._lost = True
         if self.session is not None:
             self.smtpd_session().cancel_lookup()
         if self in self._sessions:
@@ -124,11 +167,24 @@ class IngressSMTP(SMTP):
             SESSIONS.labels(self.listener).dec()
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        keep_open = super().eof_received()
+        if not self._greeted:
+            # Gone before the PROXY header was read (a load balancer's health
+            # check): aiosmtpd's command loop, which closes on EOF, never started.
+            self.hang_up(None)
+            return False
+        return keep_open
+
     # -- replies -----------------------------------------------------------------
     async def push(self, status: Any) -> None:
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else str(status)
         if not self._greeted and text.startswith("220"):
+            # aiosmtpd's greeting: the PROXY header (if any) has been read; in
+            # wrapper mode the TLS handshake comes before the banner.
             self._greeted = True
+            if self.params.smtpd_tls_wrappermode and not await self._wrapper_handshake():
+                return
             text = f"220 {self._banner}"
         text = postfix_text(text)
         code, final = text[:3], text[3:4] != "-"
@@ -160,7 +216,7 @@ class IngressSMTP(SMTP):
         from any context, including the session's own command."""
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            if reply is not None:
+            if reply is not None and self._may_speak():
                 line = reply_line(reply.with_text(f"{self.myhostname} {reply.text}"))
                 REJECTS.labels(self.listener, str(reply.code)).inc()
                 transport.write(line.encode("ascii") + b"\r\n")
@@ -169,10 +225,72 @@ class IngressSMTP(SMTP):
         if task is not None and not task.done():
             task.cancel()
 
+    def _may_speak(self) -> bool:
+        """False while plaintext must not be written: mid-handshake, or before
+        the wrapper-mode handshake."""
+        if self._handshaking:
+            return False
+        return not (self.params.smtpd_tls_wrappermode and self.smtpd_session().ssl is None)
+
     def _timeout_cb(self) -> None:
+        if not self._greeted and self.params.proxy_timeout() is not None:
+            # No PROXY header in time (smtpd_upstream_proxy_timeout): just close.
+            log.info("haproxy: no PROXY header from %s within %ss",
+                     self.smtpd_session().describe(), self.params.smtpd_upstream_proxy_timeout)
+            self.hang_up(None)
+            return
         log.info("timeout after %s from %s", self.params.smtpd_timeout,
                  self.smtpd_session().describe())
         self.hang_up(replies.TIMEOUT_EXCEEDED)
+
+    # -- TLS ---------------------------------------------------------------------
+    def _tls_missing(self) -> bool:
+        """smtpd_tls_security_level = encrypt and no STARTTLS yet."""
+        return self.params.tls_level() == "encrypt" and self.smtpd_session().ssl is None
+
+    def _offers_starttls(self) -> bool:
+        return self.tls is not None and self.smtpd_session().ssl is None
+
+    async def _wrapper_handshake(self) -> bool:
+        assert self.tls is not None  # wrapper mode requires a certificate (settings)
+        return await self._start_tls(self.tls.context())
+
+    async def _start_tls(self, context: ssl.SSLContext) -> bool:
+        """The TLS handshake; False: it failed and, as in Postfix, the session is over."""
+        session = self.smtpd_session()
+        writer = self._writer
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()  # smtpd_starttls_timeout applies instead
+        self._handshaking = True
+        try:
+            await writer.start_tls(
+                context, ssl_handshake_timeout=self.params.smtpd_starttls_timeout)
+        except asyncio.CancelledError:
+            self.connection_lost(None)
+            raise
+        except Exception as exc:  # SSL errors, resets, the handshake time limit
+            log.info("SSL_accept error from %s: %s", session.describe(),
+                     str(exc) or type(exc).__name__)
+            self.connection_lost(exc)
+            return False
+        finally:
+            self._handshaking = False
+        self.transport = writer.transport
+        session.ssl = tls_summary(writer.get_extra_info("ssl_object"))
+        self._reset_timeout()
+        log.info("Anonymous TLS connection established from %s: %s with cipher %s "
+                 "(%s/%s bits)", session.describe(), session.ssl.get("protocol"),
+                 session.ssl.get("cipher"), session.ssl.get("bits"), session.ssl.get("bits"))
+        return True
+
+    def _discard_pipelined(self, command: str) -> None:
+        """Plaintext sent after STARTTLS must never be read as if it came under
+        TLS (CVE-2011-0411): Postfix purges it, and so do we."""
+        buffered: bytearray = self._reader._buffer  # type: ignore[attr-defined]
+        if buffered:
+            log.info("improper command pipelining after %s from %s: %r", command,
+                     self.smtpd_session().describe(), bytes(buffered[:100]))
+            buffered.clear()
 
     # -- drain -------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -187,6 +305,9 @@ class IngressSMTP(SMTP):
         async def run(arg: str | None) -> None:
             if self.draining and name != "QUIT" and not self.in_transaction:
                 self.hang_up(replies.SHUTTING_DOWN)
+                return
+            if name in _NEED_TLS and self._tls_missing():
+                await self.reply(MUST_STARTTLS)
                 return
             self._busy = True
             try:
@@ -218,6 +339,7 @@ class IngressSMTP(SMTP):
         limit = self.params.message_size_limit
         lines = [
             self.myhostname, "PIPELINING", f"SIZE {limit}" if limit else "SIZE", "VRFY",
+            *(["STARTTLS"] if self._offers_starttls() else []),
             "ENHANCEDSTATUSCODES", "8BITMIME",
         ]
         for line in lines[:-1]:
@@ -400,4 +522,20 @@ class IngressSMTP(SMTP):
         await self.reply(replies.AUTH_NOT_ENABLED)
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
-        await self.reply(replies.NOT_IMPLEMENTED)
+        session = self.smtpd_session()
+        if arg:
+            await self.reply(STARTTLS_SYNTAX)
+            return
+        if session.ssl is not None:
+            await self.reply(TLS_ALREADY_ACTIVE)
+            return
+        if self.tls is None:
+            await self.reply(replies.NOT_IMPLEMENTED)
+            return
+        context = self.tls.context()
+        await self.reply(STARTTLS_READY)
+        self._discard_pipelined("STARTTLS")
+        # RFC 3207 4.2 (Postfix: helo_reset, mail_reset, rcpt_reset).
+        self._set_rset_state()
+        session.forget_helo()
+        await self._start_tls(context)

@@ -1,17 +1,20 @@
-"""ingress-smtp: what smtpd keeps per client -- address, verified name
-(Postfix's forward-confirmed reverse lookup), HELO, error counters -- and the
-set of live sessions that SIGTERM drains.
+"""ingress-smtp: what smtpd keeps per client -- address (the socket's peer,
+or the one a PROXY header names), verified name (Postfix's forward-confirmed
+reverse lookup), HELO, TLS state, error counters -- and the set of live
+sessions that SIGTERM drains.
 
-Postfix parameters: smtpd_peername_lookup.
+Postfix parameters: smtpd_peername_lookup, smtpd_upstream_proxy_protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from aiosmtpd.proxy_protocol import AF, PROTO, V2_CMD, ProxyData
 from aiosmtpd.smtp import Session
 
 from postfleet.ingress_smtp.restrictions import normalize_ip
@@ -20,6 +23,8 @@ if TYPE_CHECKING:
     from postfleet.ingress_smtp.protocol import IngressSMTP
 
 NAME_LOOKUP_TIMEOUT = 5.0
+
+log = logging.getLogger(__name__)
 
 
 async def lookup_client_name(ip: str) -> str:
@@ -47,10 +52,14 @@ class IngressSession(Session):
         self.rcpt_overshoot = 0
         self.sasl_username = ""
         self.client_name = "unknown"  # verified reverse name, once looked up
+        # The client a PROXY header named: (address, port); None = the socket's peer.
+        self.proxied: tuple[str, int] | None = None
         self._lookup: asyncio.Task[str] | None = None
 
     @property
     def client_ip(self) -> str:
+        if self.proxied is not None:
+            return self.proxied[0]
         peer = self.peer
         if isinstance(peer, tuple) and peer:
             return normalize_ip(str(peer[0]))
@@ -58,8 +67,35 @@ class IngressSession(Session):
 
     @property
     def client_port(self) -> int:
+        if self.proxied is not None:
+            return self.proxied[1]
         peer = self.peer
         return int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
+
+    def take_proxy(self, proxy: ProxyData) -> bool:
+        """Use the client a (valid) PROXY header names; False refuses the connection.
+
+        As Postfix's haproxy support: TCP over IPv4/IPv6 names the client; a v2
+        LOCAL header (the proxy's own health check) keeps the socket's peer; v1
+        UNKNOWN and every other family or transport are refused, since they
+        would sidestep address-based access control (mynetworks).
+        """
+        if proxy.version == 2 and proxy.command == V2_CMD.LOCAL:
+            return True
+        if (proxy.protocol != PROTO.STREAM or proxy.family not in (AF.INET, AF.INET6)
+                or proxy.src_addr is None):
+            log.info("haproxy: unsupported PROXY v%s header (family %s, transport %s) from %s",
+                     proxy.version, _name(AF, proxy.family), _name(PROTO, proxy.protocol),
+                     self.describe())
+            return False
+        self.proxied = (normalize_ip(str(proxy.src_addr)), int(proxy.src_port or 0))
+        return True
+
+    def forget_helo(self) -> None:
+        """RFC 3207 4.2: after STARTTLS the client starts over with EHLO."""
+        self.host_name = None
+        self.extended_smtp = False
+        self.sasl_username = ""
 
     @property
     def helo(self) -> str:
@@ -67,7 +103,12 @@ class IngressSession(Session):
 
     @property
     def protocol(self) -> str:
-        return "ESMTP" if self.extended_smtp else "SMTP"
+        """The Received: "with" type (RFC 3848): SMTP, ESMTP, ESMTPS under TLS,
+        ESMTPA/ESMTPSA once authenticated."""
+        if not self.extended_smtp:
+            return "SMTP"
+        return ("ESMTP" + ("S" if self.ssl is not None else "")
+                + ("A" if self.sasl_username else ""))
 
     def start_name_lookup(self, enabled: bool) -> None:
         """smtpd_peername_lookup: resolve the client's name while it talks."""
@@ -95,6 +136,15 @@ class IngressSession(Session):
     def describe(self) -> str:
         """Postfix's ``name[address]``."""
         return f"{self.client_name}[{self.client_ip}]"
+
+
+def _name(kind: type[AF] | type[PROTO], value: int | None) -> str:
+    if value is None:
+        return "none"
+    try:
+        return kind(value).name
+    except ValueError:
+        return str(value)
 
 
 class Sessions:

@@ -6,10 +6,20 @@ smtpd_banner, mail_name, smtpd_hard_error_limit, smtpd_soft_error_limit,
 smtpd_error_sleep_time, line_length_limit, smtpd_forbid_bare_newline,
 smtpd_forbid_bare_newline_exclusions, smtpd_helo_required,
 smtpd_peername_lookup, smtpd_relay_restrictions,
-smtpd_recipient_restrictions. The ``listeners`` list is master.cf: one entry
+smtpd_recipient_restrictions, smtpd_tls_security_level, smtpd_tls_cert_file,
+smtpd_tls_key_file, smtpd_tls_protocols, smtpd_tls_mandatory_protocols,
+smtpd_tls_wrappermode, smtpd_starttls_timeout, smtpd_upstream_proxy_protocol,
+smtpd_upstream_proxy_timeout. The ``listeners`` list is master.cf: one entry
 per smtpd service, each with ``overrides`` playing the part of ``-o
 name=value``. Environment: ``POSTFLEET_<NAME>`` (``POSTFLEET_LISTENERS`` is
 JSON); YAML: top level or the ``ingress_smtp:`` section.
+
+TLS follows Postfix: ``smtpd_tls_security_level`` empty (the default) or
+``none`` means no TLS even with a certificate configured, ``may`` offers
+STARTTLS, ``encrypt`` requires it, and ``smtpd_tls_wrappermode = yes`` (the
+smtps listener) speaks TLS from the first byte. Unlike Postfix, which logs a
+warning and carries on without TLS, a level or wrapper mode that needs a
+certificate refuses to start without ``smtpd_tls_cert_file``.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from postfleet.ingress_smtp.restrictions import (
     parse_network,
     validate_restrictions,
 )
+from postfleet.ingress_smtp.tls import protocol_range
 
 MAIL_NAME = "postfleet"
 
@@ -57,10 +68,17 @@ def _bare_newline(value: object) -> object:
     return "normalize" if text == "yes" else text
 
 
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 PostfixList = Annotated[list[str], NoDecode, BeforeValidator(_postfix_list)]
 BareNewline = Annotated[
     Literal["normalize", "reject", "no"], BeforeValidator(_bare_newline)
 ]
+TlsLevel = Annotated[Literal["", "none", "may", "encrypt"], BeforeValidator(_lower)]
+ProxyProtocol = Annotated[Literal["", "haproxy"], BeforeValidator(_lower)]
+KEY_FILE_DEFAULT = "$smtpd_tls_cert_file"
 
 
 class SmtpdParams(BaseModel):
@@ -91,6 +109,22 @@ class SmtpdParams(BaseModel):
         default_factory=lambda: list(DEFAULT_RELAY_RESTRICTIONS)
     )
     smtpd_recipient_restrictions: PostfixList = Field(default_factory=list)
+    # TLS (tls.py). "" = none, as in Postfix: a certificate alone enables nothing.
+    smtpd_tls_security_level: TlsLevel = ""
+    smtpd_tls_cert_file: str = ""
+    # Postfix's default: the key is in the certificate file.
+    smtpd_tls_key_file: str = KEY_FILE_DEFAULT
+    # Postfix's default is ">=TLSv1"; TLS 1.0/1.1 are deprecated (RFC 8996).
+    smtpd_tls_protocols: str = ">=TLSv1.2"
+    smtpd_tls_mandatory_protocols: str = ">=TLSv1.2"
+    # smtps (port 465, RFC 8314 implicit TLS): the handshake comes before the banner.
+    smtpd_tls_wrappermode: bool = False
+    # The TLS handshake's time limit (Postfix: 300s, 10s under stress).
+    smtpd_starttls_timeout: Seconds = 300.0
+    # "haproxy": every connection starts with a PROXY v1/v2 header naming the
+    # real client (a load balancer in front); it must arrive within the timeout.
+    smtpd_upstream_proxy_protocol: ProxyProtocol = ""
+    smtpd_upstream_proxy_timeout: Seconds = 5.0
 
     @field_validator("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
     @classmethod
@@ -105,10 +139,56 @@ class SmtpdParams(BaseModel):
                 parse_network(entry)
         return value
 
+    @field_validator("smtpd_tls_protocols", "smtpd_tls_mandatory_protocols")
+    @classmethod
+    def _protocols(cls, value: str) -> str:
+        protocol_range(value)
+        return value
+
+    @field_validator("smtpd_starttls_timeout", "smtpd_upstream_proxy_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0s")
+        return value
+
     @model_validator(mode="after")
     def _not_open(self) -> SmtpdParams:
         check_no_open_relay(self.smtpd_relay_restrictions, self.smtpd_recipient_restrictions)
         return self
+
+    @model_validator(mode="after")
+    def _tls_has_certificate(self) -> SmtpdParams:
+        if self.tls_level() != "none" and not self.smtpd_tls_cert_file:
+            why = ("smtpd_tls_wrappermode = yes" if self.smtpd_tls_wrappermode
+                   else f"smtpd_tls_security_level = {self.smtpd_tls_security_level}")
+            raise ValueError(f"{why} needs smtpd_tls_cert_file (and smtpd_tls_key_file)")
+        return self
+
+    def tls_level(self) -> Literal["none", "may", "encrypt"]:
+        """Postfix's effective level: wrapper mode enforces TLS; "" means none."""
+        if self.smtpd_tls_wrappermode:
+            return "encrypt"
+        if self.smtpd_tls_security_level == "encrypt":
+            return "encrypt"
+        if self.smtpd_tls_security_level == "may":
+            return "may"
+        return "none"
+
+    def tls_key_path(self) -> str:
+        key = self.smtpd_tls_key_file
+        return self.smtpd_tls_cert_file if key in (KEY_FILE_DEFAULT, "") else key
+
+    def tls_protocols(self) -> str:
+        """smtpd_tls_mandatory_protocols when TLS is required, else smtpd_tls_protocols."""
+        return (self.smtpd_tls_mandatory_protocols if self.tls_level() == "encrypt"
+                else self.smtpd_tls_protocols)
+
+    def proxy_timeout(self) -> float | None:
+        """aiosmtpd's proxy_protocol_timeout: None when no PROXY header is expected."""
+        if self.smtpd_upstream_proxy_protocol == "haproxy":
+            return self.smtpd_upstream_proxy_timeout
+        return None
 
     def banner(self, myhostname: str) -> str:
         return (self.smtpd_banner.replace("${myhostname}", myhostname)

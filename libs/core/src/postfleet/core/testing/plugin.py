@@ -5,6 +5,8 @@
   each test, migrated to head.
 - ``smtp_sink``: a real SMTP server standing for the next hop.
 - ``make_cluster``: every role as a real process on those.
+- ``make_dns``: ``make_dns(zone)`` starts dnsmasq serving that zone on a free
+  loopback port (see testing/dns.py); ``.nameserver`` is "127.0.0.1:PORT".
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 from postfleet.core.testing.cluster import Cluster
 from postfleet.core.testing.databases import fresh_postgres, sqlite_url
+from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.sink import SmtpSink
 
@@ -85,3 +88,17 @@ def make_cluster(
     yield make
     for cluster in made:
         cluster.stop()
+
+
+@pytest.fixture
+def make_dns(tmp_path: Path) -> Iterator[Callable[..., DnsServer]]:
+    started: list[DnsServer] = []
+
+    def make(zone: dict[str, Any] | None = None) -> DnsServer:
+        server = DnsServer(tmp_path / f"dns{len(started)}", zone or {})
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()

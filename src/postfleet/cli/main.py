@@ -22,6 +22,9 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
                                       --database-url (or POSTFLEET_* env vars)
   postfleet routes load FILE          publish FILE's routing: block to NATS KV
   postfleet route ADDRESS...          where mail for ADDRESS goes (sendmail -bv)
+  postfleet import-postfix DIR --out OUTDIR
+                                      a Postfix main.cf + tables as postfleet
+                                      config and MailDomain/Transport resources
   postfleet queue list|show|flush|hold|release|requeue|delete
                                       mailq / postqueue / postsuper
 """
@@ -51,10 +54,26 @@ def _parser() -> argparse.ArgumentParser:
                       help="NATS server (default: POSTFLEET_NATS_URL, or var/run.json)")
     load.add_argument("--var-dir", type=Path, default=Path("var"))
 
-    route = sub.add_parser("route", help="show how addresses are routed (sendmail -bv)")
+    route = sub.add_parser(
+        "route", help="show how addresses are routed (sendmail -bv)",
+        description="Per address: its address class, the addresses it is finally "
+        "rewritten to (canonical, virtual alias, aliases), the transport and next hop, "
+        "whether an MX lookup happens, and the reply an outside client gets at RCPT time. "
+        "ADDRESS - reads addresses from standard input, one per line.")
     route.add_argument("addresses", nargs="+", metavar="ADDRESS")
     route.add_argument("--config", type=Path, help="read routes from this file")
-    route.add_argument("--json", action="store_true", help="one JSON object per address")
+    route.add_argument("--json", action="store_true",
+                       help="one JSON object per address, one per line: address, class, "
+                       "rewritten, transport, nexthop, port, mx, reject")
+
+    imp = sub.add_parser(
+        "import-postfix", help="turn a Postfix configuration into postfleet's",
+        description="Read DIR/main.cf and the tables it names (hash:, texthash:, ... "
+        "files are read from DIR by their base name) and write OUTDIR/postfleet.yaml "
+        "(usable as --config) and OUTDIR/resources.yaml (MailDomain and Transport "
+        "resources). Parameters that are not imported are listed on standard error.")
+    imp.add_argument("directory", type=Path, metavar="DIR")
+    imp.add_argument("--out", type=Path, required=True, metavar="OUTDIR")
 
     queue = sub.add_parser("queue", help="inspect and manage the queue (mailq, postsuper)")
     queue.add_argument("action", choices=["list", "show", "flush", "hold", "release",
@@ -105,13 +124,41 @@ def _routes(args: argparse.Namespace) -> int:
 
 
 def _route(args: argparse.Namespace) -> int:
-    from postfleet.cli.routes import describe, format_route, snapshot_from_config
+    from postfleet.cli.routes import describe, format_route, route_context
     from postfleet.core.settings import load_config_file
 
-    cfg = load_config_file(args.config) if args.config else {}
-    snapshot = snapshot_from_config(cfg)
-    for address in args.addresses:
-        print(format_route(describe(snapshot, address), args.json))
+    try:
+        cfg = load_config_file(args.config) if args.config else {}
+        ctx = route_context(cfg)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read {args.config}: {exc}") from None
+    addresses: list[str] = []
+    for arg in args.addresses:
+        if arg == "-":
+            addresses.extend(line.strip() for line in sys.stdin if line.strip())
+        else:
+            addresses.append(arg)
+    for address in addresses:
+        info = describe(ctx, address)
+        print(format_route(info, args.json), flush=True)
+        if args.json:
+            for note in info.get("_notes", []):
+                print(f"postfleet route: {address}: {note}", file=sys.stderr)
+    return 0
+
+
+def _import_postfix(args: argparse.Namespace) -> int:
+    from postfleet.cli.postfix_import import import_postfix, write_outputs
+
+    try:
+        result = import_postfix(args.directory)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot import {args.directory}: {exc}") from None
+    for warning in result.warnings:
+        print(f"postfleet import-postfix: {warning}", file=sys.stderr)
+    written = write_outputs(result, args.out)
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
@@ -141,7 +188,8 @@ def _queue(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"run": _run, "routes": _routes, "route": _route, "queue": _queue}
+    handlers = {"run": _run, "routes": _routes, "route": _route, "queue": _queue,
+                "import-postfix": _import_postfix}
     return handlers[args.command](args)
 
 

@@ -267,7 +267,7 @@ class _Tables:
         # domain entry (domain or .domain) -> (class, owner)
         self.claims: dict[str, tuple[str, str]] = {}
         for cls, param in CLASS_PARAMETERS.items():
-            for entry in base.expand_list(getattr(base, param)):
+            for entry in base.expand_list(getattr(base, param) or []):
                 self.claims.setdefault(entry, (cls, BASE_OWNER))
         self.added: dict[str, list[str]] = {cls: [] for cls in CLASS_PARAMETERS}
         self.aliases: dict[str, list[str]] = {
@@ -453,10 +453,14 @@ class _Tables:
 
     # -- result -------------------------------------------------------------------
     def snapshot(self) -> RoutingSnapshot:
-        update: dict[str, Any] = {
-            param: [*getattr(self.base, param), *sorted(self.added[cls])]
-            for cls, param in CLASS_PARAMETERS.items()
-        }
+        update: dict[str, Any] = {}
+        for cls, param in CLASS_PARAMETERS.items():
+            current = getattr(self.base, param)
+            # None is Postfix's default for virtual_*_domains ($virtual_*_maps:
+            # the table's bare-domain keys). Once resources add domains the list
+            # is explicit; set the base's domains explicitly to keep them.
+            if current is not None or self.added[cls]:
+                update[param] = [*(current or []), *sorted(self.added[cls])]
         update["virtual_alias_maps"] = dict(sorted(self.aliases.items()))
         update["transport_maps"] = dict(sorted(self.transports.items()))
         return RoutingSnapshot.model_validate({**self.base.model_dump(), **update})

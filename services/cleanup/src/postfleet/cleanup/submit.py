@@ -1,8 +1,27 @@
-"""gRPC Submit: receive one message (envelope, then body chunks), fix its
-headers, commit it with its recipients, then wake qmgr.
+"""gRPC Submit: receive one message (envelope, then body chunks), rewrite its
+envelope, fix its headers, commit it with its recipients, then wake qmgr.
+
+The envelope is rewritten with the routing snapshot in force (it changes
+live): the sender through sender_canonical_maps and canonical_maps, each
+recipient through recipient_canonical_maps, canonical_maps and
+virtual_alias_maps (one recipient may become many; each keeps the address
+as received as its original recipient). A virtual alias loop or an
+expansion over Postfix's limits refuses the message with "451 4.6.0 Alias
+expansion error", as Postfix's cleanup does.
+
+alias_maps: in Postfix, local(8) expands aliases at delivery time and
+re-injects forwarded targets. postfleet's local transport only writes
+mailboxes, so the same expansion happens here, for recipients the local
+transport would deliver: the mail ends where Postfix puts it, but the
+expansion uses the snapshot of queueing time. ``/file``, ``|command`` and
+``:include:`` targets are not supported: they are dropped with a warning
+(an alias left with no address target keeps the alias address itself).
 
 Postfix parameters: myhostname, message_size_limit, maximal_queue_lifetime,
-bounce_queue_lifetime.
+bounce_queue_lifetime; through the snapshot: myorigin, canonical_maps,
+sender_canonical_maps, recipient_canonical_maps, virtual_alias_maps,
+virtual_alias_recursion_limit, virtual_alias_expansion_limit,
+propagate_unmatched_extensions, recipient_delimiter.
 """
 
 from __future__ import annotations
@@ -23,6 +42,10 @@ from postfleet.core.db.models import MessageState, RecipientStatus
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
 from postfleet.core.queueid import new_queue_id
+from postfleet.core.routing.rewrite import canonical_sender, final_recipients, is_special_target
+from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.routing.store import RoutingView
+from postfleet.core.smtp.replies import SmtpError
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +55,12 @@ FAILURES = Counter("postfleet_cleanup_failures_total", "Submissions that were no
 
 
 class CleanupService(cleanup_pb2_grpc.CleanupServicer):
-    def __init__(self, settings: CleanupSettings, writer: QueueWriter) -> None:
+    def __init__(
+        self, settings: CleanupSettings, writer: QueueWriter, routing: RoutingView | None = None
+    ) -> None:
         self.settings = settings
         self.writer = writer
+        self.routing = routing or RoutingView()
 
     async def Submit(
         self, request_iterator: AsyncIterator[cleanup_pb2.SubmitRequest],
@@ -58,8 +84,15 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "an envelope with at least one recipient must come first")
         assert envelope is not None
+        try:
+            sender, rewritten = rewrite_envelope(self.routing.snapshot, envelope)
+        except SmtpError as exc:
+            FAILURES.labels("rewrite").inc()
+            log.warning("envelope not rewritten: %s", exc)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc.reply))
         queue_id = new_queue_id()
-        message, recipients = self._rows(queue_id, envelope, b"".join(chunks))
+        message, recipients = self._rows(queue_id, envelope, sender, rewritten,
+                                         b"".join(chunks))
         try:
             await self.writer.write(message, recipients)
         except Exception as exc:
@@ -67,12 +100,13 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"queue file write error: {exc}")
         MESSAGES.inc()
         maillog("cleanup", queue_id,
-                f"from=<{envelope.sender}>, size={len(message['body'])}, "
+                f"from=<{sender}>, size={len(message['body'])}, "
                 f"nrcpt={len(recipients)} (queue active)")
         return cleanup_pb2.SubmitReply(queue_id=queue_id)
 
     def _rows(
-        self, queue_id: str, env: cleanup_pb2.Envelope, raw: bytes
+        self, queue_id: str, env: cleanup_pb2.Envelope, sender: str,
+        rewritten: list[tuple[cleanup_pb2.Recipient, str]], raw: bytes,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         now_ts = time.time()
         now = datetime.fromtimestamp(now_ts, UTC)
@@ -86,7 +120,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         lifetime = (self.settings.bounce_queue_lifetime if not env.sender
                     else self.settings.maximal_queue_lifetime)
         message = {
-            "queue_id": queue_id, "sender": env.sender, "size": len(body), "body": body,
+            "queue_id": queue_id, "sender": sender, "size": len(body), "body": body,
             "client_name": client.name, "client_addr": client.address, "helo": client.helo,
             "protocol": client.protocol, "sasl_username": client.sasl_username,
             "trace_id": env.trace_id, "content_filter": env.content_filter, "ret": env.ret,
@@ -94,10 +128,36 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             "expires_at": now + timedelta(seconds=lifetime),
         }
         recipients = [
-            {"queue_id": queue_id, "address": r.address, "orig_rcpt": r.address,
+            {"queue_id": queue_id, "address": address, "orig_rcpt": r.address,
              "orcpt": r.orcpt, "notify": r.notify, "status": RecipientStatus.PENDING,
              "transport": "", "nexthop": "", "attempts": 0, "next_attempt_at": now,
              "dsn_status": "", "last_reply": ""}
-            for r in env.recipients
+            for r, address in rewritten
         ]
         return message, recipients
+
+
+def rewrite_envelope(
+    snapshot: RoutingSnapshot, env: cleanup_pb2.Envelope
+) -> tuple[str, list[tuple[cleanup_pb2.Recipient, str]]]:
+    """The sender and (recipient as received, final address) pairs.
+
+    Duplicates -- the same final address for the same original recipient
+    and DSN parameters -- are queued once, as Postfix's cleanup does.
+    """
+    sender = canonical_sender(snapshot, env.sender)
+    seen: set[tuple[str, str, str, str]] = set()
+    out: list[tuple[cleanup_pb2.Recipient, str]] = []
+    for rcpt in env.recipients:
+        final = final_recipients(snapshot, rcpt.address)
+        dropped = [a for a in final if is_special_target(a)]
+        if dropped:
+            log.warning("alias targets not supported, ignored for %s: %s", rcpt.address,
+                        ", ".join(dropped))
+            final = [a for a in final if not is_special_target(a)] or [rcpt.address]
+        for address in final:
+            key = (rcpt.address, rcpt.orcpt, rcpt.notify, address.lower())
+            if key not in seen:
+                seen.add(key)
+                out.append((rcpt, address))
+    return sender, out

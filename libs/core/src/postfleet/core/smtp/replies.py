@@ -110,3 +110,23 @@ CONFIG_ERROR = SmtpReply(451, "4.3.5", "Server configuration error")
 TOO_MANY_ERRORS = SmtpReply(421, "4.7.0", "Error: too many errors")
 TIMEOUT_EXCEEDED = SmtpReply(421, "4.4.2", "Error: timeout exceeded")
 SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down, closing transmission channel")
+
+
+# -- recipient validation (smtpd reject_unlisted_recipient, trivial-rewrite's
+# error results, cleanup's address mapping) -----------------------------------
+# At RCPT time they read "<rcpt>: Recipient address rejected: TEXT"
+# (``recipient_rejected``); as error-transport nexthops, "X.Y.Z TEXT".
+RCPT_REJECTED = "Recipient address rejected"
+USER_UNKNOWN = SmtpReply(550, "5.1.1", "User unknown")  # show_user_unknown_table_name=no
+USER_UNKNOWN_LOCAL = SmtpReply(550, "5.1.1", "User unknown in local recipient table")
+USER_UNKNOWN_VIRTUAL_ALIAS = SmtpReply(550, "5.1.1", "User unknown in virtual alias table")
+USER_UNKNOWN_VIRTUAL_MAILBOX = SmtpReply(550, "5.1.1", "User unknown in virtual mailbox table")
+USER_MOVED = SmtpReply(550, "5.1.6", "User has moved to")  # + " " + relocated_maps value
+ADDRESS_UNDELIVERABLE = SmtpReply(550, "5.1.1", "Address is undeliverable")  # bare error:
+# cleanup: virtual_alias_maps expansion/recursion limits, canonical loops.
+ALIAS_EXPANSION_ERROR = SmtpReply(451, "4.6.0", "Alias expansion error")
+
+
+def recipient_rejected(reply: SmtpReply, recipient: str) -> SmtpReply:
+    """smtpd's wording: ``550 5.1.1 <rcpt>: Recipient address rejected: TEXT``."""
+    return reply.with_text(f"<{recipient}>: {RCPT_REJECTED}: {reply.text}")

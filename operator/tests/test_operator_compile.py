@@ -272,10 +272,22 @@ def test_unsupported_fields_are_accepted_with_a_note() -> None:
     outcome = compiled.outcomes[("Transport", "mail", "t")]
     assert outcome.ok
     assert outcome.notes == (
+        "spec.concurrencyLimit needs spec.nexthop; default_destination_concurrency_limit applies",
         "spec.tls is not carried by the routing snapshot yet",
         "spec.authSecretRef is not carried by the routing snapshot yet",
-        "spec.concurrencyLimit is not carried by the routing snapshot yet",
     )
+    assert compiled.snapshot.destination_concurrency_limits == {}
+
+
+def test_a_concurrency_limit_is_carried_for_its_next_hop() -> None:
+    compiled = build(
+        tr("a", {"match": "a.example", "transport": "smtp", "concurrencyLimit": 5,
+                 "nexthop": {"host": "mx.example.org", "port": 25, "mx": False}}),
+        tr("b", {"match": "b.example", "transport": "smtp", "concurrencyLimit": 3,
+                 "nexthop": {"host": "mx.example.org", "port": 25, "mx": False}}),
+    )
+    assert compiled.outcomes[("Transport", "mail", "a")].notes == ()
+    assert compiled.snapshot.destination_concurrency_limits == {"smtp:[mx.example.org]:25": 3}
 
 
 # -- MailDomain errors ------------------------------------------------------------------------

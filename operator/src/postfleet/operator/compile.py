@@ -275,6 +275,7 @@ class _Tables:
         }
         self.alias_owner: dict[str, str] = dict.fromkeys(self.aliases, BASE_OWNER)
         self.transports: dict[str, str] = dict(base.transport_maps)
+        self.limits: dict[str, int] = dict(base.destination_concurrency_limits)
         self.transport_owner: dict[str, str] = dict.fromkeys(self.transports, BASE_OWNER)
 
     # -- MailDomain -------------------------------------------------------------
@@ -373,12 +374,22 @@ class _Tables:
             raise Invalid(f'match "{match}" is already routed by {self.transport_owner[match]}')
         self.transports[match] = value
         self.transport_owner[match] = str(res)
-        # Per-destination TLS, SASL and concurrency have no table in the snapshot yet.
-        return [
+        notes = []
+        if limit is not None:
+            if value.endswith(":"):
+                # No fixed next hop: the destination is each recipient's domain.
+                notes.append("spec.concurrencyLimit needs spec.nexthop; "
+                             "default_destination_concurrency_limit applies")
+            else:
+                # Two Transports to one next hop share it: the lower limit wins.
+                self.limits[value] = min(limit, self.limits.get(value, limit))
+        # Per-destination TLS and SASL have no table in the snapshot yet.
+        notes += [
             f"spec.{name} is not carried by the routing snapshot yet"
-            for name in ("tls", "authSecretRef", "concurrencyLimit")
+            for name in ("tls", "authSecretRef")
             if spec.get(name) not in (None, {}, "")
         ]
+        return notes
 
     def _nexthop(self, res: Resource, match: str, transport: str) -> str:
         spec = res.spec
@@ -463,4 +474,5 @@ class _Tables:
                 update[param] = [*(current or []), *sorted(self.added[cls])]
         update["virtual_alias_maps"] = dict(sorted(self.aliases.items()))
         update["transport_maps"] = dict(sorted(self.transports.items()))
+        update["destination_concurrency_limits"] = dict(sorted(self.limits.items()))
         return RoutingSnapshot.model_validate({**self.base.model_dump(), **update})

@@ -6,7 +6,8 @@ slot, a bounce queued) and at least every queue_run_delay: that periodic
 scan is what finds work whose bus notice was lost, deferred mail that came
 due, and leases of dead qmgr replicas that expired (invariant 3).
 
-Postfix parameters: queue_run_delay, default_destination_concurrency_limit,
+Postfix parameters: queue_run_delay, default_destination_concurrency_limit
+(or the snapshot's per-next-hop destination_concurrency_limits),
 default_destination_recipient_limit, qmgr_message_recipient_limit;
 transport_maps, relayhost, default_transport via the routing snapshot.
 """
@@ -135,9 +136,11 @@ class Scheduler:
         WAITING.set(sum(len(q) for q in self.waiting.values()))
 
     async def _dispatch(self) -> None:
-        limit = self.s.default_destination_concurrency_limit
+        default = self.s.default_destination_concurrency_limit
+        limits = self.routing.snapshot.destination_concurrency_limits
         batch: list[delivery_pb2.Job] = []
         for dest, queue in self.waiting.items():
+            limit = limits.get(f"{dest[0]}:{dest[1]}", default)
             while queue and self.per_dest[dest] < limit:
                 job = queue.popleft()
                 self._waiting_rcpts -= len(job.recipients)

@@ -118,6 +118,12 @@ class RoutingSnapshot(BaseModel):
     local_recipient_maps: PostfixList = Field(default_factory=list)
     # key (user+ext@domain, user@domain, domain, .domain, *) -> "transport:nexthop"
     transport_maps: dict[str, str] = Field(default_factory=dict)
+    # postfleet: per-destination concurrency for one next hop, keyed by the
+    # transport_maps value it applies to ("smtp:[mail.example.org]:25" -> 5);
+    # Postfix has it per transport (transport_destination_concurrency_limit).
+    # Set by a Transport resource's spec.concurrencyLimit; qmgr falls back
+    # to default_destination_concurrency_limit.
+    destination_concurrency_limits: dict[str, int] = Field(default_factory=dict)
     relayhost: str = ""
     default_transport: str = "smtp"
     local_transport: str = "local:$myhostname"

@@ -38,6 +38,16 @@ STOP_GRACE_S = 30.0
 READY_TIMEOUT_S = 60.0
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the launcher dies (even by
+    kill -9), so no role outlives its supervisor (Linux PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,6 +73,7 @@ class Child:
             sys.executable, "-m", ROLE_MODULES[self.role], env=self.env,
             # Own session: Ctrl-C reaches the launcher, which stops roles in order.
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.started = time.monotonic()
 
@@ -90,7 +101,7 @@ class Launcher:
         log = open(self.var_dir / "nats.log", "ab")  # noqa: ASYNC230 - once, at start-up
         self.nats_proc = await asyncio.create_subprocess_exec(
             str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
-            stdout=log, stderr=log,
+            stdout=log, stderr=log, preexec_fn=_die_with_parent,
         )
         for _ in range(200):
             with contextlib.suppress(OSError):

@@ -127,6 +127,9 @@ class Cluster:
             ),
             POSTFLEET_MYHOSTNAME="mx.postfleet.test",
             POSTFLEET_LOG_FORMAT="text",
+            # Tests never ask this machine's resolver (its reverse lookups
+            # for 127.0.0.x clients would leave the box).
+            POSTFLEET_SMTPD_PEERNAME_LOOKUP="false",
         )
         env.update(self.env)
         return env

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from postfleet.core.proto.delivery.v1 import delivery_pb2
+from postfleet.core.routing.nexthop import parse_nexthop
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.sink import SmtpSink
-from postfleet.delivery.nexthop import parse_nexthop
 from postfleet.delivery.outcome import Delivery
 from postfleet.delivery.pool import SessionPool
 from postfleet.delivery.resolve import DnsPolicy, DnsResolver, make_dns_client

@@ -35,7 +35,7 @@ from aiosmtplib import SMTPResponse
 
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
-from postfleet.delivery.nexthop import Nexthop, NexthopError, parse_nexthop
+from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
 from postfleet.delivery.outcome import RELAY_NONE, SENT, Delivery, Outcome, outcome
 from postfleet.delivery.resolve import Address, ResolveError, Resolver
 from postfleet.delivery.settings import DeliverySettings

@@ -50,7 +50,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from postfleet.delivery.nexthop import Nexthop
+from postfleet.core.routing.nexthop import Nexthop
 from postfleet.delivery.settings import DeliverySettings
 
 NOT_FOUND = "Host or domain name not found. Name service error for name={name} type={type}: "

@@ -41,8 +41,8 @@ from aiosmtplib import SMTPResponse
 
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
+from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
 from postfleet.delivery import metrics
-from postfleet.delivery.nexthop import Nexthop, NexthopError, parse_nexthop
 from postfleet.delivery.outcome import DEFERRED, RELAY_NONE, SENT, Delivery, Outcome, outcome
 from postfleet.delivery.pool import Session, SessionPool
 from postfleet.delivery.resolve import Address, ResolveError, Resolver, resolver_for

@@ -40,7 +40,14 @@ from postfleet.delivery.outcome import RELAY_NONE, SENT, Delivery, Outcome, outc
 from postfleet.delivery.resolve import Address, ResolveError, Resolver
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.store import StoredMessage
-from postfleet.delivery.wire import dot_stuff, rejected, reply_dsn, reply_text, smtp_path
+from postfleet.delivery.wire import (
+    dot_stuff,
+    mail_params,
+    rejected,
+    reply_dsn,
+    reply_text,
+    smtp_path,
+)
 
 AF_UNIX = getattr(socket, "AF_UNIX", -1)
 # Longest reply line accepted (RFC 5321 says 512; servers send longer).
@@ -225,23 +232,11 @@ class LmtpTransport:
         outcomes: list[Outcome | None] = [None] * count
         body = message.body
 
-        params: list[bytes] = []
-        if conn.supports("size"):
-            limit_text = conn.extensions.get("size", "")
-            limit = int(limit_text) if limit_text.isdigit() else 0
-            if 0 < limit < len(body):
-                text = f"message size {len(body)} exceeds size limit {limit} of server {label}"
-                return [outcome("5.3.4", text)] * count
-            params.append(b"SIZE=%d" % len(body))
-        utf8 = not all(a.isascii() for a in [message.sender, *(r.address for r in recipients)])
-        if utf8:
-            if not conn.supports("smtputf8"):
-                text = f"SMTPUTF8 is required, but was not offered by host {label}"
-                return [outcome("5.6.7", text)] * count
-            params.append(b"SMTPUTF8")
-        if not body.isascii() and conn.supports("8bitmime"):
-            params.append(b"BODY=8BITMIME")
-        encoding = "utf-8" if utf8 else "ascii"
+        params, encoding, stop = mail_params(
+            conn.supports, conn.extensions, body,
+            [message.sender, *(r.address for r in recipients)], label)
+        if stop is not None:
+            return [stop] * count
 
         state = "sending MAIL FROM"
         try:

@@ -48,7 +48,14 @@ from postfleet.delivery.pool import Session, SessionPool
 from postfleet.delivery.resolve import Address, ResolveError, Resolver, resolver_for
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.store import StoredMessage
-from postfleet.delivery.wire import dot_stuff, rejected, reply_dsn, reply_text, smtp_path
+from postfleet.delivery.wire import (
+    dot_stuff,
+    mail_params,
+    rejected,
+    reply_dsn,
+    reply_text,
+    smtp_path,
+)
 
 __all__ = ["SmtpTransport", "dot_stuff", "smtp_path"]
 
@@ -241,25 +248,11 @@ class SmtpTransport:
         outcomes: list[Outcome | None] = [None] * count
         body = message.body
 
-        # MAIL FROM parameters from the server's EHLO reply.
-        params: list[bytes] = []
-        if client.supports_extension("size"):
-            limit_text = client.esmtp_extensions.get("size", "")
-            limit = int(limit_text) if limit_text.isdigit() else 0
-            if 0 < limit < len(body):
-                text = f"message size {len(body)} exceeds size limit {limit} of server {label}"
-                return [outcome("5.3.4", text)] * count, True
-            params.append(b"SIZE=%d" % len(body))
-        addresses = [message.sender, *(r.address for r in recipients)]
-        utf8 = not all(a.isascii() for a in addresses)
-        if utf8:
-            if not client.supports_extension("smtputf8"):
-                text = f"SMTPUTF8 is required, but was not offered by host {label}"
-                return [outcome("5.6.7", text)] * count, True
-            params.append(b"SMTPUTF8")
-        if not body.isascii() and client.supports_extension("8bitmime"):
-            params.append(b"BODY=8BITMIME")
-        encoding = "utf-8" if utf8 else "ascii"
+        params, encoding, stop = mail_params(
+            client.supports_extension, client.esmtp_extensions, body,
+            [message.sender, *(r.address for r in recipients)], label)
+        if stop is not None:
+            return [stop] * count, True
 
         state = "sending MAIL FROM"
         try:

@@ -6,6 +6,7 @@ how a server's reply becomes an outcome with Postfix's wording
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 
 from aiosmtplib import SMTPResponse
 
@@ -75,3 +76,29 @@ def rejected(label: str, resp: SMTPResponse, command: str) -> Outcome:
     """A refusal; an unexpected 1xx-3xx reply counts as a temporary one."""
     text = f"host {label} said: {reply_text(resp)} (in reply to {command} command)"
     return outcome(reply_dsn(resp, None if resp.code >= 400 else "4"), text, reply_text(resp))
+
+
+def mail_params(
+    supports: Callable[[str], bool], extensions: Mapping[str, str], body: bytes,
+    addresses: list[str], label: str,
+) -> tuple[list[bytes], str, Outcome | None]:
+    """MAIL FROM parameters from the server's EHLO/LHLO reply (SIZE,
+    SMTPUTF8, BODY=8BITMIME), the envelope encoding, or the outcome that
+    stops the transaction before MAIL (as Postfix's smtp/lmtp do)."""
+    params: list[bytes] = []
+    if supports("size"):
+        limit_text = extensions.get("size", "")
+        limit = int(limit_text) if limit_text.isdigit() else 0
+        if 0 < limit < len(body):
+            text = f"message size {len(body)} exceeds size limit {limit} of server {label}"
+            return params, "ascii", outcome("5.3.4", text)
+        params.append(b"SIZE=%d" % len(body))
+    utf8 = not all(a.isascii() for a in addresses)
+    if utf8:
+        if not supports("smtputf8"):
+            text = f"SMTPUTF8 is required, but was not offered by host {label}"
+            return params, "utf-8", outcome("5.6.7", text)
+        params.append(b"SMTPUTF8")
+    if not body.isascii() and supports("8bitmime"):
+        params.append(b"BODY=8BITMIME")
+    return params, "utf-8" if utf8 else "ascii", None

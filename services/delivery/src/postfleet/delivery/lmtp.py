@@ -36,7 +36,13 @@ from aiosmtplib import SMTPResponse
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
-from postfleet.delivery.outcome import RELAY_NONE, SENT, Delivery, Outcome, outcome
+from postfleet.delivery.outcome import (
+    SENT,
+    Delivery,
+    Outcome,
+    TransportFailure,
+    outcome,
+)
 from postfleet.delivery.resolve import Address, ResolveError, Resolver
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.store import StoredMessage
@@ -78,13 +84,6 @@ def parse_lmtp_nexthop(text: str, default_port: int) -> LmtpNexthop:
     hop = parse_nexthop(value, default_port)
     # LMTP never looks up MX records: every host is taken literally.
     return LmtpNexthop(tcp=Nexthop(hop.host, hop.port, literal=True))
-
-
-class _Failure(Exception):
-    def __init__(self, result: Outcome, relay: str = RELAY_NONE) -> None:
-        super().__init__(result.reply)
-        self.result = result
-        self.relay = relay
 
 
 class LmtpConnection:
@@ -147,11 +146,11 @@ class LmtpTransport:
             addresses = await self._addresses(hop)
         except ResolveError as exc:
             return Delivery.all(count, outcome(exc.dsn, exc.text))
-        failure: _Failure | None = None
+        failure: TransportFailure | None = None
         for address in addresses:
             try:
                 conn = await self._connect(address)
-            except _Failure as exc:
+            except TransportFailure as exc:
                 failure = exc
                 maillog(self.program, message.queue_id, exc.result.reply)
                 continue
@@ -193,7 +192,7 @@ class LmtpTransport:
                 raise
             return conn
         where = address.relay if address.family != AF_UNIX else address.ip
-        raise _Failure(outcome("4.4.1", f"connect to {where}: {reason}"))
+        raise TransportFailure(outcome("4.4.1", f"connect to {where}: {reason}"))
 
     async def _hello(self, conn: LmtpConnection, address: Address) -> None:
         settings = self.settings
@@ -203,20 +202,20 @@ class LmtpTransport:
             resp = await conn.reply(settings.lmtp_lhlo_timeout)
             if resp.code != 220:
                 text = f"host {label} refused to talk to me: {reply_text(resp)}"
-                raise _Failure(outcome(reply_dsn(resp, "4"), text), relay)
+                raise TransportFailure(outcome(reply_dsn(resp, "4"), text), relay)
             state = "performing the LHLO handshake"
             resp = await conn.command(
                 b"LHLO " + settings.lmtp_lhlo_name.encode(), settings.lmtp_lhlo_timeout
             )
             if resp.code != 250:
-                raise _Failure(rejected(label, resp, "LHLO"), relay)
+                raise TransportFailure(rejected(label, resp, "LHLO"), relay)
             conn.lhlo_extensions(resp)
         except TimeoutError:
-            raise _Failure(outcome(
+            raise TransportFailure(outcome(
                 "4.4.2", f"conversation with {label} timed out while {state}"), relay) from None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 LmtpProtocolError):
-            raise _Failure(outcome(
+            raise TransportFailure(outcome(
                 "4.4.2", f"lost connection with {label} while {state}"), relay) from None
 
     async def _transaction(

@@ -41,3 +41,13 @@ class Delivery:
     @classmethod
     def all(cls, count: int, result: Outcome, relay: str = RELAY_NONE) -> Delivery:
         return cls(relay, [result] * count)
+
+
+class TransportFailure(Exception):
+    """A session that could not go on: every recipient still open gets
+    ``result``; ``relay`` is "none" unless a server was reached."""
+
+    def __init__(self, result: Outcome, relay: str = RELAY_NONE) -> None:
+        super().__init__(result.reply)
+        self.result = result
+        self.relay = relay

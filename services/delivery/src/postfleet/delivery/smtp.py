@@ -43,7 +43,15 @@ from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
 from postfleet.delivery import metrics
-from postfleet.delivery.outcome import DEFERRED, RELAY_NONE, SENT, Delivery, Outcome, outcome
+from postfleet.delivery.outcome import (
+    DEFERRED,
+    RELAY_NONE,
+    SENT,
+    Delivery,
+    Outcome,
+    TransportFailure,
+    outcome,
+)
 from postfleet.delivery.pool import Session, SessionPool
 from postfleet.delivery.resolve import Address, ResolveError, Resolver, resolver_for
 from postfleet.delivery.settings import DeliverySettings
@@ -61,15 +69,6 @@ __all__ = ["SmtpTransport", "dot_stuff", "smtp_path"]
 
 # A connection lost after the content went out: the server may have it.
 AMBIGUOUS = "-- message may be sent more than once"
-
-class _SessionFailure(Exception):
-    """No usable session to any address; ``relay`` is none unless connected."""
-
-    def __init__(self, result: Outcome, relay: str = RELAY_NONE) -> None:
-        super().__init__(result.reply)
-        self.result = result
-        self.relay = relay
-
 
 class SmtpTransport:
     """Delivers jobs over SMTP; one instance per process, shared by all jobs."""
@@ -101,7 +100,7 @@ class SmtpTransport:
             if session is None:
                 try:
                     session = await servers.next_session()
-                except _SessionFailure as failure:
+                except TransportFailure as failure:
                     for index in pending:
                         outcomes[index] = failure.result
                     if sessions == 0:
@@ -183,20 +182,20 @@ class SmtpTransport:
                 resp = SMTPResponse(exc.code, exc.message)
                 text = f"host {label} refused to talk to me: {reply_text(resp)}"
                 # Another server may do better: never a bounce (smtp_skip_5xx_greeting).
-                raise _SessionFailure(outcome(reply_dsn(resp, "4"), text), relay) from None
+                raise TransportFailure(outcome(reply_dsn(resp, "4"), text), relay) from None
             state = "performing the EHLO handshake"
             try:
                 await client.ehlo(timeout=settings.smtp_helo_timeout)
             except aiosmtplib.SMTPHeloError as exc:
                 if not client.is_connected or exc.code < 500:
                     resp = SMTPResponse(exc.code, exc.message)
-                    raise _SessionFailure(rejected(label, resp, "EHLO"), relay) from None
+                    raise TransportFailure(rejected(label, resp, "EHLO"), relay) from None
                 state = "performing the HELO handshake"
                 try:
                     await client.helo(timeout=settings.smtp_helo_timeout)
                 except aiosmtplib.SMTPHeloError as exc2:
                     resp = SMTPResponse(exc2.code, exc2.message)
-                    raise _SessionFailure(rejected(label, resp, "HELO"), relay) from None
+                    raise TransportFailure(rejected(label, resp, "HELO"), relay) from None
         except BaseException as exc:
             client.close()
             sock.close()
@@ -204,9 +203,9 @@ class SmtpTransport:
                 text = f"conversation with {label} timed out while {state}"
             elif isinstance(exc, aiosmtplib.SMTPException | OSError):
                 text = f"lost connection with {label} while {state}"
-            else:  # a _SessionFailure already, or cancellation
+            else:  # a TransportFailure already, or cancellation
                 raise
-            raise _SessionFailure(outcome("4.4.2", text), relay) from None
+            raise TransportFailure(outcome("4.4.2", text), relay) from None
         return Session(client, address)
 
     async def _tcp_connect(self, address: Address) -> socket.socket:
@@ -230,7 +229,7 @@ class SmtpTransport:
         else:
             return sock
         text = f"connect to {address.relay}: {reason}"
-        raise _SessionFailure(outcome("4.4.1", text))
+        raise TransportFailure(outcome("4.4.1", text))
 
     # -- the transaction ---------------------------------------------------------
 
@@ -322,7 +321,7 @@ class _Servers:
         self.queue_id = queue_id
         self.addresses: list[Address] | None = None
         self.tried: set[Address] = set()
-        self.failure: _SessionFailure | None = None
+        self.failure: TransportFailure | None = None
 
     async def _load(self) -> list[Address]:
         if self.addresses is None:
@@ -330,26 +329,26 @@ class _Servers:
                 self.addresses = await self.transport.resolver.resolve(self.nexthop)
             except ResolveError as exc:
                 self.addresses = []
-                self.failure = _SessionFailure(outcome(exc.dsn, exc.text))
+                self.failure = TransportFailure(outcome(exc.dsn, exc.text))
         return self.addresses
 
     async def more(self) -> bool:
         return any(a not in self.tried for a in await self._load())
 
     async def next_session(self) -> Session:
-        """A session with the next address that answers; raises _SessionFailure."""
+        """A session with the next address that answers; raises TransportFailure."""
         for address in await self._load():
             if address in self.tried:
                 continue
             self.tried.add(address)
             try:
                 return await self.transport._open(address)
-            except _SessionFailure as exc:
+            except TransportFailure as exc:
                 self.failure = exc
                 # Postfix logs each failed server before trying the next one.
                 maillog(self.transport.program, self.queue_id, exc.result.reply)
         if self.failure is None:
-            self.failure = _SessionFailure(outcome("4.4.3", "no server address to try"))
+            self.failure = TransportFailure(outcome("4.4.3", "no server address to try"))
         raise self.failure
 
 

@@ -10,7 +10,6 @@ Usage: python scripts/gen_proto.py [OUTDIR]   (default: libs/core/src)
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,9 @@ def generate(outdir: Path) -> list[Path]:
             rel = Path("postfleet/core/proto") / src.relative_to(PROTO)
             dst = Path(tmp) / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            # Imports between our own files follow them to the staged path.
+            dst.write_text(src.read_text().replace('import "postfleet/',
+                                                   'import "postfleet/core/proto/'))
             staged.append(str(rel))
         include = str(Path(protoc.__file__).parent / "_proto")
         # mypy-protobuf's plugin sits beside this interpreter; name it, as

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.bus import subjects
 from postfleet.core.bus.connect import ensure_streams
+from postfleet.core.db.status import Outcome
 from postfleet.core.testing.cluster import RoleProcess
 from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.ports import free_port
@@ -45,7 +46,7 @@ async def test_delivers_exact_body_and_reports_sent(
     assert result.relay == relay_of(smtp_sink)
     assert result.started_at <= result.finished_at
     (rr,) = result.recipients
-    assert (rr.id, rr.address, rr.status, rr.dsn) == (
+    assert (rr.id, rr.address, Outcome.from_proto(rr.outcome), rr.dsn) == (
         queued.recipients[0][0], "bob@dest.test", "sent", "2.0.0")
     assert rr.reply == "250 2.0.0 Ok: queued"
 
@@ -63,7 +64,7 @@ async def test_null_sender(
     queued = await queue_message(engine, ["bob@dest.test"], sender="")
     await bus.publish_job(make_job(queued, smtp_sink.nexthop))
     (result,) = await bus.results(1)
-    assert result.recipients[0].status == "sent"
+    assert Outcome.from_proto(result.recipients[0].outcome) == "sent"
     assert smtp_sink.messages[0].sender in ("", "<>")  # aiosmtpd keeps the brackets
 
 
@@ -84,12 +85,12 @@ async def test_each_recipient_gets_its_own_outcome(
     assert [r.id for r in result.recipients] == [rid for rid, _ in queued.recipients]
     ok, later, nobody = (by_addr[a] for a in ("ok@dest.test", "later@dest.test",
                                                "nobody@dest.test"))
-    assert (ok.status, ok.dsn, ok.reply) == ("sent", "2.0.0", "250 2.0.0 Ok: queued")
+    assert (Outcome.from_proto(ok.outcome), ok.dsn, ok.reply) == ("sent", "2.0.0", "250 2.0.0 Ok: queued")
     label = "host 127.0.0.1[127.0.0.1]"
-    assert (later.status, later.dsn) == ("deferred", "4.2.0")
+    assert (Outcome.from_proto(later.outcome), later.dsn) == ("deferred", "4.2.0")
     assert later.reply == (f"{label} said: 450 4.2.0 <later@dest.test>: Mailbox busy "
                            "(in reply to RCPT TO command)")
-    assert (nobody.status, nobody.dsn) == ("bounced", "5.1.1")
+    assert (Outcome.from_proto(nobody.outcome), nobody.dsn) == ("bounced", "5.1.1")
     assert "550 5.1.1 <nobody@dest.test>: Recipient address rejected" in nobody.reply
     (got,) = smtp_sink.messages
     assert got.recipients == ["ok@dest.test"]
@@ -110,12 +111,12 @@ async def test_data_reply_applies_to_every_accepted_recipient(
     await bus.publish_job(make_job(second, smtp_sink.nexthop))
     _, bounced = await bus.results(2)
 
-    assert [r.status for r in deferred.recipients] == ["deferred", "deferred"]
+    assert [Outcome.from_proto(r.outcome) for r in deferred.recipients] == ["deferred", "deferred"]
     assert {r.dsn for r in deferred.recipients} == {"4.3.0"}
     assert deferred.recipients[0].reply == (
         "host 127.0.0.1[127.0.0.1] said: 451 4.3.0 Error: queue file write error "
         "(in reply to end of DATA command)")
-    assert [r.status for r in bounced.recipients] == ["bounced", "bounced"]
+    assert [Outcome.from_proto(r.outcome) for r in bounced.recipients] == ["bounced", "bounced"]
     assert {r.dsn for r in bounced.recipients} == {"5.7.1"}
     assert smtp_sink.messages == []
 
@@ -131,7 +132,7 @@ async def test_connection_refused_defers_with_postfix_text(
     (result,) = await bus.results(1)
     assert result.relay == "none"
     for rr in result.recipients:
-        assert (rr.status, rr.dsn) == ("deferred", "4.4.1")
+        assert (Outcome.from_proto(rr.outcome), rr.dsn) == ("deferred", "4.4.1")
         assert rr.reply == f"connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused"
     await bus.wait_idle()
 
@@ -176,9 +177,11 @@ async def test_greeting_refusal_and_lost_connection_defer(
         _, r2 = await bus.results(2)
 
     assert r1.relay == f"127.0.0.1[127.0.0.1]:{port1}"
-    assert (r1.recipients[0].status, r1.recipients[0].dsn) == ("deferred", "4.0.0")
+    assert (Outcome.from_proto(r1.recipients[0].outcome),
+            r1.recipients[0].dsn) == ("deferred", "4.0.0")
     assert r1.recipients[0].reply == "host 127.0.0.1[127.0.0.1] refused to talk to me: 554 go away"
-    assert (r2.recipients[0].status, r2.recipients[0].dsn) == ("deferred", "4.4.2")
+    assert (Outcome.from_proto(r2.recipients[0].outcome),
+            r2.recipients[0].dsn) == ("deferred", "4.4.2")
     assert r2.recipients[0].reply == (
         "lost connection with 127.0.0.1[127.0.0.1] while sending RCPT TO")
 
@@ -227,7 +230,7 @@ async def test_job_is_acked_only_after_its_result_is_published(
     finally:
         await fresh.nc.close()
     assert result.job_id == job.job_id
-    assert result.recipients[0].status == "sent"
+    assert Outcome.from_proto(result.recipients[0].outcome) == "sent"
     await bus.wait_idle()
     # At-least-once: delivered again on redelivery, never lost.
     assert len(smtp_sink.messages) >= 2
@@ -246,7 +249,7 @@ async def test_connections_are_reused(
     await asyncio.gather(*(bus.publish_job(j) for j in jobs))
 
     results = await bus.results(count, timeout=30)
-    assert {r.recipients[0].status for r in results} == {"sent"}
+    assert {Outcome.from_proto(r.recipients[0].outcome) for r in results} == {"sent"}
     assert len(smtp_sink.messages) == count
     sessions = {m.peer for m in smtp_sink.messages}  # client address:port = one connection
     assert len(sessions) <= concurrency
@@ -304,7 +307,7 @@ async def test_sigterm_finishes_jobs_in_flight(
         role.kill()
     assert returncode == 0, role.log()
     (result,) = await bus.results(1)
-    assert result.recipients[0].status == "sent"
+    assert Outcome.from_proto(result.recipients[0].outcome) == "sent"
     await bus.wait_idle()
     assert len(smtp_sink.messages) == 1
     log_text = role.log()
@@ -338,4 +341,4 @@ async def test_survives_a_nats_restart(
             await asyncio.sleep(0.2)
     results = await bus.results(2, timeout=20)
     assert results[1].queue_id == second.queue_id
-    assert results[1].recipients[0].status == "sent"
+    assert Outcome.from_proto(results[1].recipients[0].outcome) == "sent"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postfleet.core.db.status import Outcome
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.sink import SmtpSink
 from postfleet.delivery.jobs import Slots
@@ -65,7 +66,8 @@ async def test_every_transport_from_one_process(
             await bus.wait_idle(transport)
 
     by_transport = {jobs[r.job_id]: r for r in results}
-    outcome = {t: (r.recipients[0].status, r.recipients[0].dsn) for t, r in by_transport.items()}
+    outcome = {t: (Outcome.from_proto(r.recipients[0].outcome), r.recipients[0].dsn)
+               for t, r in by_transport.items()}
     assert outcome == {
         "smtp": ("sent", "2.0.0"), "relay": ("sent", "2.0.0"), "lmtp": ("sent", "2.0.0"),
         "local": ("sent", "2.0.0"), "virtual": ("sent", "2.0.0"),

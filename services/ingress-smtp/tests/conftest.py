@@ -22,6 +22,7 @@ import pytest
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import RoutingView
+from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp.listeners import Listeners
 from postfleet.ingress_smtp.settings import IngressSettings, Listener
 from postfleet.ingress_smtp.submit import CleanupClient
@@ -63,7 +64,7 @@ class FakeCleanup(cleanup_pb2_grpc.CleanupServicer):
         if self.mode == "unavailable":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "queue file write error: db down")
         if self.mode == "refuse":
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "550 5.7.1 Go away")
+            return cleanup_pb2.SubmitReply(refusal=SmtpReply(550, "5.7.1", "Go away").to_proto())
         if self.mode == "hang":
             await asyncio.sleep(60)
         if self.mode == "gate":

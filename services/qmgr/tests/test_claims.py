@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.db.engine import create_engine
 from postfleet.core.db.models import Message
-from postfleet.qmgr.claims import claim_due, release
+from postfleet.core.db.queue import claim_due, release
 
 from .conftest import queue_message
 

@@ -10,13 +10,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.db.models import DeliveryLog, Message, Recipient
+from postfleet.core.db.queue import claim_due
+from postfleet.core.db.status import Outcome
 from postfleet.core.proto.delivery.v1 import delivery_pb2
-from postfleet.qmgr.claims import claim_due
-from postfleet.qmgr.results import BackoffPolicy, apply_results
+from postfleet.qmgr.results import ResultPolicy, apply_results
 
 from .conftest import queue_message
 
-POLICY = BackoffPolicy(300, 4000)
+POLICY = ResultPolicy(300, 4000, 5 * 86400)
 
 
 def _result(claimed: list, statuses: list[tuple[str, str, str]]) -> delivery_pb2.Result:
@@ -24,7 +25,8 @@ def _result(claimed: list, statuses: list[tuple[str, str, str]]) -> delivery_pb2
         job_id=f"q1/{claimed[0].queue_id}/{claimed[0].id}/{claimed[0].attempt}",
         queue_id=claimed[0].queue_id, attempt=claimed[0].attempt, transport="smtp",
         relay="sink.test[127.0.0.1]:2526",
-        recipients=[delivery_pb2.RecipientResult(id=c.id, address=c.address, status=s, dsn=d,
+        recipients=[delivery_pb2.RecipientResult(id=c.id, address=c.address,
+                                                 outcome=Outcome(s).to_proto(), dsn=d,
                                                  reply=r)
                     for c, (s, d, r) in zip(claimed, statuses, strict=True)])
 

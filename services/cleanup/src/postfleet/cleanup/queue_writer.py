@@ -6,6 +6,8 @@ fsyncs per second, not messages per second, bound the accept rate. A failed
 transaction fails every submission in it: each client gets 451 and retries,
 and nothing half-written stays behind (invariant 1).
 
+The rows themselves are the queue store's (``postfleet.core.db.queue.enqueue``).
+
 Postfix parameters: none (this is the queue file write).
 """
 
@@ -16,20 +18,17 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postfleet.core.db.models import Message, Recipient
+from postfleet.core.db.queue import NewMessage, enqueue
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Pending:
-    message: dict[str, Any]
-    recipients: list[dict[str, Any]]
+    message: NewMessage
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -55,9 +54,9 @@ class QueueWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def write(self, message: dict[str, Any], recipients: list[dict[str, Any]]) -> None:
+    async def write(self, message: NewMessage) -> None:
         """Return once message and recipients are committed; raise if not."""
-        item = Pending(message, recipients)
+        item = Pending(message)
         await self._queue.put(item)
         await item.done
 
@@ -85,7 +84,4 @@ class QueueWriter:
         if not live:
             return
         async with self._engine.begin() as conn:
-            await conn.execute(insert(Message), [item.message for item in live])
-            await conn.execute(
-                insert(Recipient), [r for item in live for r in item.recipients]
-            )
+            await enqueue(conn, [item.message for item in live])

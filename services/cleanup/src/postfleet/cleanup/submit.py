@@ -38,14 +38,15 @@ from prometheus_client import Counter
 from postfleet.cleanup.headers import fix_up
 from postfleet.cleanup.queue_writer import QueueWriter
 from postfleet.cleanup.settings import CleanupSettings
-from postfleet.core.db.models import MessageState, RecipientStatus
+from postfleet.core.db.queue import NewMessage, NewRecipient
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
 from postfleet.core.queueid import new_queue_id
 from postfleet.core.routing.rewrite import canonical_sender, final_recipients, is_special_target
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import RoutingView
-from postfleet.core.smtp.replies import SmtpError
+from postfleet.core.smtp import replies
+from postfleet.core.smtp.replies import SmtpError, SmtpReply
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,16 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         envelope: cleanup_pb2.Envelope | None = None
         chunks: list[bytes] = []
         size = 0
+        oversized = False
         async for part in request_iterator:
             if part.HasField("envelope"):
                 envelope = part.envelope
-            else:
+            elif not oversized:
                 size += len(part.chunk)
-                if size > self.settings.message_size_limit:
-                    FAILURES.labels("size").inc()
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        "552 5.3.4 Message size exceeds fixed limit")
+                oversized = size > self.settings.message_size_limit
                 chunks.append(part.chunk)
+        if oversized:
+            return _refuse("size", replies.SIZE_EXCEEDED)
         if envelope is None or not envelope.recipients:
             FAILURES.labels("envelope").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -87,27 +88,25 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         try:
             sender, rewritten = rewrite_envelope(self.routing.snapshot, envelope)
         except SmtpError as exc:
-            FAILURES.labels("rewrite").inc()
             log.warning("envelope not rewritten: %s", exc)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc.reply))
-        queue_id = new_queue_id()
-        message, recipients = self._rows(queue_id, envelope, sender, rewritten,
-                                         b"".join(chunks))
+            return _refuse("rewrite", exc.reply)
+        message = self._message(new_queue_id(), envelope, sender, rewritten, b"".join(chunks))
         try:
-            await self.writer.write(message, recipients)
+            await self.writer.write(message)
         except Exception as exc:
+            # Not a refusal: cleanup failed, the client tries again (451 4.3.0).
             FAILURES.labels("database").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"queue file write error: {exc}")
         MESSAGES.inc()
-        maillog("cleanup", queue_id,
-                f"from=<{sender}>, size={len(message['body'])}, "
-                f"nrcpt={len(recipients)} (queue active)")
-        return cleanup_pb2.SubmitReply(queue_id=queue_id)
+        maillog("cleanup", message.queue_id,
+                f"from=<{sender}>, size={len(message.body)}, "
+                f"nrcpt={len(message.recipients)} (queue active)")
+        return cleanup_pb2.SubmitReply(queue_id=message.queue_id)
 
-    def _rows(
+    def _message(
         self, queue_id: str, env: cleanup_pb2.Envelope, sender: str,
         rewritten: list[tuple[cleanup_pb2.Recipient, str]], raw: bytes,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    ) -> NewMessage:
         now_ts = time.time()
         now = datetime.fromtimestamp(now_ts, UTC)
         client = env.client
@@ -119,24 +118,22 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         )
         lifetime = (self.settings.bounce_queue_lifetime if not env.sender
                     else self.settings.maximal_queue_lifetime)
-        message = {
-            "queue_id": queue_id, "sender": sender, "size": len(body), "body": body,
-            "client_name": client.name, "client_addr": client.address, "helo": client.helo,
-            "protocol": client.protocol, "sasl_username": client.sasl_username,
-            "trace_id": env.trace_id, "content_filter": env.content_filter, "ret": env.ret,
-            "envid": env.envid, "state": MessageState.INCOMING, "arrived_at": now,
-            "expires_at": now + timedelta(seconds=lifetime),
-        }
-        recipients = [
-            {"queue_id": queue_id, "address": address, "orig_rcpt": r.address,
-             "orcpt": r.orcpt, "notify": r.notify, "status": RecipientStatus.PENDING,
-             "transport": "", "nexthop": "", "attempts": 0, "next_attempt_at": now,
-             "dsn_status": "", "last_reply": ""}
-            for r, address in rewritten
-        ]
-        return message, recipients
+        return NewMessage(
+            queue_id=queue_id, sender=sender, body=body,
+            recipients=[NewRecipient(address, r.address, r.orcpt, r.notify)
+                        for r, address in rewritten],
+            arrived_at=now, expires_at=now + timedelta(seconds=lifetime),
+            client_name=client.name, client_addr=client.address, helo=client.helo,
+            protocol=client.protocol, sasl_username=client.sasl_username,
+            trace_id=env.trace_id, content_filter=env.content_filter, ret=env.ret,
+            envid=env.envid,
+        )
 
 
+def _refuse(reason: str, reply: SmtpReply) -> cleanup_pb2.SubmitReply:
+    """Refuse the message with the SMTP reply the client must hear."""
+    FAILURES.labels(reason).inc()
+    return cleanup_pb2.SubmitReply(refusal=reply.to_proto())
 def rewrite_envelope(
     snapshot: RoutingSnapshot, env: cleanup_pb2.Envelope
 ) -> tuple[str, list[tuple[cleanup_pb2.Recipient, str]]]:

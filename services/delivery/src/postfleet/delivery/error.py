@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from postfleet.core.proto.delivery.v1 import delivery_pb2
-from postfleet.delivery.outcome import RELAY_NONE, SENT, Delivery, Outcome, outcome
+from postfleet.delivery.outcome import RELAY_NONE, Delivery, outcome
 from postfleet.delivery.store import StoredMessage
 
 _CODE = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
@@ -47,5 +47,5 @@ class DiscardTransport:
         code, reason = split_reason(job.nexthop)
         if code is None or not code.startswith("2"):
             code = "2.0.0"  # discard(8) always reports success
-        result = Outcome(SENT, code, reason or "discarded")
+        result = outcome(code, reason or "discarded")
         return Delivery.all(len(job.recipients), result, RELAY_NONE)

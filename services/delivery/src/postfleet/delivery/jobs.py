@@ -32,6 +32,8 @@ from nats.js import JetStreamContext
 
 from postfleet.core.bus import subjects
 from postfleet.core.bus.connect import ensure_consumer
+from postfleet.core.bus.jobs import result_msg_id
+from postfleet.core.db.status import Outcome
 from postfleet.core.maillog import delivery_line, maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.delivery import metrics
@@ -131,7 +133,7 @@ class JobRunner:
     async def _run(self, msg: Msg, job: delivery_pb2.Job, name: str, started: float) -> str:
         extra = {"queue_id": job.queue_id, "trace_id": job.trace_id}
         try:
-            message = await self.store.load(job.queue_id)
+            message = await self.store.load(job)
         except Exception:
             log.exception("cannot read message %s; retrying later", job.queue_id, extra=extra)
             await _quietly(msg.nak(delay=STORE_RETRY_DELAY_S))
@@ -161,7 +163,7 @@ class JobRunner:
 
     async def _publish(self, job: delivery_pb2.Job, result: delivery_pb2.Result) -> bool:
         payload = result.SerializeToString()
-        headers = {"Nats-Msg-Id": f"{job.job_id}/result"} if job.job_id else None
+        headers = {"Nats-Msg-Id": result_msg_id(job.job_id)} if job.job_id else None
         deadline = time.monotonic() + self.result_retry_time
         pause = 0.1
         while True:
@@ -183,13 +185,13 @@ def _result(
 ) -> delivery_pb2.Result:
     result = delivery_pb2.Result(
         job_id=job.job_id, queue_id=job.queue_id, attempt=job.attempt,
-        transport=job.transport or transport, relay=delivery.relay,
+        transport=job.transport or transport, nexthop=job.nexthop, relay=delivery.relay,
         started_at=started, finished_at=finished,
     )
     for rcpt, out in zip(job.recipients, delivery.outcomes, strict=True):
         result.recipients.add(
-            id=rcpt.id, address=rcpt.address, status=out.status, dsn=out.dsn, reply=out.reply,
-            diagnostic=out.diagnostic,
+            id=rcpt.id, address=rcpt.address, outcome=out.status.to_proto(), dsn=out.dsn,
+            reply=out.reply, diagnostic=out.diagnostic,
         )
     return result
 
@@ -198,10 +200,11 @@ def _log_result(program: str, job: delivery_pb2.Job, result: delivery_pb2.Result
     since = job.queued_at or result.started_at
     delay = max(0.0, result.finished_at - since)
     for rcpt, rr in zip(job.recipients, result.recipients, strict=True):
-        metrics.RECIPIENTS.labels(result.transport, rr.status).inc()
+        status = Outcome.from_proto(rr.outcome)
+        metrics.RECIPIENTS.labels(result.transport, status).inc()
         maillog(program, job.queue_id, delivery_line(
             address=rr.address, orig=rcpt.orcpt, relay=result.relay, delay=delay,
-            dsn=rr.dsn, status=rr.status, reply=rr.reply,
+            dsn=rr.dsn, status=status, reply=rr.reply,
         ))
 
 

@@ -37,7 +37,6 @@ from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
 from postfleet.delivery.outcome import (
-    SENT,
     Delivery,
     Outcome,
     TransportFailure,
@@ -284,7 +283,7 @@ class LmtpTransport:
             for index in accepted:
                 resp = await conn.reply(settings.lmtp_data_done_timeout)
                 if 200 <= resp.code < 300:
-                    outcomes[index] = Outcome(SENT, reply_dsn(resp), reply_text(resp))
+                    outcomes[index] = outcome(reply_dsn(resp), reply_text(resp))
                 else:
                     outcomes[index] = rejected(label, resp, "end of DATA")
             await self._quit(conn)

@@ -1,24 +1,23 @@
 """What a transport reports for one job: the relay and each recipient's outcome.
 
-Postfix's three outcomes: sent (2xx), deferred (4xx, retried by qmgr) and
-bounced (5xx, a non-delivery notice). The status follows the enhanced status
-code's class, so a transport only has to get the DSN right.
+Postfix's three outcomes (``postfleet.core.db.status.Outcome``): sent (2xx),
+deferred (4xx, retried by qmgr) and bounced (5xx, a non-delivery notice).
+The status follows the enhanced status code's class, so a transport only has
+to get the DSN right.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SENT = "sent"
-DEFERRED = "deferred"
-BOUNCED = "bounced"
+from postfleet.core.db.status import Outcome as Status
 
 RELAY_NONE = "none"
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    status: str
+    status: Status
     dsn: str  # enhanced status code, e.g. 2.0.0
     reply: str  # remote reply or local explanation, as in the log's "(...)"
     diagnostic: str = ""  # the bare remote reply, for the DSN's Diagnostic-Code
@@ -26,9 +25,7 @@ class Outcome:
 
 def outcome(dsn: str, reply: str, diagnostic: str = "") -> Outcome:
     """The outcome a DSN status implies: 2.x.x sent, 5.x.x bounced, else deferred."""
-    klass = dsn[:1]
-    status = SENT if klass == "2" else BOUNCED if klass == "5" else DEFERRED
-    return Outcome(status, dsn, reply, diagnostic)
+    return Outcome(Status.from_dsn(dsn), dsn, reply, diagnostic)
 
 
 @dataclass(slots=True)

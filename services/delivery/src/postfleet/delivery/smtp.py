@@ -39,14 +39,13 @@ from collections.abc import Sequence
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
+from postfleet.core.db.status import Outcome as Status
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
 from postfleet.delivery import metrics
 from postfleet.delivery.outcome import (
-    DEFERRED,
     RELAY_NONE,
-    SENT,
     Delivery,
     Outcome,
     TransportFailure,
@@ -123,7 +122,7 @@ class SmtpTransport:
             retry: list[int] = []
             for index, result in zip(pending, results, strict=True):
                 outcomes[index] = result
-                if result.status == DEFERRED and AMBIGUOUS not in result.reply:
+                if result.status is Status.DEFERRED and AMBIGUOUS not in result.reply:
                     retry.append(index)
             # Postfix: a server that is not the last one gets no final say on
             # soft errors; their recipients go to the next MX host, within
@@ -298,7 +297,7 @@ class SmtpTransport:
                 protocol.write(dot_stuff(body))
                 resp = await protocol.read_response(timeout=settings.smtp_data_done_timeout)
                 if 200 <= resp.code < 300:
-                    result = Outcome(SENT, reply_dsn(resp), reply_text(resp))
+                    result = outcome(reply_dsn(resp), reply_text(resp))
                 else:
                     result = rejected(label, resp, "end of DATA")
             for index in accepted:

@@ -204,7 +204,7 @@ class IngressSMTP(SMTP):
     def _counts_as_error(self, text: str) -> bool:
         if text.startswith("421") or text.startswith(reply_line(replies.QUEUE_UNAVAILABLE)):
             return False
-        if text.startswith("452 4.5.3"):
+        if text.startswith(reply_line(replies.TOO_MANY_RECIPIENTS)):
             return self.smtpd_session().rcpt_overshoot > self.params.smtpd_recipient_overshoot_limit
         return True
 

@@ -5,10 +5,9 @@ The call streams the envelope first, then the raw content in chunks of at
 most 64 KiB, and returns cleanup's queue id, which cleanup sends only once the
 message and its recipients are committed (DESIGN invariant 1). Any failure
 raises ``SubmitFailed`` carrying the reply for the client: cleanup's own SMTP
-reply when it refused the message (it puts "5xx x.y.z text" in the status
-details with RESOURCE_EXHAUSTED, INVALID_ARGUMENT, FAILED_PRECONDITION or
-PERMISSION_DENIED), else Postfix's ``451 4.3.0 Error: queue file write
-error`` so the client retries.
+reply when it refused the message (``SubmitReply.refusal``, a structured
+reply), else Postfix's ``451 4.3.0 Error: queue file write error`` so the
+client retries.
 
 Postfix parameters: none (the deadline is ``cleanup_timeout``).
 """
@@ -16,11 +15,9 @@ Postfix parameters: none (the deadline is ``cleanup_timeout``).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
@@ -31,15 +28,6 @@ from postfleet.ingress_smtp.metrics import SUBMIT_FAILURES, SUBMIT_SECONDS
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 64 * 1024
-
-# gRPC codes with which cleanup says "this message is refused" (not "I failed").
-_REFUSALS = {
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.PERMISSION_DENIED,
-}
-_SMTP_REPLY = re.compile(r"^([45])(\d\d) (\1\.\d{1,3}\.\d{1,3}) (.+)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -56,15 +44,6 @@ class SubmitFailed(Exception):
         super().__init__(f"{reason}: {reply}")
         self.reply = reply
         self.reason = reason
-
-
-def reply_for_status(code: Any, details: str | None) -> SmtpReply:
-    """The client's reply for a failed Submit."""
-    if code in _REFUSALS and details:
-        m = _SMTP_REPLY.match(details.strip())
-        if m:
-            return SmtpReply(int(m.group(1) + m.group(2)), m.group(3), m.group(4))
-    return QUEUE_UNAVAILABLE
 
 
 def chunks(body: bytes, size: int = CHUNK_SIZE) -> list[bytes]:
@@ -108,18 +87,20 @@ class CleanupClient:
         try:
             reply = await self._stub.Submit(requests(), timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            smtp = reply_for_status(exc.code(), exc.details())
             reason = exc.code().name.lower()
             SUBMIT_FAILURES.labels(reason).inc()
-            log.warning("cleanup Submit failed: %s %s -> %s", exc.code().name, exc.details(),
-                        smtp, extra={"trace_id": trace_id})
-            raise SubmitFailed(smtp, reason) from exc
+            log.warning("cleanup Submit failed: %s %s", exc.code().name, exc.details(),
+                        extra={"trace_id": trace_id})
+            raise SubmitFailed(QUEUE_UNAVAILABLE, reason) from exc
         except Exception as exc:  # channel closed, serialisation, ...: never a 250
             SUBMIT_FAILURES.labels("error").inc()
             log.warning("cleanup Submit failed", exc_info=True, extra={"trace_id": trace_id})
             raise SubmitFailed(QUEUE_UNAVAILABLE, "error") from exc
         finally:
             SUBMIT_SECONDS.observe(time.monotonic() - started)
+        if reply.HasField("refusal"):
+            SUBMIT_FAILURES.labels("refused").inc()
+            raise SubmitFailed(SmtpReply.from_proto(reply.refusal), "refused")
         if not reply.queue_id:
             SUBMIT_FAILURES.labels("no_queue_id").inc()
             raise SubmitFailed(QUEUE_UNAVAILABLE, "no queue id")

@@ -13,20 +13,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
-from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postfleet.core.db.models import (
-    FINAL_STATUSES,
-    Message,
-    MessageState,
-    Recipient,
-    RecipientStatus,
-)
+from postfleet.core.db import queue
+from postfleet.core.db.status import MessageState
 from postfleet.qmgr.scheduler import Scheduler
 
 QUEUE_LIST_LIMIT = 1000
@@ -37,6 +30,8 @@ class RecipientView(BaseModel):
     status: str
     attempts: int
     next_attempt_at: datetime
+    transport: str
+    nexthop: str
     dsn: str
     reason: str
 
@@ -48,6 +43,15 @@ class MessageView(BaseModel):
     arrived_at: datetime
     sender: str
     recipients: list[RecipientView]
+
+    @classmethod
+    def of(cls, m: queue.QueuedMessage) -> MessageView:
+        return cls(queue_id=m.queue_id, state=m.state, size=m.size, arrived_at=m.arrived_at,
+                   sender=m.sender, recipients=[
+                       RecipientView(address=r.address, status=r.status, attempts=r.attempts,
+                                     next_attempt_at=r.next_attempt_at, transport=r.transport,
+                                     nexthop=r.nexthop, dsn=r.dsn, reason=r.reason)
+                       for r in m.recipients])
 
 
 class MessageDetail(MessageView):
@@ -65,54 +69,26 @@ def make_api(engine: AsyncEngine, scheduler: Scheduler) -> FastAPI:
     app = FastAPI(title="postfleet qmgr", version="1",
                   description="Queue administration: postfleet's mailq/postqueue/postsuper.")
 
-    async def _views(where: Any, limit: int) -> list[MessageView]:
-        async with engine.connect() as conn:
-            msgs = (await conn.execute(
-                select(Message.queue_id, Message.state, Message.size, Message.arrived_at,
-                       Message.sender).where(where).order_by(Message.queue_id).limit(limit)
-            )).all()
-            rcpts = (await conn.execute(
-                select(Recipient).where(Recipient.queue_id.in_([m.queue_id for m in msgs]),
-                                        Recipient.status.not_in(FINAL_STATUSES))
-                .order_by(Recipient.id)
-            )).all()
-        by_qid: dict[str, list[RecipientView]] = {}
-        for r in rcpts:
-            by_qid.setdefault(r.queue_id, []).append(RecipientView(
-                address=r.address, status=r.status, attempts=r.attempts,
-                next_attempt_at=r.next_attempt_at, dsn=r.dsn_status, reason=r.last_reply))
-        return [MessageView(queue_id=m.queue_id, state=m.state, size=m.size,
-                            arrived_at=m.arrived_at, sender=m.sender,
-                            recipients=by_qid.get(m.queue_id, [])) for m in msgs]
-
     @app.get("/api/v1/queue", response_model=list[MessageView])
     async def list_queue(state: MessageState | None = None,
                          limit: int = QUEUE_LIST_LIMIT) -> list[MessageView]:
-        where = Message.state == state if state else Message.queue_id.is_not(None)
-        return await _views(where, limit)
+        return [MessageView.of(m) for m in
+                await queue.list_messages(engine, state=state, limit=limit)]
 
     @app.get("/api/v1/queue/{queue_id}", response_model=MessageDetail)
     async def show(queue_id: str) -> MessageDetail:
-        views = await _views(Message.queue_id == queue_id, 1)
-        if not views:
+        found = await queue.list_messages(engine, queue_id=queue_id, limit=1)
+        content = await queue.message_content(engine, queue_id)
+        if not found or content is None:
             raise HTTPException(404, f"no message {queue_id} in the queue")
-        async with engine.connect() as conn:
-            row = (await conn.execute(
-                select(Message.body, Message.client_name, Message.client_addr)
-                .where(Message.queue_id == queue_id))).one()
-        headers = row.body.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-        return MessageDetail(**views[0].model_dump(), headers=headers,
-                             client=f"{row.client_name}[{row.client_addr}]")
+        headers = content.body.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+        return MessageDetail(**MessageView.of(found[0]).model_dump(), headers=headers,
+                             client=f"{content.client_name}[{content.client_addr}]")
 
     async def _reschedule(queue_id: str | None, action: str,
-                          extra: dict[str, Any] | None = None) -> ActionResult:
-        stmt = (update(Recipient)
-                .where(Recipient.status.in_((RecipientStatus.PENDING, RecipientStatus.DEFERRED)))
-                .values(next_attempt_at=datetime.now(UTC), **(extra or {})))
-        if queue_id:
-            stmt = stmt.where(Recipient.queue_id == queue_id)
-        async with engine.begin() as conn:
-            count = (await conn.execute(stmt)).rowcount
+                          forget_route: bool = False) -> ActionResult:
+        count = await queue.reschedule(engine, queue_id, datetime.now(UTC),
+                                       forget_route=forget_route)
         scheduler.wake()
         return ActionResult(queue_id=queue_id, action=action, recipients=count)
 
@@ -128,13 +104,11 @@ def make_api(engine: AsyncEngine, scheduler: Scheduler) -> FastAPI:
     @app.post("/api/v1/queue/{queue_id}/requeue", response_model=ActionResult)
     async def requeue(queue_id: str) -> ActionResult:
         await _exists(queue_id)
-        return await _reschedule(queue_id, "requeue", {"transport": "", "nexthop": ""})
+        return await _reschedule(queue_id, "requeue", forget_route=True)
 
     async def _set_state(queue_id: str, state: MessageState, action: str) -> ActionResult:
         await _exists(queue_id)
-        async with engine.begin() as conn:
-            await conn.execute(update(Message).where(Message.queue_id == queue_id)
-                               .values(state=state))
+        await queue.set_state(engine, queue_id, state)
         if state is MessageState.HOLD:
             return ActionResult(queue_id=queue_id, action=action, recipients=0)
         return await _reschedule(queue_id, action)
@@ -150,17 +124,11 @@ def make_api(engine: AsyncEngine, scheduler: Scheduler) -> FastAPI:
     @app.delete("/api/v1/queue/{queue_id}", response_model=ActionResult)
     async def remove(queue_id: str) -> ActionResult:
         await _exists(queue_id)
-        async with engine.begin() as conn:
-            count = (await conn.execute(delete(Recipient).where(
-                Recipient.queue_id == queue_id))).rowcount
-            await conn.execute(delete(Message).where(Message.queue_id == queue_id))
+        count = await queue.delete_message(engine, queue_id)
         return ActionResult(queue_id=queue_id, action="delete", recipients=count)
 
     async def _exists(queue_id: str) -> None:
-        async with engine.connect() as conn:
-            found = (await conn.execute(select(Message.queue_id)
-                                        .where(Message.queue_id == queue_id))).first()
-        if found is None:
+        if not await queue.exists_message(engine, queue_id):
             raise HTTPException(404, f"no message {queue_id} in the queue")
 
     return app

@@ -6,7 +6,14 @@ Postfix's texts are kept ("Undelivered Mail Returned to Sender", "This is
 the mail system at host …") so users and filters recognise them. A notice
 has the null sender, so it never bounces in turn.
 
-Postfix parameters: myhostname, bounce_queue_lifetime (via expires_at).
+A notice is queued with the queue store's own ``enqueue`` (the one cleanup
+uses), in the transaction that bounces its recipients: Postfix's bounce
+daemon submits through cleanup; here the shared function gives the same
+queue entry without a second commit that a crash could separate from the
+first.
+
+Postfix parameters: myhostname, bounce_queue_lifetime (the notice's own
+lifetime in the queue).
 """
 
 from __future__ import annotations
@@ -15,14 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import format_datetime, make_msgid
 
-from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postfleet.core.db.models import Message, MessageState, Recipient, RecipientStatus
+from postfleet.core.db.queue import NewMessage, NewRecipient, bodies, enqueue
 from postfleet.core.queueid import new_queue_id
 
-# Postfix's bounce_queue_lifetime default.
-BOUNCE_LIFETIME = timedelta(days=5)
 HEADERS_LIMIT = 64 * 1024
 
 NOTICE_TEXT = """\
@@ -129,31 +133,24 @@ def build_notice(items: list[BounceItem], original: bytes, host: str, now: datet
     return top + b"\r\n" + head + f"\r\n\r\n--{boundary}--\r\n".encode()
 
 
-async def build_bounces(
-    conn: AsyncConnection, items: list[BounceItem], host: str, now: datetime
+async def queue_bounces(
+    conn: AsyncConnection, items: list[BounceItem], host: str, now: datetime,
+    lifetime: float,
 ) -> list[tuple[str, str]]:
-    """Queue one notice per original message; returns (original, notice) ids."""
+    """Queue one notice per original message, from the null sender;
+    returns (original, notice) queue ids."""
     by_message: dict[str, list[BounceItem]] = {}
     for item in items:
         by_message.setdefault(item.queue_id, []).append(item)
-    rows = await conn.execute(
-        select(Message.queue_id, Message.body).where(Message.queue_id.in_(by_message))
-    )
-    bodies: dict[str, bytes] = {qid: body for qid, body in rows}
-    new_ids: list[tuple[str, str]] = []
+    originals = await bodies(conn, set(by_message))
+    notices: list[NewMessage] = []
     for qid, group in by_message.items():
-        body = build_notice(group, bodies.get(qid, b""), host, now)
-        new_id = new_queue_id()
-        await conn.execute(insert(Message).values(
-            queue_id=new_id, sender="", size=len(body), body=body, client_name="",
-            client_addr="", helo="", protocol="", sasl_username="", trace_id="",
-            content_filter="", ret="", envid="", state=MessageState.INCOMING,
-            arrived_at=now, expires_at=now + BOUNCE_LIFETIME,
+        sender = group[0].sender
+        notices.append(NewMessage(
+            queue_id=new_queue_id(), sender="",
+            body=build_notice(group, originals.get(qid, b""), host, now),
+            recipients=[NewRecipient(sender)], arrived_at=now,
+            expires_at=now + timedelta(seconds=lifetime),
         ))
-        await conn.execute(insert(Recipient).values(
-            queue_id=new_id, address=group[0].sender, orig_rcpt=group[0].sender, orcpt="",
-            notify="", status=RecipientStatus.PENDING, transport="", nexthop="", attempts=0,
-            next_attempt_at=now, dsn_status="", last_reply="",
-        ))
-        new_ids.append((qid, new_id))
-    return new_ids
+    await enqueue(conn, notices)
+    return [(qid, n.queue_id) for qid, n in zip(by_message, notices, strict=True)]

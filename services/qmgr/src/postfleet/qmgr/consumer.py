@@ -4,7 +4,7 @@ on the results stream and applies batches to the queue store, then acks.
 A batch that fails to apply is not acked; JetStream redelivers it and the
 idempotent apply makes the repeat harmless (invariant 3). A result for a job
 another replica dispatched frees that replica's destination slot through a
-core-NATS note on ``postfleet.qmgr.done.<owner>``.
+core-NATS note on ``subjects.done_subject(owner)``.
 
 Postfix parameters: see results.py.
 """
@@ -22,20 +22,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.bus import subjects
 from postfleet.core.bus.connect import ensure_consumer
+from postfleet.core.bus.jobs import parse_job_id
+from postfleet.core.db.status import RecipientStatus
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
-from postfleet.qmgr.results import BackoffPolicy, apply_results
-from postfleet.qmgr.scheduler import Scheduler, job_owner
+from postfleet.qmgr.results import ResultPolicy, apply_results
+from postfleet.qmgr.scheduler import Scheduler
 from postfleet.qmgr.settings import QmgrSettings
 
 log = logging.getLogger(__name__)
 
 RESULTS = Counter("postfleet_qmgr_recipients_total", "Recipient outcomes applied", ["status"])
 RESULT_ACK_WAIT_S = 30.0
-
-
-def done_subject(owner: str) -> str:
-    return f"{subjects.PREFIX}.qmgr.done.{owner}"
 
 
 async def consume_results(
@@ -46,7 +44,8 @@ async def consume_results(
                           subjects.RESULTS_SUBJECT, RESULT_ACK_WAIT_S)
     psub = await js.pull_subscribe(subjects.RESULTS_SUBJECT, durable=subjects.RESULTS_CONSUMER,
                                    stream=subjects.RESULTS_STREAM)
-    policy = BackoffPolicy(settings.minimal_backoff_time, settings.maximal_backoff_time)
+    policy = ResultPolicy(settings.minimal_backoff_time, settings.maximal_backoff_time,
+                          settings.bounce_queue_lifetime)
     while not stopping.is_set():
         try:
             msgs = await psub.fetch(settings.qmgr_result_batch, timeout=1)
@@ -77,10 +76,10 @@ async def consume_results(
             maillog("bounce", qid, f"sender non-delivery notification: {notice}")
         for qid, line in applied.log_lines:
             maillog("qmgr", qid, line)
-        RESULTS.labels("delivered").inc(applied.delivered)
-        RESULTS.labels("deferred").inc(applied.deferred)
-        RESULTS.labels("bounced").inc(applied.bounced)
-        RESULTS.labels("expired").inc(applied.expired)
+        RESULTS.labels(RecipientStatus.DELIVERED).inc(applied.delivered)
+        RESULTS.labels(RecipientStatus.DEFERRED).inc(applied.deferred)
+        RESULTS.labels(RecipientStatus.BOUNCED).inc(applied.bounced)
+        RESULTS.labels(RecipientStatus.EXPIRED).inc(applied.expired)
         await _free_slots(nc, scheduler, results)
         scheduler.wake()
 
@@ -89,9 +88,9 @@ async def _free_slots(nc: Client, scheduler: Scheduler, results: list[delivery_p
     for res in results:
         if scheduler.done(res.job_id):
             continue
-        owner = job_owner(res.job_id)
-        if owner and owner != scheduler.s.qmgr_owner:
+        key = parse_job_id(res.job_id)
+        if key is not None and key.owner != scheduler.s.qmgr_owner:
             try:
-                await nc.publish(done_subject(owner), res.job_id.encode())
+                await nc.publish(subjects.done_subject(key.owner), res.job_id.encode())
             except Exception:
                 pass  # the owner's inflight timeout frees the slot instead

@@ -16,7 +16,7 @@ from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.service import Service
 from postfleet.qmgr.api import make_api
-from postfleet.qmgr.consumer import consume_results, done_subject
+from postfleet.qmgr.consumer import consume_results
 from postfleet.qmgr.scheduler import Scheduler
 from postfleet.qmgr.settings import QmgrSettings
 
@@ -46,7 +46,7 @@ async def run(settings: QmgrSettings) -> None:
             scheduler.wake()
 
     await nc.subscribe(subjects.QUEUE_INCOMING, cb=on_wakeup)
-    await nc.subscribe(done_subject(settings.qmgr_owner), cb=on_done)
+    await nc.subscribe(subjects.done_subject(settings.qmgr_owner), cb=on_done)
     api = make_api(engine, scheduler)
     async with Service("qmgr", settings, extra_app=api) as svc:
         svc.add_check("nats", lambda: nc.is_connected)

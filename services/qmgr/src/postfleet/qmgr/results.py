@@ -3,38 +3,33 @@
 Each result carries per-recipient outcomes. One transaction applies a whole
 batch: delivered recipients are finished, bounced ones finished with a
 non-delivery notice queued in the same transaction, deferred ones get their
-next attempt (Postfix's backoff) or, past maximal_queue_lifetime, expire
+next attempt (Postfix's backoff) or, past their message's expiry
+(maximal_queue_lifetime, or bounce_queue_lifetime for a bounce), expire
 with a notice. Messages whose recipients are all finished leave the queue.
 
-Idempotent (invariant 3): a repeated result changes nothing — a finished
-recipient is never touched again, and a deferral only applies to the
-attempt that produced it.
+The statements, and what makes a repeated result harmless (invariant 3),
+are the queue store's (``postfleet.core.db.queue``); this module decides
+what each outcome means.
 
-Postfix parameters: minimal_backoff_time, maximal_backoff_time,
-maximal_queue_lifetime / bounce_queue_lifetime (via messages.expires_at).
+Postfix parameters: minimal_backoff_time, maximal_backoff_time, myhostname
+(in notices); maximal_queue_lifetime and bounce_queue_lifetime through each
+message's expiry, set by cleanup.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql.dml import Update
-from sqlalchemy.sql.elements import ColumnElement
 
-from postfleet.core.db.models import (
-    DeliveryLog,
-    Message,
-    MessageState,
-    Recipient,
-    RecipientStatus,
-)
+from postfleet.core.db import queue
+from postfleet.core.db.queue import MessageFacts, Settled
+from postfleet.core.db.status import Outcome, RecipientStatus
+from postfleet.core.maillog import delivery_line
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.qmgr.backoff import next_attempt
-from postfleet.qmgr.bounce import BounceItem, build_bounces
+from postfleet.qmgr.bounce import BounceItem, queue_bounces
 
 
 @dataclass
@@ -53,172 +48,126 @@ class Applied:
 
 
 @dataclass(frozen=True)
-class BackoffPolicy:
-    minimal: float
-    maximal: float
+class ResultPolicy:
+    """Postfix's minimal_backoff_time, maximal_backoff_time and
+    bounce_queue_lifetime (the lifetime of the notices queued here)."""
+
+    minimal_backoff: float
+    maximal_backoff: float
+    bounce_queue_lifetime: float
+
+
+@dataclass
+class _Batch:
+    delivered: list[Settled] = field(default_factory=list)
+    deferred: list[tuple[Settled, datetime]] = field(default_factory=list)
+    failed: list[tuple[delivery_pb2.Result, delivery_pb2.RecipientResult, RecipientStatus]] = (
+        field(default_factory=list))
+    logs: list[dict[str, object]] = field(default_factory=list)
 
 
 async def apply_results(
-    engine: AsyncEngine, results: list[delivery_pb2.Result], policy: BackoffPolicy,
+    engine: AsyncEngine, results: list[delivery_pb2.Result], policy: ResultPolicy,
     myhostname: str,
 ) -> Applied:
     now = datetime.now(UTC)
     applied = Applied()
+    qids = {r.queue_id for r in results}
     async with engine.begin() as conn:
-        qids = {r.queue_id for r in results}
-        messages = await _messages(conn, qids)
-        done_rows: list[dict[str, object]] = []
-        defer_rows: list[dict[str, object]] = []
-        failed: list[tuple[delivery_pb2.Result, delivery_pb2.RecipientResult, str]] = []
-        logs: list[dict[str, object]] = []
-        for res in results:
-            msg = messages.get(res.queue_id)
-            if msg is None:
-                continue  # already finished: a repeated result
-            for rr in res.recipients:
-                status = rr.status
-                if status == "deferred" and now >= msg.expires_at:
-                    status = "expired"
-                row = {"b_id": rr.id, "b_transport": res.transport, "b_dsn": rr.dsn,
-                       "b_reply": rr.reply, "b_attempt": res.attempt}
-                if status == "sent":
-                    done_rows.append({**row, "b_status": RecipientStatus.DELIVERED})
-                elif status == "deferred":
-                    defer_rows.append({**row, "b_next": next_attempt(
-                        now, msg.arrived_at, policy.minimal, policy.maximal)})
-                else:
-                    failed.append((res, rr, status))
-                logs.append(_log_row(res, rr, status, msg.arrived_at, now))
-        if done_rows:
-            await conn.execute(_finish_stmt(), done_rows)
-            applied.delivered = len(done_rows)
-        if defer_rows:
-            await conn.execute(_defer_stmt(), defer_rows)
-            applied.deferred = len(defer_rows)
-        bounce_items = await _fail(conn, failed, messages, applied)
+        messages = await queue.message_facts(conn, qids)
+        batch = _sort(results, messages, policy, now)
+        await queue.mark_delivered(conn, batch.delivered)
+        await queue.mark_deferred(conn, batch.deferred)
+        applied.delivered, applied.deferred = len(batch.delivered), len(batch.deferred)
+        bounce_items = await _fail(conn, batch.failed, messages, applied)
         if bounce_items:
-            applied.notices = await build_bounces(conn, bounce_items, myhostname, now)
-        if logs:
-            await conn.execute(insert(DeliveryLog), logs)
-        await _mark_deferred(conn, {r["queue_id"] for r in logs if r["status"] == "deferred"})
-        removed = await _remove_finished(conn, qids)
-    applied.log_lines = [(str(r["queue_id"]), _line(r) + ", returned to sender")
-                         for r in logs if r["status"] == "expired"]
+            applied.notices = await queue_bounces(
+                conn, bounce_items, myhostname, now, policy.bounce_queue_lifetime)
+        await queue.log_attempts(conn, batch.logs)
+        await queue.mark_messages_deferred(
+            conn, {str(r["queue_id"]) for r in batch.logs
+                   if r["status"] == RecipientStatus.DEFERRED})
+        removed = await queue.remove_finished(conn, qids)
+    applied.log_lines = [(str(r["queue_id"]), _expired_line(r)) for r in batch.logs
+                         if r["status"] == RecipientStatus.EXPIRED]
     applied.log_lines += [(qid, "removed") for qid in sorted(removed)]
     return applied
 
 
-async def _messages(conn: AsyncConnection, qids: set[str]) -> dict[str, Any]:
-    if not qids:
-        return {}
-    rows = await conn.execute(
-        select(Message.queue_id, Message.sender, Message.arrived_at, Message.expires_at,
-               Message.envid, Message.ret).where(Message.queue_id.in_(qids))
-    )
-    return {r.queue_id: r for r in rows}
-
-
-def _not_final() -> ColumnElement[bool]:
-    # Plain comparisons, not IN (...): an expanding IN cannot be executemany'd.
-    return or_(Recipient.status == RecipientStatus.PENDING,
-               Recipient.status == RecipientStatus.DEFERRED)
-
-
-def _finish_stmt() -> Update:
-    return (
-        update(Recipient)
-        .where(and_(Recipient.id == bindparam("b_id"), _not_final()))
-        .values(status=bindparam("b_status"), transport=bindparam("b_transport"),
-                dsn_status=bindparam("b_dsn"), last_reply=bindparam("b_reply"),
-                lease_owner=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def _defer_stmt() -> Update:
-    return (
-        update(Recipient)
-        .where(and_(Recipient.id == bindparam("b_id"), _not_final(),
-                    Recipient.attempts == bindparam("b_attempt")))
-        .values(status=RecipientStatus.DEFERRED, transport=bindparam("b_transport"),
-                dsn_status=bindparam("b_dsn"), last_reply=bindparam("b_reply"),
-                next_attempt_at=bindparam("b_next"), lease_owner=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
+def _sort(
+    results: list[delivery_pb2.Result], messages: dict[str, MessageFacts],
+    policy: ResultPolicy, now: datetime,
+) -> _Batch:
+    """Each recipient result to the statement that applies it."""
+    batch = _Batch()
+    for res in results:
+        msg = messages.get(res.queue_id)
+        if msg is None:
+            continue  # already finished: a repeated result
+        for rr in res.recipients:
+            status = Outcome.from_proto(rr.outcome).recipient_status
+            if status is RecipientStatus.DEFERRED and now >= msg.expires_at:
+                status = RecipientStatus.EXPIRED
+            row = Settled(rr.id, res.attempt, res.transport, res.nexthop, rr.dsn, rr.reply)
+            if status is RecipientStatus.DELIVERED:
+                batch.delivered.append(row)
+            elif status is RecipientStatus.DEFERRED:
+                when = next_attempt(now, msg.arrived_at, policy.minimal_backoff,
+                                    policy.maximal_backoff)
+                batch.deferred.append((row, when))
+            else:
+                batch.failed.append((res, rr, status))
+            batch.logs.append(_log_row(res, rr, status, msg.arrived_at, now))
+    return batch
 
 
 async def _fail(
     conn: AsyncConnection,
-    failed: list[tuple[delivery_pb2.Result, delivery_pb2.RecipientResult, str]],
-    messages: dict[str, Any], applied: Applied,
+    failed: list[tuple[delivery_pb2.Result, delivery_pb2.RecipientResult, RecipientStatus]],
+    messages: dict[str, MessageFacts], applied: Applied,
 ) -> list[BounceItem]:
     """Bounce or expire, one row at a time: only a real transition (not a
     repeated result) may queue a notice."""
     items: list[BounceItem] = []
     for res, rr, status in failed:
-        final = RecipientStatus.EXPIRED if status == "expired" else RecipientStatus.BOUNCED
-        changed = await conn.execute(
-            update(Recipient)
-            .where(Recipient.id == rr.id, _not_final())
-            .values(status=final, transport=res.transport, dsn_status=rr.dsn,
-                    last_reply=rr.reply, lease_owner=None, lease_expires_at=None)
-            .returning(Recipient.orig_rcpt, Recipient.orcpt, Recipient.notify)
-            .execution_options(synchronize_session=False)
-        )
-        row = changed.first()
-        if row is None:
+        row = Settled(rr.id, res.attempt, res.transport, res.nexthop, rr.dsn, rr.reply)
+        changed = await queue.mark_failed(conn, row, status)
+        if changed is None:
             continue
-        if final is RecipientStatus.EXPIRED:
+        expired = status is RecipientStatus.EXPIRED
+        if expired:
             applied.expired += 1
         else:
             applied.bounced += 1
         msg = messages[res.queue_id]
-        if msg.sender and "NEVER" not in row.notify.upper():
+        if msg.sender and "NEVER" not in changed.notify.upper():
             items.append(BounceItem(
                 queue_id=res.queue_id, sender=msg.sender, recipient=rr.address,
-                orig_rcpt=row.orig_rcpt, dsn=rr.dsn, reply=rr.reply,
-                diagnostic=rr.diagnostic, relay=res.relay,
-                expired=final is RecipientStatus.EXPIRED, arrived_at=msg.arrived_at,
+                orig_rcpt=changed.orig_rcpt, dsn=rr.dsn, reply=rr.reply,
+                diagnostic=rr.diagnostic, relay=res.relay, expired=expired,
+                arrived_at=msg.arrived_at,
             ))
     return items
 
 
-async def _mark_deferred(conn: AsyncConnection, qids: set[object]) -> None:
-    if qids:
-        await conn.execute(
-            update(Message).where(Message.queue_id.in_(qids),
-                                  Message.state == MessageState.ACTIVE)
-            .values(state=MessageState.DEFERRED)
-        )
-
-
-async def _remove_finished(conn: AsyncConnection, qids: set[str]) -> set[str]:
-    """Delete messages none of whose recipients is still to be delivered."""
-    if not qids:
-        return set()
-    open_rcpt = exists().where(Recipient.queue_id == Message.queue_id, _not_final())
-    removed = await conn.execute(
-        delete(Message).where(Message.queue_id.in_(qids), ~open_rcpt)
-        .returning(Message.queue_id)
-        .execution_options(synchronize_session=False)
-    )
-    return set(removed.scalars())
-
-
 def _log_row(
-    res: delivery_pb2.Result, rr: delivery_pb2.RecipientResult, status: str,
+    res: delivery_pb2.Result, rr: delivery_pb2.RecipientResult, status: RecipientStatus,
     arrived_at: datetime, now: datetime,
 ) -> dict[str, object]:
+    # The delivery log keeps the mail log's word: sent, not delivered.
+    word = Outcome.SENT if status is RecipientStatus.DELIVERED else status
     return {
         "queue_id": res.queue_id, "recipient_id": rr.id, "address": rr.address,
         "attempt": res.attempt, "transport": res.transport, "relay": res.relay or "none",
         "delay": max(0.0, (now - arrived_at).total_seconds()), "dsn": rr.dsn,
-        "status": status, "reply": rr.reply, "logged_at": now,
+        "status": str(word), "reply": rr.reply, "logged_at": now,
     }
 
 
-def _line(row: dict[str, object]) -> str:
+def _expired_line(row: dict[str, object]) -> str:
     delay = row["delay"]
     assert isinstance(delay, float)
-    return (f"to=<{row['address']}>, relay={row['relay']}, delay={delay:.2g}, "
-            f"dsn={row['dsn']}, status={row['status']} ({row['reply']})")
+    return delivery_line(
+        address=str(row["address"]), relay=str(row["relay"]), delay=delay,
+        dsn=str(row["dsn"]), status=str(row["status"]), reply=str(row["reply"]),
+    ) + ", returned to sender"

@@ -26,10 +26,11 @@ from datetime import UTC, datetime
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postfleet.core.bus.jobs import job_id
+from postfleet.core.db.queue import Claimed, claim_due, release
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.resolver import resolve
 from postfleet.core.routing.store import RoutingView
-from postfleet.qmgr.claims import Claimed, claim_due, message_senders, release
 from postfleet.qmgr.settings import QmgrSettings
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,6 @@ Publish = Callable[[delivery_pb2.Job], Awaitable[None]]
 class _Inflight:
     dest: Destination
     since: float
-
-
-def job_owner(job_id: str) -> str:
-    """The qmgr replica that dispatched a job (first part of its id)."""
-    return job_id.split("/", 1)[0]
 
 
 class Scheduler:
@@ -110,24 +106,23 @@ class Scheduler:
                 return
 
     async def _enqueue(self, claimed: list[Claimed]) -> None:
-        senders = await message_senders(self.engine, {c.queue_id for c in claimed})
         snapshot = self.routing.snapshot
-        groups: dict[tuple[str, Destination], list[Claimed]] = defaultdict(list)
+        # One job per message, destination and attempt count: a result's
+        # attempt then holds for every recipient in it.
+        groups: dict[tuple[str, Destination, int], list[Claimed]] = defaultdict(list)
         for c in claimed:
-            if c.queue_id not in senders:
-                continue
             route = resolve(snapshot, c.address)
-            groups[(c.queue_id, (route.transport, route.nexthop))].append(c)
+            groups[(c.queue_id, (route.transport, route.nexthop), c.attempt)].append(c)
         limit = max(1, self.s.default_destination_recipient_limit)
-        for (qid, dest), rcpts in groups.items():
-            sender, trace_id, arrived = senders[qid]
+        for (qid, dest, _attempt), rcpts in groups.items():
             for i in range(0, len(rcpts), limit):
                 part = rcpts[i:i + limit]
+                first = part[0]
                 job = delivery_pb2.Job(
-                    job_id=f"{self.s.qmgr_owner}/{qid}/{part[0].id}/{part[0].attempt}",
-                    queue_id=qid, sender=sender, transport=dest[0], nexthop=dest[1],
-                    attempt=part[0].attempt, trace_id=trace_id,
-                    queued_at=arrived.timestamp(),
+                    job_id=job_id(self.s.qmgr_owner, qid, first.id, first.attempt),
+                    queue_id=qid, sender=first.sender, transport=dest[0], nexthop=dest[1],
+                    attempt=first.attempt, trace_id=first.trace_id,
+                    queued_at=first.arrived_at.timestamp(),
                     recipients=[delivery_pb2.JobRecipient(id=c.id, address=c.address,
                                                           orcpt=c.orcpt) for c in part],
                 )
@@ -178,8 +173,8 @@ class Scheduler:
 
     def _expire_inflight(self) -> None:
         cutoff = time.monotonic() - self.s.qmgr_inflight_timeout
-        for job_id in [j for j, e in self.inflight.items() if e.since < cutoff]:
-            self.done(job_id)
+        for stale in [j for j, e in self.inflight.items() if e.since < cutoff]:
+            self.done(stale)
 
     async def release_waiting(self) -> None:
         """On drain: hand back what was claimed but never dispatched."""

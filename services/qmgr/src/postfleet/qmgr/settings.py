@@ -1,9 +1,10 @@
 """qmgr's settings (Postfix parameter names and defaults).
 
 Postfix parameters: queue_run_delay, minimal_backoff_time,
-maximal_backoff_time, maximal_queue_lifetime, bounce_queue_lifetime,
+maximal_backoff_time, bounce_queue_lifetime (of the notices qmgr queues;
+cleanup sets every other message's expiry),
 default_destination_concurrency_limit, default_destination_recipient_limit,
-qmgr_message_recipient_limit, myhostname, bounce_notice_recipient.
+qmgr_message_recipient_limit, myhostname.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from postfleet.core.settings import CommonSettings
-from postfleet.core.timeparse import Seconds
+from postfleet.core.timeparse import Days, Seconds
 
 
 def _owner() -> str:
@@ -31,6 +32,8 @@ class QmgrSettings(CommonSettings):
     queue_run_delay: Seconds = 300
     minimal_backoff_time: Seconds = 300
     maximal_backoff_time: Seconds = 4000
+    # Postfix: 5d; a bare number means days.
+    bounce_queue_lifetime: Days = 5 * 86400
     default_destination_concurrency_limit: int = 20
     default_destination_recipient_limit: int = 50
     # Recipients held in memory (claimed, not yet dispatched) at most.

@@ -30,6 +30,12 @@ def delivery_subject(transport: str) -> str:
     return f"{PREFIX}.delivery.{transport}"
 
 
+def done_subject(owner: str) -> str:
+    """Core NATS: a result for a job another qmgr replica dispatched frees
+    that replica's destination slot (``owner`` is a subject token: no dots)."""
+    return f"{PREFIX}.qmgr.done.{owner}"
+
+
 def delivery_consumer(transport: str) -> str:
     """The durable pull consumer every delivery replica of a transport shares."""
     return f"delivery-{transport}"

@@ -1,14 +1,14 @@
 """The queue store's schema (SQLAlchemy 2.0): messages, recipients, delivery log.
 
-Shared by cleanup (writes messages), qmgr (claims, results, bounces, expiry)
-and delivery (reads bodies). Column meanings follow Postfix's queue files:
-a message carries its envelope and content; each recipient carries its own
-delivery state, as Postfix's per-recipient records do.
+Read and written only through ``postfleet.core.db.queue`` (the queue
+store's operations), in the vocabulary of ``postfleet.core.db.status``.
+Column meanings follow Postfix's queue files: a message carries its envelope
+and content; each recipient carries its own delivery state, as Postfix's
+per-recipient records do.
 """
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -25,10 +25,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from postfleet.core.db.status import MessageState, RecipientStatus
+
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -56,30 +56,6 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
-
-
-class MessageState(enum.StrEnum):
-    """Postfix's queues, as a column: incoming, active, deferred, hold."""
-
-    INCOMING = "incoming"
-    ACTIVE = "active"
-    DEFERRED = "deferred"
-    HOLD = "hold"
-
-
-class RecipientStatus(enum.StrEnum):
-    PENDING = "pending"
-    DEFERRED = "deferred"
-    DELIVERED = "delivered"
-    BOUNCED = "bounced"
-    EXPIRED = "expired"
-
-
-FINAL_STATUSES = (
-    RecipientStatus.DELIVERED,
-    RecipientStatus.BOUNCED,
-    RecipientStatus.EXPIRED,
-)
 
 
 class Message(Base):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from postfleet.core.proto.smtp.v1 import reply_pb2
+
 
 @dataclass(frozen=True)
 class SmtpReply:
@@ -30,6 +32,15 @@ class SmtpReply:
 
     def with_text(self, text: str) -> SmtpReply:
         return SmtpReply(self.code, self.status, text)
+
+    def to_proto(self) -> reply_pb2.Reply:
+        """The reply as it travels between roles (a refusal over gRPC)."""
+        return reply_pb2.Reply(code=self.code, status=self.status, text=self.text,
+                               temporary=self.temporary)
+
+    @classmethod
+    def from_proto(cls, reply: reply_pb2.Reply) -> SmtpReply:
+        return cls(reply.code, reply.status, reply.text)
 
 
 class SmtpError(Exception):

@@ -10,6 +10,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from postfleet.core.proto.smtp.v1 import reply_pb2 as _reply_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -165,18 +166,28 @@ Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
 
 @_typing.final
 class SubmitReply(_message.Message):
+    """Exactly one of the two: the queue id of the committed message, or the
+    SMTP reply with which cleanup refuses it (size, alias expansion, a
+    header check). A gRPC error status means cleanup itself failed (database
+    down, shutting down): the client answers 451 4.3.0 and nothing was queued.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUE_ID_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     queue_id: _builtins.str
+    @_builtins.property
+    def refusal(self) -> _reply_pb2.Reply: ...
     def __init__(
         self,
         *,
         queue_id: _builtins.str = ...,
+        refusal: _reply_pb2.Reply | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue_id", b"queue_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue_id", b"queue_id", "refusal", b"refusal"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

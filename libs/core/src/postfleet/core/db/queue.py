@@ -1,0 +1,460 @@
+"""The queue store's operations: the one place that writes and reads queue state.
+
+Every role goes through here: cleanup and qmgr's bounce writer ``enqueue``
+(Postfix's cleanup writing a queue file; a bounce notice is queued in the
+transaction that bounces its recipients, so a crash can never lose one),
+qmgr claims due recipients under a lease and applies delivery results,
+delivery reads a message's content, and the admin API's
+list/show/flush/hold/release/requeue/delete are the queue tools'
+statements. What "still to be delivered" means is ``open_recipient()``,
+spelled once.
+
+Claims (``claim_due``) set a lease (owner + expiry) on up to N due
+recipients in one statement. On PostgreSQL the candidate rows are locked
+with ``FOR UPDATE SKIP LOCKED``, so two qmgr replicas never take the same
+recipient; SQLite has one writer at a time, which gives the same guarantee.
+A lease that expires (its owner died) makes the work claimable again.
+
+Results are idempotent (DESIGN invariant 3): a finished recipient is never
+touched again, and a deferral applies only to the attempt that produced it.
+
+Postfix parameters: none directly; this replaces the queue directories
+(incoming, active, deferred, hold) and their files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.elements import ColumnElement
+
+from postfleet.core.db.models import DeliveryLog, Message, Recipient
+from postfleet.core.db.status import MessageState, RecipientStatus
+
+
+def open_recipient() -> ColumnElement[bool]:
+    """A recipient still to be delivered (pending or deferred).
+
+    Plain comparisons, not IN (...): an expanding IN cannot be executemany'd."""
+    return or_(Recipient.status == RecipientStatus.PENDING,
+               Recipient.status == RecipientStatus.DEFERRED)
+
+
+# -- enqueue -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    address: str
+    orig_rcpt: str = ""  # the address as received, before rewriting
+    orcpt: str = ""  # RFC 3461 ORCPT
+    notify: str = ""  # RFC 3461 NOTIFY
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to queue: its envelope, its content (CRLF, not dot-stuffed)
+    and where it came from."""
+
+    queue_id: str
+    sender: str
+    body: bytes
+    recipients: Sequence[NewRecipient]
+    arrived_at: datetime
+    expires_at: datetime
+    client_name: str = ""
+    client_addr: str = ""
+    helo: str = ""
+    protocol: str = ""
+    sasl_username: str = ""
+    trace_id: str = ""
+    content_filter: str = ""
+    ret: str = ""
+    envid: str = ""
+    state: MessageState = MessageState.INCOMING
+
+    def message_row(self) -> dict[str, Any]:
+        return {
+            "queue_id": self.queue_id, "sender": self.sender, "size": len(self.body),
+            "body": self.body, "client_name": self.client_name,
+            "client_addr": self.client_addr, "helo": self.helo, "protocol": self.protocol,
+            "sasl_username": self.sasl_username, "trace_id": self.trace_id,
+            "content_filter": self.content_filter, "ret": self.ret, "envid": self.envid,
+            "state": self.state, "arrived_at": self.arrived_at, "expires_at": self.expires_at,
+        }
+
+    def recipient_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"queue_id": self.queue_id, "address": r.address,
+             "orig_rcpt": r.orig_rcpt or r.address, "orcpt": r.orcpt, "notify": r.notify,
+             "status": RecipientStatus.PENDING, "transport": "", "nexthop": "",
+             "attempts": 0, "next_attempt_at": self.arrived_at, "dsn_status": "",
+             "last_reply": ""}
+            for r in self.recipients
+        ]
+
+
+async def enqueue(conn: AsyncConnection, messages: Sequence[NewMessage]) -> None:
+    """Insert messages with all their recipients, in the caller's transaction:
+    the message is queued when that transaction commits, and not before."""
+    if not messages:
+        return
+    await conn.execute(insert(Message), [m.message_row() for m in messages])
+    await conn.execute(insert(Recipient), [r for m in messages for r in m.recipient_rows()])
+
+
+# -- content -------------------------------------------------------------------
+
+# Built once; SQLAlchemy caches its compiled form.
+_LOAD_BODY = select(Message.body).where(Message.queue_id == bindparam("qid"))
+
+
+async def load_body(conn: AsyncConnection, queue_id: str) -> bytes | None:
+    """A message's content, or None when it has left the queue."""
+    row = (await conn.execute(_LOAD_BODY, {"qid": queue_id})).first()
+    return None if row is None else bytes(row.body)
+
+
+# -- claims --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A leased recipient with what a delivery job needs of its message."""
+
+    id: int
+    queue_id: str
+    address: str
+    orcpt: str
+    attempt: int
+    sender: str
+    trace_id: str
+    arrived_at: datetime
+
+
+async def claim_due(
+    engine: AsyncEngine, owner: str, now: datetime, lease: float, limit: int
+) -> list[Claimed]:
+    """Lease up to ``limit`` due recipients to ``owner``, counting an attempt;
+    returns them grouped by message."""
+    if limit <= 0:
+        return []
+    candidates = (
+        select(Recipient.id)
+        .join(Message, Message.queue_id == Recipient.queue_id)
+        .where(
+            open_recipient(),
+            Recipient.next_attempt_at <= now,
+            or_(Recipient.lease_expires_at.is_(None), Recipient.lease_expires_at < now),
+            Message.state != MessageState.HOLD,
+        )
+        .order_by(Recipient.next_attempt_at, Recipient.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=Recipient)
+    )
+    stmt = (
+        update(Recipient)
+        .where(Recipient.id.in_(candidates.scalar_subquery()))
+        .values(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease),
+            attempts=Recipient.attempts + 1,
+        )
+        .returning(Recipient.id, Recipient.queue_id, Recipient.address, Recipient.orcpt,
+                   Recipient.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    async with engine.begin() as conn:
+        rows = (await conn.execute(stmt)).all()
+        if not rows:
+            return []
+        qids = {r.queue_id for r in rows}
+        await conn.execute(
+            update(Message)
+            .where(Message.queue_id.in_(qids), Message.state != MessageState.HOLD)
+            .values(state=MessageState.ACTIVE)
+        )
+        envelope = {m.queue_id: m for m in await conn.execute(
+            select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at)
+            .where(Message.queue_id.in_(qids)))}
+    claimed = [
+        Claimed(r.id, r.queue_id, r.address, r.orcpt, r.attempts, m.sender, m.trace_id,
+                m.arrived_at)
+        for r in rows if (m := envelope.get(r.queue_id)) is not None
+    ]
+    claimed.sort(key=lambda c: (c.queue_id, c.id))
+    return claimed
+
+
+async def release(engine: AsyncEngine, owner: str, ids: Sequence[int]) -> None:
+    """Give back leases on claimed-but-undispatched recipients (drain), so
+    another replica takes them now rather than when the lease expires; the
+    attempt they were claimed for is not counted."""
+    if not ids:
+        return
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(Recipient)
+            .where(Recipient.id.in_(ids), Recipient.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None, attempts=Recipient.attempts - 1)
+            .execution_options(synchronize_session=False)
+        )
+
+
+# -- results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """One recipient's outcome, as a row to apply."""
+
+    id: int
+    attempt: int
+    transport: str
+    nexthop: str
+    dsn: str
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A recipient that bounced or expired by this transition: what its
+    notice needs."""
+
+    id: int
+    orig_rcpt: str
+    orcpt: str
+    notify: str
+
+
+@dataclass(slots=True)
+class MessageFacts:
+    queue_id: str
+    sender: str
+    arrived_at: datetime
+    expires_at: datetime
+    envid: str
+    ret: str
+    removed: bool = field(default=False)
+
+
+async def message_facts(conn: AsyncConnection, qids: set[str]) -> dict[str, MessageFacts]:
+    """Envelope facts of the messages results refer to (missing: already gone)."""
+    if not qids:
+        return {}
+    rows = await conn.execute(
+        select(Message.queue_id, Message.sender, Message.arrived_at, Message.expires_at,
+               Message.envid, Message.ret).where(Message.queue_id.in_(qids)))
+    return {r.queue_id: MessageFacts(r.queue_id, r.sender, r.arrived_at, r.expires_at,
+                                     r.envid, r.ret) for r in rows}
+
+
+def _settle_values(status: Any) -> dict[str, Any]:
+    return {"status": status, "transport": bindparam("b_transport"),
+            "nexthop": bindparam("b_nexthop"), "dsn_status": bindparam("b_dsn"),
+            "last_reply": bindparam("b_reply"), "lease_owner": None, "lease_expires_at": None}
+
+
+def _bind(row: Settled, **extra: Any) -> dict[str, Any]:
+    return {"b_id": row.id, "b_attempt": row.attempt, "b_transport": row.transport,
+            "b_nexthop": row.nexthop, "b_dsn": row.dsn, "b_reply": row.reply, **extra}
+
+
+def _finish_stmt() -> Update:
+    # Whatever attempt delivered it: the first result that arrives wins.
+    return (update(Recipient)
+            .where(and_(Recipient.id == bindparam("b_id"), open_recipient()))
+            .values(**_settle_values(RecipientStatus.DELIVERED))
+            .execution_options(synchronize_session=False))
+
+
+def _defer_stmt() -> Update:
+    # Only the attempt that is current: an old attempt's deferral must not
+    # push back a newer one.
+    return (update(Recipient)
+            .where(and_(Recipient.id == bindparam("b_id"), open_recipient(),
+                        Recipient.attempts == bindparam("b_attempt")))
+            .values(**_settle_values(RecipientStatus.DEFERRED),
+                    next_attempt_at=bindparam("b_next"))
+            .execution_options(synchronize_session=False))
+
+
+async def mark_delivered(conn: AsyncConnection, rows: Sequence[Settled]) -> None:
+    if rows:
+        await conn.execute(_finish_stmt(), [_bind(r) for r in rows])
+
+
+async def mark_deferred(
+    conn: AsyncConnection, rows: Sequence[tuple[Settled, datetime]]
+) -> None:
+    """Each row with its next attempt time (Postfix's backoff, qmgr's choice)."""
+    if rows:
+        await conn.execute(_defer_stmt(), [_bind(r, b_next=when) for r, when in rows])
+
+
+async def mark_failed(
+    conn: AsyncConnection, row: Settled, status: RecipientStatus
+) -> Failed | None:
+    """Bounce or expire one recipient; None when it was already final (a
+    repeated result), so only a real transition queues a notice."""
+    changed = await conn.execute(
+        update(Recipient)
+        .where(Recipient.id == row.id, open_recipient())
+        .values(status=status, transport=row.transport, nexthop=row.nexthop,
+                dsn_status=row.dsn, last_reply=row.reply, lease_owner=None,
+                lease_expires_at=None)
+        .returning(Recipient.orig_rcpt, Recipient.orcpt, Recipient.notify)
+        .execution_options(synchronize_session=False)
+    )
+    found = changed.first()
+    return None if found is None else Failed(row.id, found.orig_rcpt, found.orcpt, found.notify)
+
+
+async def log_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Delivery log rows (DeliveryLog columns), one per recipient and attempt."""
+    if rows:
+        await conn.execute(insert(DeliveryLog), list(rows))
+
+
+async def mark_messages_deferred(conn: AsyncConnection, qids: set[str]) -> None:
+    """Active messages with a deferred recipient move to the deferred queue."""
+    if qids:
+        await conn.execute(
+            update(Message).where(Message.queue_id.in_(qids),
+                                  Message.state == MessageState.ACTIVE)
+            .values(state=MessageState.DEFERRED))
+
+
+async def remove_finished(conn: AsyncConnection, qids: set[str]) -> set[str]:
+    """Delete messages none of whose recipients is still open; returns them."""
+    if not qids:
+        return set()
+    still_open = exists().where(Recipient.queue_id == Message.queue_id, open_recipient())
+    removed = await conn.execute(
+        delete(Message).where(Message.queue_id.in_(qids), ~still_open)
+        .returning(Message.queue_id)
+        .execution_options(synchronize_session=False))
+    return set(removed.scalars())
+
+
+async def bodies(conn: AsyncConnection, qids: set[str]) -> dict[str, bytes]:
+    if not qids:
+        return {}
+    rows = await conn.execute(select(Message.queue_id, Message.body)
+                              .where(Message.queue_id.in_(qids)))
+    return {qid: bytes(body) for qid, body in rows}
+
+
+# -- the queue tools (mailq, postqueue, postsuper) -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRecipient:
+    address: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    transport: str
+    nexthop: str
+    dsn: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    queue_id: str
+    state: str
+    size: int
+    arrived_at: datetime
+    sender: str
+    recipients: list[QueuedRecipient]
+
+
+async def list_messages(
+    engine: AsyncEngine, *, state: MessageState | None = None, queue_id: str | None = None,
+    limit: int = 1000,
+) -> list[QueuedMessage]:
+    """Messages in queue-id (arrival) order with their open recipients."""
+    where: list[ColumnElement[bool]] = []
+    if state is not None:
+        where.append(Message.state == state)
+    if queue_id is not None:
+        where.append(Message.queue_id == queue_id)
+    async with engine.connect() as conn:
+        msgs = (await conn.execute(
+            select(Message.queue_id, Message.state, Message.size, Message.arrived_at,
+                   Message.sender).where(*where).order_by(Message.queue_id).limit(limit)
+        )).all()
+        rcpts = (await conn.execute(
+            select(Recipient).where(Recipient.queue_id.in_([m.queue_id for m in msgs]),
+                                    open_recipient()).order_by(Recipient.id)
+        )).all() if msgs else []
+    by_qid: dict[str, list[QueuedRecipient]] = {}
+    for r in rcpts:
+        by_qid.setdefault(r.queue_id, []).append(QueuedRecipient(
+            r.address, r.status, r.attempts, r.next_attempt_at, r.transport, r.nexthop,
+            r.dsn_status, r.last_reply))
+    return [QueuedMessage(m.queue_id, m.state, m.size, m.arrived_at, m.sender,
+                          by_qid.get(m.queue_id, [])) for m in msgs]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContent:
+    client_name: str
+    client_addr: str
+    body: bytes
+
+
+async def message_content(engine: AsyncEngine, queue_id: str) -> MessageContent | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(
+            select(Message.body, Message.client_name, Message.client_addr)
+            .where(Message.queue_id == queue_id))).first()
+    return None if row is None else MessageContent(row.client_name, row.client_addr,
+                                                   bytes(row.body))
+
+
+async def exists_message(engine: AsyncEngine, queue_id: str) -> bool:
+    async with engine.connect() as conn:
+        found = (await conn.execute(select(Message.queue_id)
+                                    .where(Message.queue_id == queue_id))).first()
+    return found is not None
+
+
+async def reschedule(
+    engine: AsyncEngine, queue_id: str | None, now: datetime, *, forget_route: bool = False
+) -> int:
+    """Make open recipients due now (postqueue -f / -i); ``forget_route``
+    also drops the transport and next hop they last took (postsuper -r).
+    Returns how many recipients were touched."""
+    values: dict[str, Any] = {"next_attempt_at": now}
+    if forget_route:
+        values.update(transport="", nexthop="")
+    stmt = update(Recipient).where(open_recipient()).values(**values)
+    if queue_id:
+        stmt = stmt.where(Recipient.queue_id == queue_id)
+    async with engine.begin() as conn:
+        return (await conn.execute(stmt)).rowcount
+
+
+async def set_state(engine: AsyncEngine, queue_id: str, state: MessageState) -> int:
+    """Put a message on hold or back in the queue (postsuper -h / -H)."""
+    async with engine.begin() as conn:
+        return (await conn.execute(update(Message).where(Message.queue_id == queue_id)
+                                   .values(state=state))).rowcount
+
+
+async def delete_message(engine: AsyncEngine, queue_id: str) -> int:
+    """Remove a message and its recipients (postsuper -d); returns how many
+    recipients went with it."""
+    async with engine.begin() as conn:
+        count = (await conn.execute(delete(Recipient).where(
+            Recipient.queue_id == queue_id))).rowcount
+        await conn.execute(delete(Message).where(Message.queue_id == queue_id))
+    return count

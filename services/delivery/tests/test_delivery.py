@@ -85,7 +85,8 @@ async def test_each_recipient_gets_its_own_outcome(
     assert [r.id for r in result.recipients] == [rid for rid, _ in queued.recipients]
     ok, later, nobody = (by_addr[a] for a in ("ok@dest.test", "later@dest.test",
                                                "nobody@dest.test"))
-    assert (Outcome.from_proto(ok.outcome), ok.dsn, ok.reply) == ("sent", "2.0.0", "250 2.0.0 Ok: queued")
+    assert (Outcome.from_proto(ok.outcome), ok.dsn, ok.reply) == (
+        "sent", "2.0.0", "250 2.0.0 Ok: queued")
     label = "host 127.0.0.1[127.0.0.1]"
     assert (Outcome.from_proto(later.outcome), later.dsn) == ("deferred", "4.2.0")
     assert later.reply == (f"{label} said: 450 4.2.0 <later@dest.test>: Mailbox busy "

@@ -19,15 +19,15 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from postfleet.cli.roles import MONOLITH_ROLES, ROLE_MODULES
+from postfleet.core.roles import MONOLITH_ROLES, ROLE_MODULES
 from postfleet.core.settings import load_config_file
+from postfleet.core.sockets import free_port
 
 # master.cf's "process throttling": wait this long before restarting a
 # process that died soon after start, doubling up to the cap.
@@ -46,12 +46,6 @@ def _die_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def say(text: str) -> None:

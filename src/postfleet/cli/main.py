@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from postfleet.cli.roles import ROLE_MODULES
+from postfleet.core.roles import ROLE_MODULES
 
 DESCRIPTION = """\
 postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.

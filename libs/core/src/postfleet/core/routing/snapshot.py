@@ -37,24 +37,22 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from postfleet.core.postfix_list import (
+    OptionalPostfixList,
+    PostfixList,
+    postfix_list,
+    split_list,
+)
 from postfleet.core.routing.tables import DomainList, domain_list
 
 _EXPAND = re.compile(r"\$(?:\{(\w+)(?:([?:])([^}]*))?\}|(\w+))")
 _TABLE_REF = re.compile(r"^\$(?:\{(\w+)\}|(\w+))$")
-_SPLIT = re.compile(r"[,\s]+")
-
-
-def _postfix_list(value: object) -> object:
-    """main.cf lists are "a, b c" strings; YAML/JSON lists are taken as they are."""
-    if isinstance(value, str):
-        return [v for v in _SPLIT.split(value.strip()) if v]
-    return value
 
 
 def _one_to_many(value: object) -> object:
     """virtual(5) values: addresses separated by commas and/or whitespace."""
     if isinstance(value, dict):
-        return {k: _postfix_list(v) for k, v in value.items()}
+        return {k: postfix_list(v) for k, v in value.items()}
     return value
 
 
@@ -68,8 +66,6 @@ def _alias_values(value: object) -> object:
     return value
 
 
-PostfixList = Annotated[list[str], BeforeValidator(_postfix_list)]
-OptionalPostfixList = Annotated[list[str] | None, BeforeValidator(_postfix_list)]
 OneToMany = Annotated[dict[str, list[str]], BeforeValidator(_one_to_many)]
 AliasTable = Annotated[dict[str, list[str]], BeforeValidator(_alias_values)]
 
@@ -213,7 +209,7 @@ class RoutingSnapshot(BaseModel):
         """Expanded, lower-cased list entries (table references kept as ``$name``)."""
         out: list[str] = []
         for v in values:
-            out.extend(x.strip().lower() for x in _SPLIT.split(self.expand(v)) if x.strip())
+            out.extend(x.lower() for x in split_list(self.expand(v)))
         return out
 
     def table(self, name: str) -> dict[str, Any]:

@@ -21,14 +21,11 @@ from typing import Any
 
 import yaml
 
+from postfleet.core.roles import ROLE_MODULES
 from postfleet.core.testing.ports import free_port, wait_port
 
-ROLE_MODULES = {
-    "ingress-smtp": "postfleet.ingress_smtp",
-    "cleanup": "postfleet.cleanup",
-    "qmgr": "postfleet.qmgr",
-    "delivery": "postfleet.delivery",
-}
+# The roles a cluster runs, in start order (ingress last: it takes mail).
+CLUSTER_ROLES = ("cleanup", "qmgr", "delivery", "ingress-smtp")
 
 
 @dataclass
@@ -109,7 +106,7 @@ class Cluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "postfleet.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config))
-        for name in ROLE_MODULES:
+        for name in CLUSTER_ROLES:
             self.roles[name] = RoleProcess(
                 name, self._env_for(name), self.workdir / f"{name}.log", free_port()
             )
@@ -138,7 +135,7 @@ class Cluster:
         return self.roles[role].env
 
     def start(self, *names: str) -> None:
-        chosen = names or tuple(ROLE_MODULES)
+        chosen = names or CLUSTER_ROLES
         for name in chosen:  # start together, then wait: imports overlap
             self.roles[name].http_port = free_port()
             self.roles[name].env["POSTFLEET_HTTP_PORT"] = str(self.roles[name].http_port)
@@ -149,11 +146,11 @@ class Cluster:
             wait_port(self.smtp_port)
 
     def kill(self, *names: str) -> None:
-        for name in names or tuple(ROLE_MODULES):
+        for name in names or CLUSTER_ROLES:
             self.roles[name].kill()
 
     def stop(self, *names: str) -> None:
-        for name in names or tuple(ROLE_MODULES):
+        for name in names or CLUSTER_ROLES:
             self.roles[name].stop()
 
     def logs(self) -> str:

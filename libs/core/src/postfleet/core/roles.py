@@ -1,6 +1,6 @@
-"""The roles ``postfleet run`` knows, by name, and the module each runs.
+"""The roles, by name, and the module each runs (``python -m MODULE``).
 
-The CLI starts roles as processes (``python -m MODULE``) and never imports
+The CLI and the test fixtures start roles as processes and never import
 their internals: roles meet only through proto/, the bus and the database.
 """
 

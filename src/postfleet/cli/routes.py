@@ -23,7 +23,6 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from postfleet.core.routing.addresses import rewrite_local
 from postfleet.core.routing.nexthop import describe_nexthop
 from postfleet.core.routing.rcpt_checks import (
     DEFAULT_RELAY_RESTRICTIONS,
@@ -37,6 +36,7 @@ from postfleet.core.routing.rewrite import (
     is_special_target,
 )
 from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.routing.trivial_rewrite import rewrite_local
 
 
 def snapshot_from_config(cfg: dict[str, Any]) -> RoutingSnapshot:

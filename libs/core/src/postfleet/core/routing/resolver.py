@@ -43,9 +43,10 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-from postfleet.core.routing.addresses import is_routed, rewrite_local, split_address
+from postfleet.core.routing.addresses import is_routed, split_address
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.tables import mail_addr_find, transport_keys
+from postfleet.core.routing.trivial_rewrite import rewrite_local
 from postfleet.core.smtp import replies
 
 ERROR_TRANSPORT = "error"

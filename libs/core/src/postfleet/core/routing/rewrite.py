@@ -35,10 +35,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from postfleet.core.routing.addresses import add_extension, rewrite_local, split_address
+from postfleet.core.routing.addresses import add_extension, split_address
 from postfleet.core.routing.resolver import is_local_domain, resolve
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.tables import mail_addr_find
+from postfleet.core.routing.trivial_rewrite import rewrite_local
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.replies import SmtpError
 

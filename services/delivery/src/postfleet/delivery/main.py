@@ -1,56 +1,27 @@
-"""delivery's wiring: settings, database, bus, consumers, lifecycle."""
+"""delivery's wiring: one job consumer per transport on the shared runtime
+(the queue store, read only, and the bus)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
-from postfleet.core.bus.connect import connect, ensure_streams
-from postfleet.core.db.engine import create_engine
-from postfleet.core.db.migrate import upgrade
-from postfleet.core.logs import setup_logging
+from postfleet.core.runtime import role_runtime, run_role
 from postfleet.core.service import Service
 from postfleet.delivery.agent import DeliveryAgent
 from postfleet.delivery.settings import DeliverySettings
 
-log = logging.getLogger("postfleet.delivery")
-
 
 async def run(settings: DeliverySettings) -> None:
-    # Like every role, bring the schema up to date so a lone role can start
-    # on an empty database; delivery itself only reads.
-    migrator = create_engine(settings.database_url)
-    try:
-        await upgrade(migrator)
-    finally:
-        await migrator.dispose()
-    engine = create_engine(
-        settings.database_url, writer=False, pool_size=settings.delivery_db_pool_size
-    )
-    nc = await connect(settings.nats_url, "delivery")
-    js = nc.jetstream()
-    try:
+    # Delivery only reads the queue store: no write lock on SQLite.
+    async with role_runtime("delivery", settings, writer=False,
+                            pool_size=settings.delivery_db_pool_size) as rt:
         async with Service("delivery", settings) as svc:
-            svc.add_check("nats", lambda: nc.is_connected)
-            await ensure_streams(js)
-            agent = DeliveryAgent(settings, js, engine)
+            svc.add_check("nats", lambda: rt.nc.is_connected)
+            agent = DeliveryAgent(settings, rt.js, rt.db())
             await agent.start()
             svc.set_ready(True)
             await svc.stopping.wait()
             svc.set_ready(False)
             await agent.drain(settings.delivery_drain_timeout)
-    finally:
-        # Flush the last acks out, then close (a drain would wait on the
-        # pull subscriptions' inboxes).
-        with contextlib.suppress(Exception):
-            await nc.flush(timeout=5)
-        with contextlib.suppress(Exception):
-            await nc.close()
-        await engine.dispose()
 
 
 def main() -> None:
-    settings = DeliverySettings()
-    setup_logging("delivery", settings.log_format, settings.log_level)
-    asyncio.run(run(settings))
+    run_role("delivery", DeliverySettings, run)

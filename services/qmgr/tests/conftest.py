@@ -4,11 +4,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.db.engine import create_engine
-from postfleet.core.db.models import Message, Recipient
+from postfleet.core.db.queue import NewMessage, NewRecipient, enqueue
 from postfleet.core.queueid import new_queue_id
 
 
@@ -23,16 +22,13 @@ async def queue_message(
     engine: AsyncEngine, rcpts: list[str], sender: str = "alice@x.test",
     arrived: datetime | None = None, lifetime: timedelta = timedelta(days=5),
 ) -> str:
+    """Queue a message the way cleanup does (the queue store's enqueue)."""
     now = arrived or datetime.now(UTC)
-    qid = new_queue_id()
+    message = NewMessage(
+        queue_id=new_queue_id(), sender=sender, body=b"Subject: s\r\n\r\nbody\r\n",
+        recipients=[NewRecipient(r) for r in rcpts], arrived_at=now,
+        expires_at=now + lifetime, client_name="c.test", client_addr="192.0.2.9",
+        trace_id="t")
     async with engine.begin() as conn:
-        await conn.execute(insert(Message).values(
-            queue_id=qid, sender=sender, size=20, body=b"Subject: s\r\n\r\nbody\r\n",
-            client_name="", client_addr="", helo="", protocol="", sasl_username="",
-            trace_id="t", content_filter="", ret="", envid="", state="incoming",
-            arrived_at=now, expires_at=now + lifetime))
-        await conn.execute(insert(Recipient), [
-            dict(queue_id=qid, address=r, orig_rcpt=r, orcpt="", notify="", status="pending",
-                 transport="", nexthop="", attempts=0, next_attempt_at=now, dsn_status="",
-                 last_reply="") for r in rcpts])
-    return qid
+        await enqueue(conn, [message])
+    return message.queue_id

@@ -24,7 +24,7 @@ def _result(claimed: list, statuses: list[tuple[str, str, str]]) -> delivery_pb2
     return delivery_pb2.Result(
         job_id=f"q1/{claimed[0].queue_id}/{claimed[0].id}/{claimed[0].attempt}",
         queue_id=claimed[0].queue_id, attempt=claimed[0].attempt, transport="smtp",
-        relay="sink.test[127.0.0.1]:2526",
+        nexthop="[sink.test]:2526", relay="sink.test[127.0.0.1]:2526",
         recipients=[delivery_pb2.RecipientResult(id=c.id, address=c.address,
                                                  outcome=Outcome(s).to_proto(), dsn=d,
                                                  reply=r)
@@ -67,6 +67,8 @@ async def test_a_deferral_sets_the_next_attempt_and_keeps_the_message(
                                                        ("b@y.test", "deferred")]
     deferred = rcpts[1]
     assert deferred.lease_owner is None and deferred.last_reply == "450 busy"
+    # The recipient keeps the route it took (queue listings, flush by site).
+    assert (deferred.transport, deferred.nexthop) == ("smtp", "[sink.test]:2526")
     assert deferred.next_attempt_at >= before + timedelta(seconds=299)
     # A stale deferral from an older attempt does not move a newer one.
     later = await claim_due(engine, "q1", deferred.next_attempt_at, 60, 10)

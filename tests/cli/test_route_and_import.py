@@ -107,6 +107,7 @@ def test_route_reject_uses_the_configured_restrictions(tmp_path: Path) -> None:
                              "Access denied"
 
 
+@pytest.mark.slow
 def test_the_cli_runs_as_a_program(tmp_path: Path) -> None:
     path = write_config(tmp_path, CFG)
     done = subprocess.run([sys.executable, "-m", "postfleet.cli", "route", "--config", str(path),

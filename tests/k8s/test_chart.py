@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Starts processes (see the slow marker in pyproject.toml).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "postfleet"
 VARIANTS = ["default", "production", "univ.es-relay"]

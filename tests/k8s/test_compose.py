@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Starts processes (see the slow marker in pyproject.toml).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ROLES = ["ingress-smtp", "cleanup", "qmgr", "delivery"]

@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 COMMITTED = ROOT / "libs" / "core" / "src" / "postfleet" / "core" / "proto"
 
 
+@pytest.mark.slow
 def test_generated_stubs_match_the_proto_files(tmp_path: Path) -> None:
     gen = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_proto.py"), str(tmp_path)],

@@ -24,6 +24,9 @@ import yaml
 from postfleet.core.roles import ROLE_MODULES
 from postfleet.core.testing.ports import free_port, wait_port
 
+# A DNS server address on loopback where nothing listens.
+LOOPBACK_NOWHERE = "127.0.0.1:1"
+
 # The roles a cluster runs, in start order (ingress last: it takes mail).
 CLUSTER_ROLES = ("cleanup", "qmgr", "delivery", "ingress-smtp")
 
@@ -124,9 +127,12 @@ class Cluster:
             ),
             POSTFLEET_MYHOSTNAME="mx.postfleet.test",
             POSTFLEET_LOG_FORMAT="text",
-            # Tests never ask this machine's resolver (its reverse lookups
-            # for 127.0.0.x clients would leave the box).
+            # Tests never ask this machine's resolver (it is off-box): smtpd's
+            # reverse lookups are off, and every other lookup goes to a
+            # loopback port where nothing answers unless the test passes
+            # its own dnsmasq (POSTFLEET_DNS_NAMESERVERS=dns.nameserver).
             POSTFLEET_SMTPD_PEERNAME_LOOKUP="false",
+            POSTFLEET_DNS_NAMESERVERS=LOOPBACK_NOWHERE,
         )
         env.update(self.env)
         return env

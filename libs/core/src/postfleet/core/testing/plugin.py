@@ -7,10 +7,17 @@
 - ``make_cluster``: every role as a real process on those.
 - ``make_dns``: ``make_dns(zone)`` starts dnsmasq serving that zone on a free
   loopback port (see testing/dns.py); ``.nameserver`` is "127.0.0.1:PORT".
+- ``own_postgres``: a PostgreSQL server of the test's own, to stop and start.
+
+Every test that starts a process carries the ``slow`` marker (``-m "not
+slow"`` is the quick loop): tests using a fixture that starts one are
+marked here at collection, and a test that starts a process without the
+marker fails, naming the program, so the marker cannot silently go missing.
 """
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,30 @@ from postfleet.core.testing.databases import fresh_postgres, sqlite_url
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.sink import SmtpSink
+
+# Fixtures that start a process (directly or through another fixture).
+PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _processes_need_the_slow_marker(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    def guarded(self: subprocess.Popen[Any], args: Any, *a: Any, **kw: Any) -> None:
+        program = args if isinstance(args, str | bytes) else next(iter(args))
+        raise AssertionError(f"{request.node.nodeid} starts a process ({program}): "
+                             "mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 @pytest.fixture
@@ -102,3 +133,21 @@ def make_dns(tmp_path: Path) -> Iterator[Callable[..., DnsServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[Any]:
+    """A PostgreSQL server of this test's own (``PgCluster``), migrated, that
+    the test may stop and start; ``.url()`` is the queue store's URL."""
+    from postfleet.core.db.engine import create_engine
+    from postfleet.core.db.migrate import upgrade
+    from postfleet.core.testing.pgcluster import PgCluster
+
+    cluster = PgCluster().init().start()
+    try:
+        engine = create_engine(cluster.url())
+        await upgrade(engine)
+        await engine.dispose()
+        yield cluster
+    finally:
+        cluster.remove()

@@ -49,7 +49,7 @@ def _processes_need_the_slow_marker(
 
     def guarded(self: subprocess.Popen[Any], args: Any, *a: Any, **kw: Any) -> None:
         program = args if isinstance(args, str | bytes) else next(iter(args))
-        raise AssertionError(f"{request.node.nodeid} starts a process ({program}): "
+        raise AssertionError(f"{request.node.nodeid} starts a process ({program!r}): "
                              "mark it @pytest.mark.slow")
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)

@@ -10,7 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.db.engine import create_engine
 from postfleet.core.db.models import Message
-from postfleet.core.db.queue import claim_due, release
+from postfleet.core.db.queue import (
+    claim_due,
+    current_recipients,
+    release,
+    renew_leases,
+    take_back,
+)
 
 from .conftest import queue_message
 
@@ -67,3 +73,33 @@ async def test_concurrent_claimers_on_one_queue_never_share_a_recipient(
             await e.dispose()
     every = [i for r in results for i in r]
     assert len(every) == 120 and len(set(every)) == 120
+
+
+async def test_a_renewed_lease_is_not_retaken_while_its_owner_lives(
+        engine: AsyncEngine) -> None:
+    await queue_message(engine, ["a@y.test"])
+    t0 = datetime.now(UTC)
+    claimed = await claim_due(engine, "q1", t0, 60, 10)
+    ids = [c.id for c in claimed]
+    await renew_leases(engine, "q1", t0 + timedelta(seconds=50), 60, ids, [])
+    assert await claim_due(engine, "q2", t0 + timedelta(seconds=61), 60, 10) == []
+    # The owner died after that renewal: one lease later the work is retaken.
+    again = await claim_due(engine, "q2", t0 + timedelta(seconds=111), 60, 10)
+    assert [c.attempt for c in again] == [2]
+
+
+async def test_a_restarted_owner_takes_its_work_back_at_once(engine: AsyncEngine) -> None:
+    qid = await queue_message(engine, ["a@y.test", "b@y.test"])
+    now = datetime.now(UTC)
+    first = await claim_due(engine, "q1", now, 3600, 10)
+    ids = [c.id for c in first]
+    async with engine.connect() as conn:
+        assert await current_recipients(conn, qid, ids, 1) == set(ids)
+    assert await take_back(engine, "q1") == 2
+    second = await claim_due(engine, "q1", now, 3600, 10)
+    assert [c.attempt for c in second] == [2, 2]
+    async with engine.connect() as conn:
+        # The old attempt's job, if still on the bus, now speaks for no one.
+        assert await current_recipients(conn, qid, ids, 1) == set()
+        assert await current_recipients(conn, qid, ids, 2) == set(ids)
+    assert await take_back(engine, "nobody") == 0

@@ -2,9 +2,12 @@
 on the results stream and applies batches to the queue store, then acks.
 
 A batch that fails to apply is not acked; JetStream redelivers it and the
-idempotent apply makes the repeat harmless (invariant 3). A result for a job
-another replica dispatched frees that replica's destination slot through a
-core-NATS note on ``subjects.done_subject(owner)``.
+idempotent apply makes the repeat harmless (invariant 3). Applying a result
+frees its job's destination slot (in the same transaction); a core-NATS note
+on ``subjects.SLOTS_FREED`` then wakes every replica, since any of them may
+have jobs waiting for that destination. ``caught_up`` is set once a fetch
+comes back empty: a restarted qmgr waits for it before taking its old work
+back, so results of jobs still in flight win over a second attempt.
 
 Postfix parameters: see results.py.
 """
@@ -12,6 +15,7 @@ Postfix parameters: see results.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from nats.aio.client import Client
@@ -22,7 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.bus import subjects
 from postfleet.core.bus.connect import ensure_consumer
-from postfleet.core.bus.jobs import parse_job_id
 from postfleet.core.db.status import RecipientStatus
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
@@ -38,7 +41,7 @@ RESULT_ACK_WAIT_S = 30.0
 
 async def consume_results(
     nc: Client, js: JetStreamContext, engine: AsyncEngine, scheduler: Scheduler,
-    settings: QmgrSettings, stopping: asyncio.Event,
+    settings: QmgrSettings, stopping: asyncio.Event, caught_up: asyncio.Event | None = None,
 ) -> None:
     await ensure_consumer(js, subjects.RESULTS_STREAM, subjects.RESULTS_CONSUMER,
                           subjects.RESULTS_SUBJECT, RESULT_ACK_WAIT_S)
@@ -50,6 +53,8 @@ async def consume_results(
         try:
             msgs = await psub.fetch(settings.qmgr_result_batch, timeout=1)
         except (FetchTimeoutError, TimeoutError):
+            if caught_up is not None:
+                caught_up.set()
             continue
         except Exception as exc:  # NATS restarting: wait for the reconnect
             log.warning("results fetch failed: %s", exc)
@@ -80,17 +85,8 @@ async def consume_results(
         RESULTS.labels(RecipientStatus.DEFERRED).inc(applied.deferred)
         RESULTS.labels(RecipientStatus.BOUNCED).inc(applied.bounced)
         RESULTS.labels(RecipientStatus.EXPIRED).inc(applied.expired)
-        await _free_slots(nc, scheduler, results)
+        job_ids = [r.job_id for r in results if r.job_id]
+        scheduler.finished(job_ids)
         scheduler.wake()
-
-
-async def _free_slots(nc: Client, scheduler: Scheduler, results: list[delivery_pb2.Result]) -> None:
-    for res in results:
-        if scheduler.done(res.job_id):
-            continue
-        key = parse_job_id(res.job_id)
-        if key is not None and key.owner != scheduler.s.qmgr_owner:
-            try:
-                await nc.publish(subjects.done_subject(key.owner), res.job_id.encode())
-            except Exception:
-                pass  # the owner's inflight timeout frees the slot instead
+        with contextlib.suppress(Exception):  # lost: the others look again within 1 s
+            await nc.publish(subjects.SLOTS_FREED, "\n".join(job_ids).encode())

@@ -4,17 +4,20 @@ runtime (queue store, bus, routing view)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from nats.aio.msg import Msg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.bus import subjects
+from postfleet.core.db import queue
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.runtime import role_runtime, run_role
 from postfleet.core.service import Service
 from postfleet.qmgr.api import make_api
 from postfleet.qmgr.consumer import consume_results
-from postfleet.qmgr.scheduler import Scheduler
+from postfleet.qmgr.scheduler import LeaseKeeper, Scheduler
 from postfleet.qmgr.settings import QmgrSettings
 
 log = logging.getLogger("postfleet.qmgr")
@@ -34,20 +37,25 @@ async def run(settings: QmgrSettings) -> None:
         async def on_wakeup(_msg: Msg) -> None:
             scheduler.wake()
 
-        async def on_done(msg: Msg) -> None:
-            if scheduler.done(msg.data.decode()):
+        async def on_slots_freed(msg: Msg) -> None:
+            scheduler.finished(msg.data.decode().split("\n"))
+            if scheduler.waiting:
                 scheduler.wake()
 
         await rt.nc.subscribe(subjects.QUEUE_INCOMING, cb=on_wakeup)
-        await rt.nc.subscribe(subjects.done_subject(settings.qmgr_owner), cb=on_done)
+        await rt.nc.subscribe(subjects.SLOTS_FREED, cb=on_slots_freed)
         async with Service("qmgr", settings, extra_app=make_api(engine, scheduler)) as svc:
             svc.add_check("nats", lambda: rt.nc.is_connected)
+            caught_up = asyncio.Event()
             tasks = [
-                asyncio.create_task(scheduler.run(svc.stopping), name="scheduler"),
                 asyncio.create_task(
-                    consume_results(rt.nc, js, engine, scheduler, settings, svc.stopping),
-                    name="results"),
+                    consume_results(rt.nc, js, engine, scheduler, settings, svc.stopping,
+                                    caught_up), name="results"),
+                asyncio.create_task(LeaseKeeper(settings, engine, scheduler).run(svc.stopping),
+                                    name="leases"),
             ]
+            await take_back_own_work(settings, engine, caught_up)
+            tasks.append(asyncio.create_task(scheduler.run(svc.stopping), name="scheduler"))
             svc.set_ready(True)
             log.info("qmgr %s running", settings.qmgr_owner)
             await svc.stopping.wait()
@@ -56,6 +64,21 @@ async def run(settings: QmgrSettings) -> None:
             for t in tasks:
                 t.cancel()
             await scheduler.release_waiting()
+
+
+async def take_back_own_work(
+    settings: QmgrSettings, engine: AsyncEngine, caught_up: asyncio.Event
+) -> None:
+    """What an earlier life of this qmgr (same qmgr_owner) held becomes
+    claimable now, once the results already on the bus are applied (or
+    qmgr_takeback_wait has passed): a job still in flight then wins over a
+    second attempt, and one still queued is recognised as stale by delivery."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(caught_up.wait(), settings.qmgr_takeback_wait)
+    taken = await queue.take_back(engine, settings.qmgr_owner)
+    if taken:
+        log.info("qmgr %s took back %d recipients from its previous run",
+                 settings.qmgr_owner, taken)
 
 
 def main() -> None:

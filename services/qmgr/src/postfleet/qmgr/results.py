@@ -88,6 +88,7 @@ async def apply_results(
             conn, {str(r["queue_id"]) for r in batch.logs
                    if r["status"] == RecipientStatus.DEFERRED})
         removed = await queue.remove_finished(conn, qids)
+        await queue.free_slots(conn, [r.job_id for r in results if r.job_id])
     applied.log_lines = [(str(r["queue_id"]), _expired_line(r)) for r in batch.logs
                          if r["status"] == RecipientStatus.EXPIRED]
     applied.log_lines += [(qid, "removed") for qid in sorted(removed)]

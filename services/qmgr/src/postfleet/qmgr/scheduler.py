@@ -1,15 +1,33 @@
 """The scheduler: claim due recipients, resolve them, group them into
-delivery jobs, and dispatch within per-destination concurrency limits.
+delivery jobs, and dispatch within per-destination limits held by the
+whole fleet.
 
 It runs when woken (cleanup's ``queue.incoming`` notice, a result freeing a
-slot, a bounce queued) and at least every queue_run_delay: that periodic
-scan is what finds work whose bus notice was lost, deferred mail that came
-due, and leases of dead qmgr replicas that expired (invariant 3).
+destination slot anywhere in the fleet, a bounce queued, an admin action)
+and at least every queue_run_delay: that periodic scan is what finds work
+whose bus notice was lost, deferred mail that came due, and leases of dead
+qmgr replicas that expired (invariant 3). While jobs wait for a slot or a
+rate delay it looks again sooner.
+
+Claimed work is leased (``qmgr_lease_time``, tens of seconds) and the lease
+is renewed every third of that while this qmgr lives (``LeaseKeeper``) for
+what it still holds: jobs waiting, and jobs dispatched less than
+qmgr_inflight_timeout ago whose result has not come back (a job lost on
+the bus is retaken when its lease ends). So a qmgr that dies strands
+nothing for longer than one lease; one that comes back under the same
+``qmgr_owner`` (the launcher's slot, the pod's name) takes its work back at
+once (``take_back`` at start-up).
+
+Concurrency per destination (``transport:nexthop``) is counted in the queue
+store's destination slots, so N replicas together never open more than the
+limit: a job is published only once its slot is inserted; the slot goes
+when its result is applied, or with its owner's lease.
 
 Postfix parameters: queue_run_delay, default_destination_concurrency_limit
 (or the snapshot's per-next-hop destination_concurrency_limits),
-default_destination_recipient_limit, qmgr_message_recipient_limit;
-transport_maps, relayhost, default_transport via the routing snapshot.
+default_destination_rate_delay, default_destination_recipient_limit,
+qmgr_message_recipient_limit; transport_maps, relayhost, default_transport
+via the routing snapshot.
 """
 
 from __future__ import annotations
@@ -20,14 +38,14 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.bus.jobs import job_id
-from postfleet.core.db.queue import Claimed, claim_due, release
+from postfleet.core.db import queue
+from postfleet.core.db.queue import Claimed, SlotRequest
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.resolver import resolve
 from postfleet.core.routing.store import RoutingView
@@ -38,17 +56,20 @@ log = logging.getLogger(__name__)
 CLAIMED = Counter("postfleet_qmgr_claimed_total", "Recipients claimed for delivery")
 DISPATCHED = Counter("postfleet_qmgr_jobs_dispatched_total", "Delivery jobs published",
                      ["transport"])
-WAITING = Gauge("postfleet_qmgr_jobs_waiting", "Jobs held back by destination concurrency")
-INFLIGHT = Gauge("postfleet_qmgr_jobs_inflight", "Jobs dispatched and not yet answered")
+WAITING = Gauge("postfleet_qmgr_jobs_waiting",
+                "Jobs held back by destination concurrency or rate delay")
 
 Destination = tuple[str, str]  # (transport, nexthop)
 Publish = Callable[[delivery_pb2.Job], Awaitable[None]]
 
+# While jobs wait for a slot, look again at least this often (a freed slot
+# also wakes every replica at once; this covers a lost wake-up).
+WAITING_RETRY_S = 1.0
 
-@dataclass
-class _Inflight:
-    dest: Destination
-    since: float
+
+def destination_key(dest: Destination) -> str:
+    """The destination as the snapshot's limits and the slots table name it."""
+    return f"{dest[0]}:{dest[1]}"
 
 
 class Scheduler:
@@ -62,9 +83,11 @@ class Scheduler:
         self.publish = publish
         self.wakeup = asyncio.Event()
         self.waiting: dict[Destination, deque[delivery_pb2.Job]] = defaultdict(deque)
-        self.inflight: dict[str, _Inflight] = {}
-        self.per_dest: dict[Destination, int] = defaultdict(int)
+        # Dispatched jobs whose result has not been seen: job id -> (recipient
+        # ids, monotonic dispatch time). Only for lease renewal.
+        self.inflight: dict[str, tuple[list[int], float]] = {}
         self._waiting_rcpts = 0
+        self._paced_until: datetime | None = None
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -78,8 +101,17 @@ class Scheduler:
                 log.exception("queue scan failed; retrying at the next wake-up")
                 await asyncio.sleep(1)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._next_wake(stopping), self.s.queue_run_delay)
+                await asyncio.wait_for(self._next_wake(stopping), self._next_delay())
             self.wakeup.clear()
+
+    def _next_delay(self) -> float:
+        delay = self.s.queue_run_delay
+        if self.waiting:
+            delay = min(delay, WAITING_RETRY_S)
+        if self._paced_until is not None:
+            until = (self._paced_until - datetime.now(UTC)).total_seconds()
+            delay = min(delay, max(0.05, until))
+        return delay
 
     async def _next_wake(self, stopping: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(self.wakeup.wait()),
@@ -92,20 +124,19 @@ class Scheduler:
 
     async def scan(self) -> None:
         """Claim everything due (in batches) and dispatch what limits allow."""
-        self._expire_inflight()
         while True:
             room = self.s.qmgr_message_recipient_limit - self._waiting_rcpts
             limit = min(self.s.qmgr_claim_batch, room)
-            claimed = await claim_due(self.engine, self.s.qmgr_owner, datetime.now(UTC),
-                                      self.s.qmgr_lease_time, limit)
+            claimed = await queue.claim_due(self.engine, self.s.qmgr_owner, datetime.now(UTC),
+                                            self.s.qmgr_lease_time, limit)
             if claimed:
                 CLAIMED.inc(len(claimed))
-                await self._enqueue(claimed)
+                self._enqueue(claimed)
             await self._dispatch()
             if len(claimed) < limit or limit <= 0:
                 return
 
-    async def _enqueue(self, claimed: list[Claimed]) -> None:
+    def _enqueue(self, claimed: list[Claimed]) -> None:
         snapshot = self.routing.snapshot
         # One job per message, destination and attempt count: a result's
         # attempt then holds for every recipient in it.
@@ -128,53 +159,86 @@ class Scheduler:
                 )
                 self.waiting[dest].append(job)
                 self._waiting_rcpts += len(part)
-        WAITING.set(sum(len(q) for q in self.waiting.values()))
+        WAITING.set(self._waiting_jobs())
 
-    async def _dispatch(self) -> None:
+    def _slot_requests(self) -> list[SlotRequest]:
         default = self.s.default_destination_concurrency_limit
         limits = self.routing.snapshot.destination_concurrency_limits
+        requests = []
+        for dest, jobs in self.waiting.items():
+            key = destination_key(dest)
+            requests.append(SlotRequest(
+                key, [j.job_id for j in jobs], limits.get(key, default),
+                self.s.default_destination_rate_delay))
+        return requests
+
+    async def _dispatch(self) -> None:
+        """Publish every waiting job a destination slot can be had for."""
+        requests = self._slot_requests()
+        if not requests:
+            return
+        now = datetime.now(UTC)
+        granted = await queue.acquire_slots(self.engine, self.s.qmgr_owner, now,
+                                            self.s.qmgr_lease_time, requests)
         batch: list[delivery_pb2.Job] = []
-        for dest, queue in self.waiting.items():
-            limit = limits.get(f"{dest[0]}:{dest[1]}", default)
-            while queue and self.per_dest[dest] < limit:
-                job = queue.popleft()
+        for dest in list(self.waiting):
+            count = len(granted.get(destination_key(dest), ()))
+            jobs = self.waiting[dest]
+            for _ in range(count):
+                job = jobs.popleft()
                 self._waiting_rcpts -= len(job.recipients)
-                self.per_dest[dest] += 1
-                self.inflight[job.job_id] = _Inflight(dest, time.monotonic())
                 batch.append(job)
-        for key in [d for d, q in self.waiting.items() if not q]:
-            del self.waiting[key]
+            if not jobs:
+                del self.waiting[dest]
+        await self._publish(batch)
+        await self._note_pacing([r.destination for r in requests if r.rate_delay > 0])
+        WAITING.set(self._waiting_jobs())
+
+    async def _publish(self, batch: list[delivery_pb2.Job]) -> None:
         if not batch:
             return
         outcomes = await asyncio.gather(*(self.publish(j) for j in batch),
                                         return_exceptions=True)
+        unsent: list[delivery_pb2.Job] = []
         for job, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 # The bus is down: keep the job and try again at the next scan.
-                self.done(job.job_id)
-                self.waiting[(job.transport, job.nexthop)].appendleft(job)
-                self._waiting_rcpts += len(job.recipients)
                 log.warning("could not dispatch %s: %s", job.job_id, outcome)
+                unsent.append(job)
             else:
                 DISPATCHED.labels(job.transport).inc()
-        WAITING.set(sum(len(q) for q in self.waiting.values()))
-        INFLIGHT.set(len(self.inflight))
+                self.inflight[job.job_id] = ([r.id for r in job.recipients], time.monotonic())
+        if unsent:
+            for job in reversed(unsent):
+                self.waiting[(job.transport, job.nexthop)].appendleft(job)
+                self._waiting_rcpts += len(job.recipients)
+            await queue.release_slots(self.engine, [j.job_id for j in unsent])
 
-    def done(self, job_id: str) -> bool:
-        """A job's result came back: free its destination slot."""
-        entry = self.inflight.pop(job_id, None)
-        if entry is None:
-            return False
-        self.per_dest[entry.dest] -= 1
-        if self.per_dest[entry.dest] <= 0:
-            del self.per_dest[entry.dest]
-        INFLIGHT.set(len(self.inflight))
-        return True
+    async def _note_pacing(self, paced: list[str]) -> None:
+        waiting = {destination_key(d) for d in self.waiting}
+        self._paced_until = await queue.next_pacing(
+            self.engine, [d for d in paced if d in waiting])
 
-    def _expire_inflight(self) -> None:
+    def finished(self, job_ids: list[str]) -> None:
+        """These jobs' results were applied (by this replica or another)."""
+        for job in job_ids:
+            self.inflight.pop(job, None)
+
+    def held(self) -> tuple[list[int], list[str]]:
+        """What this qmgr holds now: recipient ids and in-flight job ids whose
+        leases it renews. In-flight jobs older than qmgr_inflight_timeout are
+        given up (lost on the bus, or stuck): their leases run out."""
         cutoff = time.monotonic() - self.s.qmgr_inflight_timeout
-        for stale in [j for j, e in self.inflight.items() if e.since < cutoff]:
-            self.done(stale)
+        for job in [j for j, (_ids, since) in self.inflight.items() if since < cutoff]:
+            log.warning("no result for job %s after %.0fs; its lease will run out", job,
+                        self.s.qmgr_inflight_timeout)
+            del self.inflight[job]
+        rcpts = [r.id for q in self.waiting.values() for job in q for r in job.recipients]
+        rcpts += [i for ids, _since in self.inflight.values() for i in ids]
+        return rcpts, list(self.inflight)
+
+    def _waiting_jobs(self) -> int:
+        return sum(len(q) for q in self.waiting.values())
 
     async def release_waiting(self) -> None:
         """On drain: hand back what was claimed but never dispatched."""
@@ -182,6 +246,30 @@ class Scheduler:
         self.waiting.clear()
         self._waiting_rcpts = 0
         try:
-            await release(self.engine, self.s.qmgr_owner, ids)
+            await queue.release(self.engine, self.s.qmgr_owner, ids)
         except Exception:
             log.warning("could not release %d leases; they expire on their own", len(ids))
+
+
+class LeaseKeeper:
+    """Renews this qmgr's leases (recipients and destination slots) every
+    third of qmgr_lease_time, for as long as the process lives."""
+
+    def __init__(self, settings: QmgrSettings, engine: AsyncEngine, scheduler: Scheduler) -> None:
+        self.s = settings
+        self.engine = engine
+        self.scheduler = scheduler
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        every = max(0.5, self.s.qmgr_lease_time / 3)
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), every)
+            rcpts, jobs = self.scheduler.held()
+            try:
+                await queue.renew_leases(self.engine, self.s.qmgr_owner, datetime.now(UTC),
+                                         self.s.qmgr_lease_time, rcpts, jobs)
+            except Exception as exc:
+                # The database is away: the leases run on; the next renewal
+                # comes a third of a lease later, well before they end.
+                log.warning("renewing leases failed: %s", exc)

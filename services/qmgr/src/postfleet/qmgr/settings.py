@@ -21,7 +21,9 @@ from postfleet.core.timeparse import Days, Seconds
 
 
 def _owner() -> str:
-    # No dots: the owner is a NATS subject token (postfleet.qmgr.done.<owner>).
+    """A unique identity when none is given. A fixed one (the launcher's
+    slot, a pod's name) lets a restarted qmgr take its own work back at
+    once; two live qmgrs must never share one."""
     host = socket.gethostname().split(".")[0][:40] or "qmgr"
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -35,16 +37,24 @@ class QmgrSettings(CommonSettings):
     # Postfix: 5d; a bare number means days.
     bounce_queue_lifetime: Days = 5 * 86400
     default_destination_concurrency_limit: int = 20
+    # Postfix: 0s (off). Above 0, one delivery at a time per destination,
+    # this far apart, fleet-wide.
+    default_destination_rate_delay: Seconds = 0
     default_destination_recipient_limit: int = 50
     # Recipients held in memory (claimed, not yet dispatched) at most.
     qmgr_message_recipient_limit: int = 20000
     # postfleet-specific: how many due recipients one claim takes, how long a
-    # claim (lease) lasts before another qmgr may retake the work, how many
-    # results one database transaction applies.
+    # claim (lease) lasts before another qmgr may retake the work if this one
+    # dies (renewed every third of it while it lives), how many results one
+    # database transaction applies.
     qmgr_claim_batch: int = 500
-    qmgr_lease_time: Seconds = 3600
+    qmgr_lease_time: Seconds = 30
     qmgr_result_batch: int = 256
-    # A dispatched job whose result never came back stops counting against
-    # its destination's concurrency after this long.
+    # A dispatched job whose result never came back (lost on the bus) is
+    # given up after this long: its leases run out and the work is retaken.
     qmgr_inflight_timeout: Seconds = 900
+    # This qmgr's identity in leases (no "/": it is part of job ids).
     qmgr_owner: str = Field(default_factory=_owner)
+    # At start-up, wait at most this long for the results of jobs still in
+    # flight before taking back the work a previous life of this qmgr held.
+    qmgr_takeback_wait: Seconds = 5

@@ -12,6 +12,10 @@ PREFIX = "postfleet"
 # cleanup poking qmgr through the public/qmgr FIFO.
 QUEUE_INCOMING = f"{PREFIX}.queue.incoming"
 
+# Core NATS, qmgr -> every qmgr: results were applied, destination slots
+# are free again; replicas with jobs waiting for a slot look again.
+SLOTS_FREED = f"{PREFIX}.qmgr.slots"
+
 # JetStream work queue of delivery jobs, one subject per transport.
 DELIVERY_STREAM = "postfleet-delivery"
 DELIVERY_SUBJECTS = f"{PREFIX}.delivery.>"
@@ -28,12 +32,6 @@ ROUTING_KEY = "snapshot"
 
 def delivery_subject(transport: str) -> str:
     return f"{PREFIX}.delivery.{transport}"
-
-
-def done_subject(owner: str) -> str:
-    """Core NATS: a result for a job another qmgr replica dispatched frees
-    that replica's destination slot (``owner`` is a subject token: no dots)."""
-    return f"{PREFIX}.qmgr.done.{owner}"
 
 
 def delivery_consumer(transport: str) -> str:

@@ -24,7 +24,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest revision in migrations/versions (a test keeps it true). Roles
 # compare the database against it and import Alembic only when behind:
 # Alembic and Mako cost each role ~13 MiB of memory for nothing otherwise.
-HEAD = "0001"
+HEAD = "0002"
 _PG_LOCK_KEY = 0x706F7374666C  # "postfl"
 
 

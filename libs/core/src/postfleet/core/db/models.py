@@ -105,6 +105,7 @@ class Recipient(Base):
     __table_args__ = (
         Index("ix_recipients_due", "status", "next_attempt_at"),
         Index("ix_recipients_queue_id", "queue_id"),
+        Index("ix_recipients_lease_owner", "lease_owner"),
     )
 
 
@@ -126,3 +127,33 @@ class DeliveryLog(Base):
     status: Mapped[str] = mapped_column(String(16))
     reply: Mapped[str] = mapped_column(Text)
     logged_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DestinationSlot(Base):
+    """A delivery job in flight to a destination (``transport:nexthop``), for
+    per-destination concurrency held by the whole fleet: a qmgr dispatches
+    a job only when it could insert its slot under the limit. The slot goes
+    when the job's result is applied (in that transaction), or when its
+    lease runs out because its qmgr died (the owner renews it while alive)."""
+
+    __tablename__ = "destination_slots"
+
+    job_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    destination: Mapped[str] = mapped_column(String(320))
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (
+        Index("ix_destination_slots_destination", "destination", "expires_at"),
+        Index("ix_destination_slots_owner", "owner"),
+    )
+
+
+class DestinationPacing(Base):
+    """When a destination may next get a delivery (default_destination_rate_delay),
+    fleet-wide: Postfix's per-destination rate delay."""
+
+    __tablename__ = "destination_pacing"
+
+    destination: Mapped[str] = mapped_column(String(320), primary_key=True)
+    next_at: Mapped[datetime] = mapped_column(UtcDateTime())

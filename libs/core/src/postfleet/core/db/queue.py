@@ -29,12 +29,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
-from postfleet.core.db.models import DeliveryLog, Message, Recipient
+from postfleet.core.db.models import (
+    DeliveryLog,
+    DestinationPacing,
+    DestinationSlot,
+    Message,
+    Recipient,
+)
 from postfleet.core.db.status import MessageState, RecipientStatus
 
 
@@ -121,6 +127,21 @@ async def load_body(conn: AsyncConnection, queue_id: str) -> bytes | None:
     return None if row is None else bytes(row.body)
 
 
+_CURRENT = (select(Recipient.id).where(
+    Recipient.queue_id == bindparam("qid"), Recipient.id.in_(bindparam("ids", expanding=True)),
+    Recipient.attempts == bindparam("attempt"), open_recipient()))
+
+
+async def current_recipients(
+    conn: AsyncConnection, queue_id: str, ids: Sequence[int], attempt: int
+) -> set[int]:
+    """Which of a job's recipients the job still speaks for: open, and not
+    claimed again since (a newer attempt supersedes a job still on the bus
+    after its qmgr died). Delivery sends to these only."""
+    rows = await conn.execute(_CURRENT, {"qid": queue_id, "ids": list(ids), "attempt": attempt})
+    return set(rows.scalars())
+
+
 # -- claims --------------------------------------------------------------------
 
 
@@ -205,6 +226,143 @@ async def release(engine: AsyncEngine, owner: str, ids: Sequence[int]) -> None:
             .values(lease_owner=None, lease_expires_at=None, attempts=Recipient.attempts - 1)
             .execution_options(synchronize_session=False)
         )
+
+
+async def renew_leases(
+    engine: AsyncEngine, owner: str, now: datetime, lease: float,
+    recipient_ids: Sequence[int], job_ids: Sequence[str],
+) -> int:
+    """Extend ``owner``'s leases on the recipients it still holds (waiting or
+    in flight) and on its jobs' destination slots: while their qmgr lives,
+    its work is never retaken. Returns how many recipient leases were renewed."""
+    until = now + timedelta(seconds=lease)
+    renewed = 0
+    async with engine.begin() as conn:
+        for part in _chunks(list(recipient_ids)):
+            renewed += (await conn.execute(
+                update(Recipient).where(Recipient.lease_owner == owner, Recipient.id.in_(part))
+                .values(lease_expires_at=until).execution_options(synchronize_session=False)
+            )).rowcount
+        for jobs in _chunks(list(job_ids)):
+            await conn.execute(update(DestinationSlot).where(
+                DestinationSlot.owner == owner, DestinationSlot.job_id.in_(jobs))
+                .values(expires_at=until))
+    return renewed
+
+
+def _chunks(items: list[Any], size: int = 500) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+async def take_back(engine: AsyncEngine, owner: str) -> int:
+    """A restarted qmgr with its old identity: what it held before it died
+    becomes claimable at once instead of when the old lease runs out. The
+    attempt count is kept, so a job of the old attempt still on the bus is
+    recognised as stale by delivery (``load_job``). Slots it held go too:
+    their jobs' results free nothing any more."""
+    async with engine.begin() as conn:
+        taken = (await conn.execute(
+            update(Recipient).where(Recipient.lease_owner == owner, open_recipient())
+            .values(lease_owner=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )).rowcount
+        await conn.execute(delete(DestinationSlot).where(DestinationSlot.owner == owner))
+    return taken
+
+
+# -- destination slots (concurrency and pacing, fleet-wide) ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRequest:
+    """Jobs waiting for one destination and the limits that apply to it."""
+
+    destination: str
+    job_ids: Sequence[str]
+    limit: int  # destination concurrency limit
+    rate_delay: float = 0.0  # seconds between deliveries (0: none)
+
+
+async def acquire_slots(
+    engine: AsyncEngine, owner: str, now: datetime, lease: float,
+    requests: Sequence[SlotRequest],
+) -> dict[str, list[str]]:
+    """Take as many slots as each destination's limit leaves free, fleet-wide;
+    returns the job ids that may be dispatched now, by destination.
+
+    One transaction for all destinations, each locked in name order on
+    PostgreSQL (an advisory lock per destination) so replicas never
+    over-book a destination; SQLite's single writer does the same. A
+    destination with a rate delay gets one job at a time, each at least the
+    delay after the previous one (Postfix: concurrency 1 with a rate delay).
+    """
+    granted: dict[str, list[str]] = {}
+    until = now + timedelta(seconds=lease)
+    async with engine.begin() as conn:
+        for req in sorted(requests, key=lambda r: r.destination):
+            if not req.job_ids:
+                continue
+            await _lock_destination(conn, req.destination)
+            free = await _free_slots(conn, req, now)
+            if free <= 0:
+                continue
+            take = list(req.job_ids[:free])
+            await conn.execute(insert(DestinationSlot), [
+                {"job_id": j, "destination": req.destination, "owner": owner,
+                 "expires_at": until} for j in take])
+            if req.rate_delay > 0:
+                await _pace(conn, req.destination, now + timedelta(seconds=req.rate_delay))
+            granted[req.destination] = take
+    return granted
+
+
+async def _lock_destination(conn: AsyncConnection, destination: str) -> None:
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(destination))))
+
+
+async def _free_slots(conn: AsyncConnection, req: SlotRequest, now: datetime) -> int:
+    busy = (await conn.execute(
+        select(func.count()).select_from(DestinationSlot)
+        .where(DestinationSlot.destination == req.destination,
+               DestinationSlot.expires_at > now))).scalar_one()
+    if req.rate_delay > 0:
+        next_at = (await conn.execute(
+            select(DestinationPacing.next_at)
+            .where(DestinationPacing.destination == req.destination))).scalar_one_or_none()
+        if busy or (next_at is not None and next_at > now):
+            return 0
+        return 1
+    return max(0, req.limit - busy)
+
+
+async def _pace(conn: AsyncConnection, destination: str, next_at: datetime) -> None:
+    done = (await conn.execute(update(DestinationPacing)
+                               .where(DestinationPacing.destination == destination)
+                               .values(next_at=next_at))).rowcount
+    if not done:
+        await conn.execute(insert(DestinationPacing).values(destination=destination,
+                                                            next_at=next_at))
+
+
+async def next_pacing(engine: AsyncEngine, destinations: Sequence[str]) -> datetime | None:
+    """The earliest time one of these rate-limited destinations opens again."""
+    if not destinations:
+        return None
+    async with engine.connect() as conn:
+        return (await conn.execute(select(func.min(DestinationPacing.next_at)).where(
+            DestinationPacing.destination.in_(destinations)))).scalar_one_or_none()
+
+
+async def free_slots(conn: AsyncConnection, job_ids: Sequence[str]) -> None:
+    """The jobs are over (their results applied, or never published)."""
+    if job_ids:
+        await conn.execute(delete(DestinationSlot).where(DestinationSlot.job_id.in_(job_ids)))
+
+
+async def release_slots(engine: AsyncEngine, job_ids: Sequence[str]) -> None:
+    async with engine.begin() as conn:
+        await free_slots(conn, job_ids)
 
 
 # -- results -------------------------------------------------------------------

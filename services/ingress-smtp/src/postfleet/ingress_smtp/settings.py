@@ -24,8 +24,6 @@ certificate refuses to start without ``smtpd_tls_cert_file``.
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -37,8 +35,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import NoDecode
 
+from postfleet.core.postfix_list import PostfixList
 from postfleet.core.settings import CommonSettings
 from postfleet.core.timeparse import Seconds
 from postfleet.ingress_smtp.restrictions import (
@@ -52,16 +50,6 @@ from postfleet.ingress_smtp.tls import protocol_range
 MAIL_NAME = "postfleet"
 
 
-def _postfix_list(value: object) -> object:
-    """Postfix lists are "a, b c" strings; YAML/JSON lists are taken as they are."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [v for v in re.split(r"[,\s]+", text) if v]
-    return value
-
-
 def _bare_newline(value: object) -> object:
     # Postfix 3.9: "yes" is a synonym for "normalize".
     text = str(value).strip().lower()
@@ -72,7 +60,6 @@ def _lower(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-PostfixList = Annotated[list[str], NoDecode, BeforeValidator(_postfix_list)]
 BareNewline = Annotated[
     Literal["normalize", "reject", "no"], BeforeValidator(_bare_newline)
 ]

@@ -11,6 +11,7 @@ Postfix timeout reply, and SIGTERM drain. Policy (restrictions, recipient
 limit) and submission live in the handler (``handler.py``) behind aiosmtpd's
 ``handle_MAIL``/``handle_RCPT``/``handle_DATA`` hooks; address parsing and
 reply formatting in ``grammar.py``; per-client state in ``session.py``.
+``Sessions`` (below) is the set of live sessions that SIGTERM drains.
 
 TLS (Postfix smtpd's STARTTLS and wrapper mode, certificates in ``tls.py``):
 with ``smtpd_tls_security_level = may`` EHLO offers STARTTLS; ``encrypt``
@@ -47,7 +48,7 @@ import asyncio
 import collections
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope
@@ -62,7 +63,7 @@ from postfleet.ingress_smtp.grammar import (
     unsupported,
 )
 from postfleet.ingress_smtp.metrics import CONNECTIONS, REJECTS, SESSIONS
-from postfleet.ingress_smtp.session import IngressSession, Sessions
+from postfleet.ingress_smtp.session import IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
 from postfleet.ingress_smtp.tls import (
     MUST_STARTTLS,
@@ -539,3 +540,30 @@ class IngressSMTP(SMTP):
         self._set_rset_state()
         session.forget_helo()
         await self._start_tls(context)
+
+
+class Sessions:
+    """The live sessions of the listeners, for drain."""
+
+    def __init__(self) -> None:
+        self._live: set[IngressSMTP] = set()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def add(self, session: IngressSMTP) -> None:
+        self._live.add(session)
+        self.empty.clear()
+
+    def discard(self, session: IngressSMTP) -> None:
+        self._live.discard(session)
+        if not self._live:
+            self.empty.set()
+
+    def __contains__(self, session: object) -> bool:
+        return session in self._live
+
+    def __iter__(self) -> Iterator[IngressSMTP]:
+        return iter(list(self._live))
+
+    def __len__(self) -> int:
+        return len(self._live)

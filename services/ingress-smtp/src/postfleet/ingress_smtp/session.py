@@ -1,7 +1,6 @@
 """ingress-smtp: what smtpd keeps per client -- address (the socket's peer,
 or the one a PROXY header names), verified name (Postfix's forward-confirmed
-reverse lookup), HELO, TLS state, error counters -- and the set of live
-sessions that SIGTERM drains.
+reverse lookup), HELO, TLS state, error counters.
 
 Postfix parameters: smtpd_peername_lookup, smtpd_upstream_proxy_protocol.
 """
@@ -11,16 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from aiosmtpd.proxy_protocol import AF, PROTO, V2_CMD, ProxyData
 from aiosmtpd.smtp import Session
 
 from postfleet.ingress_smtp.restrictions import normalize_ip
-
-if TYPE_CHECKING:
-    from postfleet.ingress_smtp.protocol import IngressSMTP
 
 NAME_LOOKUP_TIMEOUT = 5.0
 
@@ -145,30 +139,3 @@ def _name(kind: type[AF] | type[PROTO], value: int | None) -> str:
         return kind(value).name
     except ValueError:
         return str(value)
-
-
-class Sessions:
-    """The live sessions of the listeners, for drain."""
-
-    def __init__(self) -> None:
-        self._live: set[IngressSMTP] = set()
-        self.empty = asyncio.Event()
-        self.empty.set()
-
-    def add(self, session: IngressSMTP) -> None:
-        self._live.add(session)
-        self.empty.clear()
-
-    def discard(self, session: IngressSMTP) -> None:
-        self._live.discard(session)
-        if not self._live:
-            self.empty.set()
-
-    def __contains__(self, session: object) -> bool:
-        return session in self._live
-
-    def __iter__(self) -> Iterator[IngressSMTP]:
-        return iter(list(self._live))
-
-    def __len__(self) -> int:
-        return len(self._live)

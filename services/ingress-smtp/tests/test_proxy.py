@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import shutil
 import struct
 
 import pytest
 
 from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.testing.swaks import swaks
 from postfleet.ingress_smtp.settings import Listener
 
 # Loopback is outside mynetworks: only a PROXY-claimed 10.x client may relay.
@@ -94,20 +94,10 @@ async def test_v2_header_names_the_client(proxied, dialogs, cleanup, caplog) -> 
     assert await relay_attempt(local) == DENIED
 
 
-async def _swaks(*args: str) -> tuple[int, str]:
-    path = shutil.which("swaks")
-    if path is None:
-        pytest.skip("swaks not installed (the Makefile's peers step installs it)")
-    proc = await asyncio.create_subprocess_exec(
-        path, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode or 0, out.decode(errors="replace")
-
-
 @pytest.mark.parametrize("version", ["1", "2"])
 async def test_swaks_through_a_proxy(proxied, cleanup, version: str) -> None:
-    code, out = await _swaks(
-        "--server", "127.0.0.1", "--port", str(proxied.port("lb")),
+    code, out = await swaks(
+        proxied.port("lb"),
         "--proxy-version", version, "--proxy-family", "TCP4" if version == "1" else "AF_INET",
         "--proxy-source", "10.9.8.7", "--proxy-source-port", "41000",
         "--proxy-dest", "192.0.2.25", "--proxy-dest-port", "25",

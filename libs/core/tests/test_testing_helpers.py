@@ -1,0 +1,54 @@
+"""The shared test helpers: swaks fails (never skips) without its peer or its
+TLS support."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from postfleet.core.testing import swaks as swaks_module
+from postfleet.core.testing.swaks import MISSING, NO_TLS, require_tls, swaks, swaks_binary
+
+FAKE_SWAKS = """#!/bin/sh
+if [ "$1" = "--support" ]; then
+    echo "=== Basic AUTH supported"
+    echo "*** TLS not available: requires Net::SSLeay"
+    exit 1
+fi
+echo "fake swaks $*"
+"""
+
+
+@pytest.fixture
+def fake_swaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A swaks without TLS support, alone on PATH."""
+    script = tmp_path / "swaks"
+    script.write_text(FAKE_SWAKS)
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    return script
+
+
+async def test_missing_swaks_fails_the_test(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match=re.escape(MISSING)):
+        await swaks(25, "--from", "a@b.example")
+
+
+async def test_tls_options_need_swaks_tls_support(fake_swaks: Path) -> None:
+    for option in ("--tls", "-tls", "--tlsc", "--tls-on-connect", "--tls-verify"):
+        with pytest.raises(pytest.fail.Exception, match=re.escape(NO_TLS)):
+            await swaks(25, option)
+    # Without a TLS option the same swaks runs, against 127.0.0.1:PORT.
+    code, out = await swaks(2525, "--from", "a@b.example", "--body", "--tls in a body")
+    assert (code, out) == (0, "fake swaks --server 127.0.0.1 --port 2525 --from a@b.example "
+                              "--body --tls in a body\n")
+
+
+def test_the_installed_swaks_speaks_tls() -> None:
+    # What scripts/install-peers makes sure of; the TLS tests need it.
+    require_tls(swaks_binary())
+    assert swaks_module.TLS_SUPPORTED in swaks_module._support(swaks_binary())

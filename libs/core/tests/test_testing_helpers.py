@@ -1,8 +1,9 @@
 """The shared test helpers: swaks fails (never skips) without its peer or its
-TLS support."""
+TLS support, and ``eventually`` is a deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from postfleet.core.testing import swaks as swaks_module
 from postfleet.core.testing.swaks import MISSING, NO_TLS, require_tls, swaks, swaks_binary
+from postfleet.core.testing.waiting import eventually
 
 FAKE_SWAKS = """#!/bin/sh
 if [ "$1" = "--support" ]; then
@@ -52,3 +54,18 @@ def test_the_installed_swaks_speaks_tls() -> None:
     # What scripts/install-peers makes sure of; the TLS tests need it.
     require_tls(swaks_binary())
     assert swaks_module.TLS_SUPPORTED in swaks_module._support(swaks_binary())
+
+
+async def test_eventually_returns_the_first_truthy_value() -> None:
+    values = iter([0, "", "ready"])
+    assert await eventually(lambda: next(values), timeout=1) == "ready"
+
+    async def check() -> int:
+        return 7
+
+    assert await eventually(check, timeout=1) == 7
+
+
+async def test_eventually_fails_at_its_deadline() -> None:
+    with pytest.raises(AssertionError, match=r"queue empty not true within 0.1s \(last: 0\)"):
+        await asyncio.wait_for(eventually(lambda: 0, timeout=0.1, what="queue empty"), 5)

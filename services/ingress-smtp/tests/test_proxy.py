@@ -13,6 +13,7 @@ import pytest
 
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.testing.swaks import swaks
+from postfleet.core.testing.waiting import eventually
 from postfleet.ingress_smtp.settings import Listener
 
 # Loopback is outside mynetworks: only a PROXY-claimed 10.x client may relay.
@@ -31,13 +32,6 @@ def proxy_v2(src: str = "", dst: str = "", sport: int = 0, dport: int = 0, *,
     family = 0x11 if source.version == 4 else 0x21  # TCP over IPv4 / IPv6
     addresses = source.packed + dest.packed + struct.pack("!HH", sport, dport)
     return V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(addresses)) + addresses
-
-
-async def eventually(check, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
 
 
 def listener(name: str, **overrides) -> Listener:
@@ -145,9 +139,8 @@ async def test_no_header_in_time_closes(make_ingress) -> None:
                                             "smtpd_upstream_proxy_timeout": "0.3s"})
     reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port())
     try:
-        started = asyncio.get_running_loop().time()
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # no 421 either
-        assert asyncio.get_running_loop().time() - started < 3
+        # Closed by the 0.3s limit, well before 3s; no 421 either.
+        assert await asyncio.wait_for(reader.read(), 3) == b""
     finally:
         writer.close()
 

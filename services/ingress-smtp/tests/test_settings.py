@@ -40,6 +40,8 @@ def test_postfix_defaults() -> None:
     assert s.smtpd_starttls_timeout == 300
     assert s.smtpd_upstream_proxy_protocol == "" and s.proxy_timeout() is None
     assert s.smtpd_upstream_proxy_timeout == 5
+    # postfleet's: smtpd_peername_lookup asks the system resolver unless told otherwise.
+    assert s.smtpd_peername_lookup is True and s.dns_nameservers == []
 
 
 def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,10 +56,12 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTFLEET_SMTPD_RELAY_RESTRICTIONS",
                        "permit_mynetworks, reject_unauth_destination")
     monkeypatch.setenv("POSTFLEET_SMTPD_FORBID_BARE_NEWLINE", "yes")
+    monkeypatch.setenv("POSTFLEET_DNS_NAMESERVERS", "127.0.0.1:5353, [::1]:53 192.0.2.53")
     s = IngressSettings()
     assert s.smtpd_timeout == 300 and s.cleanup_timeout == 30
     assert s.smtpd_relay_restrictions == ["permit_mynetworks", "reject_unauth_destination"]
     assert s.smtpd_forbid_bare_newline == "normalize"  # Postfix 3.9: yes = normalize
+    assert s.dns_nameservers == ["127.0.0.1:5353", "[::1]:53", "192.0.2.53"]
     smtp, submission = s.listeners
     assert (smtp.address, smtp.port) == ("0.0.0.0", 25)
     assert s.params_for(smtp).smtpd_recipient_limit == 1000
@@ -135,6 +139,9 @@ def test_yaml_section(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
         {"smtpd_starttls_timeout": "0s"},
         {"smtpd_upstream_proxy_protocol": "proxy-v2"},
         {"smtpd_upstream_proxy_timeout": "-1"},
+        # A name server is an address (asking DNS where DNS is would be circular).
+        {"dns_nameservers": "dns.example"},
+        {"dns_nameservers": "127.0.0.1:0"},
     ],
 )
 def test_bad_configuration_is_refused(values: dict) -> None:

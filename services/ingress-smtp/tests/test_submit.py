@@ -58,14 +58,32 @@ async def test_message_streams_exact_bytes_in_chunks(make_ingress, dialogs, clea
                "client=unknown[127.0.0.1]" for r in caplog.records)
 
 
-async def test_peername_lookup_names_the_client(make_ingress, dialogs, cleanup,
-                                                smtp_transaction) -> None:
-    ingress = await make_ingress(smtpd_peername_lookup=True)
+async def test_peername_lookup_names_the_client(make_ingress, make_dns, dialogs, cleanup,
+                                                smtp_transaction, caplog) -> None:
+    # A PTR record for 127.0.0.1 and the A record that confirms it, on a
+    # loopback dnsmasq: never the machine's own resolver.
+    dns = make_dns({"ptr": {"1.0.0.127.in-addr.arpa": "client.postfleet.test"},
+                    "hosts": {"client.postfleet.test": "127.0.0.1"}})
+    caplog.set_level(logging.INFO, logger="postfleet.maillog")
+    ingress = await make_ingress(smtpd_peername_lookup=True, dns_nameservers=dns.nameserver)
     d = await dialogs(ingress.port())
     assert (await smtp_transaction(d, "", ["c@d.example"], b"hi\r\n.\r\n")).startswith("250")
-    # 127.0.0.1 resolves to a name that resolves back (/etc/hosts), or stays unknown.
-    name = cleanup.servicer.submitted[0].envelope.client.name
-    assert name == "unknown" or "localhost" in name
+    assert cleanup.servicer.submitted[0].envelope.client.name == "client.postfleet.test"
+    assert any(r.getMessage().endswith("client=client.postfleet.test[127.0.0.1]")
+               for r in caplog.records)
+    assert dns.queries() == [("PTR", "1.0.0.127.in-addr.arpa"), ("A", "client.postfleet.test")]
+
+
+async def test_peername_must_resolve_back(make_ingress, make_dns, dialogs, cleanup,
+                                          smtp_transaction) -> None:
+    # The PTR names a host whose address is another: Postfix keeps "unknown".
+    dns = make_dns({"ptr": {"1.0.0.127.in-addr.arpa": "forged.postfleet.test"},
+                    "hosts": {"forged.postfleet.test": "192.0.2.7"}})
+    ingress = await make_ingress(smtpd_peername_lookup=True, dns_nameservers=dns.nameserver)
+    d = await dialogs(ingress.port())
+    assert (await smtp_transaction(d, "", ["c@d.example"], b"hi\r\n.\r\n")).startswith("250")
+    assert cleanup.servicer.submitted[0].envelope.client.name == "unknown"
+    assert ("A", "forged.postfleet.test") in dns.queries()
 
 
 async def test_cleanup_unavailable_answers_451(make_ingress, dialogs, cleanup,

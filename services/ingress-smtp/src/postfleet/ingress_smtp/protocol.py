@@ -63,6 +63,7 @@ from postfleet.ingress_smtp.grammar import (
     unsupported,
 )
 from postfleet.ingress_smtp.metrics import CONNECTIONS, REJECTS, SESSIONS
+from postfleet.ingress_smtp.peername import NameLookup, system_client_name
 from postfleet.ingress_smtp.session import IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
 from postfleet.ingress_smtp.tls import (
@@ -95,6 +96,7 @@ class IngressSMTP(SMTP):
         sessions: Sessions,
         bare_newline_exempt: Callable[[str], bool] = lambda ip: False,
         tls: ServerTls | None = None,
+        name_lookup: NameLookup = system_client_name,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         limit = params.line_length_limit
@@ -108,6 +110,7 @@ class IngressSMTP(SMTP):
         self.draining = False
         self._sessions = sessions
         self._bare_newline_exempt = bare_newline_exempt
+        self._name_lookup = name_lookup
         self._banner = params.banner(myhostname)
         self._greeted = False
         self._busy = False
@@ -131,7 +134,7 @@ class IngressSMTP(SMTP):
 
     # -- session bookkeeping ---------------------------------------------------
     def _create_session(self) -> IngressSession:
-        return IngressSession(self.loop)
+        return IngressSession(self.loop, self._name_lookup)
 
     # Methods, not properties: aiosmtpd inspects every attribute in __init__.
     def smtpd_session(self) -> IngressSession:

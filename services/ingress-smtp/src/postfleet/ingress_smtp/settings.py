@@ -9,8 +9,10 @@ smtpd_peername_lookup, smtpd_relay_restrictions,
 smtpd_recipient_restrictions, smtpd_tls_security_level, smtpd_tls_cert_file,
 smtpd_tls_key_file, smtpd_tls_protocols, smtpd_tls_mandatory_protocols,
 smtpd_tls_wrappermode, smtpd_starttls_timeout, smtpd_upstream_proxy_protocol,
-smtpd_upstream_proxy_timeout. The ``listeners`` list is master.cf: one entry
-per smtpd service, each with ``overrides`` playing the part of ``-o
+smtpd_upstream_proxy_timeout; postfleet's own: cleanup_timeout,
+drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
+empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
+entry per smtpd service, each with ``overrides`` playing the part of ``-o
 name=value``. Environment: ``POSTFLEET_<NAME>`` (``POSTFLEET_LISTENERS`` is
 JSON); YAML: top level or the ``ingress_smtp:`` section.
 
@@ -36,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from postfleet.core.nameservers import check_nameservers
 from postfleet.core.postfix_list import PostfixList
 from postfleet.core.settings import CommonSettings
 from postfleet.core.timeparse import Seconds
@@ -220,6 +223,15 @@ class IngressSettings(CommonSettings, SmtpdParams):
     # SIGTERM: in-flight sessions get this long to finish (kept below the
     # Kubernetes default terminationGracePeriodSeconds of 30).
     drain_timeout: Seconds = 25.0
+    # postfleet's (as delivery's): the DNS servers smtpd_peername_lookup asks,
+    # "ip" or "ip:port" ("[ip6]:port"); empty: the system resolver
+    # (getnameinfo/getaddrinfo: /etc/hosts, /etc/resolv.conf), like Postfix.
+    dns_nameservers: PostfixList = Field(default_factory=list)
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _nameservers(cls, value: list[str]) -> list[str]:
+        return check_nameservers(value)
 
     @model_validator(mode="after")
     def _listeners_valid(self) -> IngressSettings:

@@ -1,15 +1,18 @@
 """The shared test helpers: swaks fails (never skips) without its peer or its
-TLS support, and ``eventually`` is a deadline."""
+TLS support, ``eventually`` is a deadline, and the resolver guard keeps tests
+off the machine's resolver."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from pathlib import Path
 
 import pytest
 
 from postfleet.core.testing import swaks as swaks_module
+from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.core.testing.swaks import MISSING, NO_TLS, require_tls, swaks, swaks_binary
 from postfleet.core.testing.waiting import eventually
 
@@ -69,3 +72,26 @@ async def test_eventually_returns_the_first_truthy_value() -> None:
 async def test_eventually_fails_at_its_deadline() -> None:
     with pytest.raises(AssertionError, match=r"queue empty not true within 0.1s \(last: 0\)"):
         await asyncio.wait_for(eventually(lambda: 0, timeout=0.1, what="queue empty"), 5)
+
+
+def test_the_resolver_guard_refuses_names_and_lets_numbers_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    guard = SystemResolverGuard().install(monkeypatch)
+    assert socket.getaddrinfo("127.0.0.1", 25)[0][4] == ("127.0.0.1", 25)
+    assert socket.getaddrinfo(None, 25)
+    assert socket.gethostbyname("192.0.2.1") == "192.0.2.1"
+    assert socket.getnameinfo(("127.0.0.1", 25), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+                              ) == ("127.0.0.1", "25")
+    assert guard.asked == []
+    for ask in (lambda: socket.getaddrinfo("localhost", 25),
+                lambda: socket.gethostbyname("example.test"),
+                lambda: socket.gethostbyaddr("127.0.0.1"),
+                lambda: socket.getnameinfo(("127.0.0.1", 0), socket.NI_NAMEREQD)):
+        with pytest.raises(socket.gaierror):
+            ask()
+    socket.getfqdn("host.example.test")  # swallows the error, but was caught asking
+    assert guard.asked == [
+        "getaddrinfo('localhost')", "gethostbyname('example.test')",
+        "gethostbyaddr('127.0.0.1')", "getnameinfo(('127.0.0.1', 0))",
+        "gethostbyaddr('host.example.test')"]

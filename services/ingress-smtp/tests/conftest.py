@@ -2,7 +2,8 @@
 server standing in for cleanup (another role, so a test double of the peer),
 a raw SMTP dialog client for protocol-level assertions (optionally sending a
 PROXY header first, optionally under TLS), and a test PKI made with the
-``openssl`` command: a CA and server certificates for localhost/127.0.0.1."""
+``openssl`` command: a CA and server certificates for localhost/127.0.0.1.
+Every test runs with the machine's resolver off (``no_system_resolver``)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,16 @@ from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp.replies import SmtpReply
+from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.ingress_smtp.listeners import Listeners
 from postfleet.ingress_smtp.settings import IngressSettings, Listener
 from postfleet.ingress_smtp.submit import CleanupClient
+
+
+@pytest.fixture(autouse=True)
+def _offline(no_system_resolver: SystemResolverGuard) -> SystemResolverGuard:
+    """No ingress test asks the machine's resolver (names come from make_dns)."""
+    return no_system_resolver
 
 
 @dataclass

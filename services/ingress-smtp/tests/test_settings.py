@@ -50,6 +50,8 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         '[{"name":"smtp","address":"0.0.0.0","port":25},'
         ' {"name":"submission","port":587,"overrides":{"smtpd_recipient_limit":50}}]',
     )
+    # Set, so that no default asks the machine's resolver for its name (getfqdn).
+    monkeypatch.setenv("POSTFLEET_MYHOSTNAME", "mx.example")
     monkeypatch.setenv("POSTFLEET_SMTPD_TIMEOUT", "5m")
     monkeypatch.setenv("POSTFLEET_CLEANUP_TIMEOUT", "30s")
     monkeypatch.setenv("POSTFLEET_MESSAGE_SIZE_LIMIT", "1000")
@@ -71,6 +73,7 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_tls_and_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # What the Helm chart sets (cert-manager's Secret mounted as tls.crt/tls.key).
+    monkeypatch.setenv("POSTFLEET_MYHOSTNAME", "mx.example")
     monkeypatch.setenv("POSTFLEET_SMTPD_TLS_SECURITY_LEVEL", "may")
     monkeypatch.setenv("POSTFLEET_SMTPD_TLS_CERT_FILE", "/etc/postfleet/tls/tls.crt")
     monkeypatch.setenv("POSTFLEET_SMTPD_TLS_KEY_FILE", "/etc/postfleet/tls/tls.key")

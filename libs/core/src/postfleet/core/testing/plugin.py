@@ -7,6 +7,8 @@
 - ``make_cluster``: every role as a real process on those.
 - ``make_dns``: ``make_dns(zone)`` starts dnsmasq serving that zone on a free
   loopback port (see testing/dns.py); ``.nameserver`` is "127.0.0.1:PORT".
+- ``no_system_resolver``: the test fails if it asked the machine's resolver
+  (testing/resolver_guard.py); a suite's conftest may make it autouse.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from postfleet.core.testing.cluster import Cluster
 from postfleet.core.testing.databases import fresh_postgres, sqlite_url
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.nats import NatsServer
+from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.core.testing.sink import SmtpSink
 
 
@@ -102,3 +105,12 @@ def make_dns(tmp_path: Path) -> Iterator[Callable[..., DnsServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def no_system_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[SystemResolverGuard]:
+    guard = SystemResolverGuard().install(monkeypatch)
+    yield guard
+    assert not guard.asked, (
+        f"the test asked the machine's resolver: {guard.asked}; use make_dns and "
+        "dns_nameservers, or numeric addresses")

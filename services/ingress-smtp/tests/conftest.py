@@ -212,6 +212,22 @@ class Dialog:
         code, lines = await self.cmd(command)
         return f"{code} {lines[-1]}"
 
+    async def data(self, content: bytes, timeout: float = 10) -> tuple[int, list[str]]:
+        """DATA (answered 354), then ``content`` (ending in <CR><LF>.<CR><LF>):
+        the reply to the content."""
+        assert (await self.cmd("DATA"))[0] == 354
+        await self.send(content)
+        return await self.reply(timeout=timeout)
+
+    async def transaction(self, sender: str, rcpts: list[str], content: bytes) -> str:
+        """EHLO, MAIL, RCPT..., DATA, content; the final reply as "code text"."""
+        assert (await self.cmd("EHLO client.test"))[0] == 250
+        assert await self.line(f"MAIL FROM:<{sender}>") == "250 2.1.0 Ok"
+        for rcpt in rcpts:
+            assert await self.line(f"RCPT TO:<{rcpt}>") == "250 2.1.5 Ok"
+        code, lines = await self.data(content, timeout=30)
+        return f"{code} {lines[-1]}"
+
     async def closed(self, timeout: float = 5) -> bool:
         with contextlib.suppress(ConnectionError):
             data = await asyncio.wait_for(self.reader.read(), timeout)
@@ -238,21 +254,10 @@ async def dialogs() -> AsyncIterator[Callable[..., Awaitable[Dialog]]]:
         await dialog.close()
 
 
-async def transaction(dialog: Dialog, sender: str, rcpts: list[str], body: bytes) -> str:
-    """EHLO, MAIL, RCPT..., DATA, body; the final reply as "code text"."""
-    assert (await dialog.cmd("EHLO client.test"))[0] == 250
-    assert await dialog.line(f"MAIL FROM:<{sender}>") == "250 2.1.0 Ok"
-    for rcpt in rcpts:
-        assert await dialog.line(f"RCPT TO:<{rcpt}>") == "250 2.1.5 Ok"
-    assert (await dialog.cmd("DATA"))[0] == 354
-    await dialog.send(body)
-    code, lines = await dialog.reply(timeout=30)
-    return f"{code} {lines[-1]}"
-
-
 @pytest.fixture
 def smtp_transaction() -> Callable[..., Awaitable[str]]:
-    return transaction
+    """smtp_transaction(dialog, sender, rcpts, content): ``Dialog.transaction``."""
+    return Dialog.transaction
 
 
 # -- test PKI ---------------------------------------------------------------------

@@ -49,15 +49,14 @@ import collections
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp.grammar import (
-    after_keyword,
-    parse_path,
+    envelope_path,
     postfix_text,
     reply_line,
     unsupported,
@@ -324,22 +323,25 @@ class IngressSMTP(SMTP):
         return run
 
     # -- commands ----------------------------------------------------------------
-    async def smtp_HELO(self, hostname: str | None) -> None:
+    async def _hello(self, hostname: str | None, *, extended: bool) -> bool:
+        """What HELO and EHLO share: the syntax check, then a new transaction
+        and the client's name; False when the command was refused."""
         if not hostname:
-            await self.reply(replies.HELO_SYNTAX)
-            return
+            await self.reply(replies.EHLO_SYNTAX if extended else replies.HELO_SYNTAX)
+            return False
         self._set_rset_state()
-        self.smtpd_session().extended_smtp = False
-        self.smtpd_session().host_name = hostname
-        await self.push(f"250 {self.myhostname}")
+        session = self.smtpd_session()
+        session.extended_smtp = extended
+        session.host_name = hostname
+        return True
+
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if await self._hello(hostname, extended=False):
+            await self.push(f"250 {self.myhostname}")
 
     async def smtp_EHLO(self, hostname: str | None) -> None:
-        if not hostname:
-            await self.reply(replies.EHLO_SYNTAX)
+        if not await self._hello(hostname, extended=True):
             return
-        self._set_rset_state()
-        self.smtpd_session().extended_smtp = True
-        self.smtpd_session().host_name = hostname
         limit = self.params.message_size_limit
         lines = [
             self.myhostname, "PIPELINING", f"SIZE {limit}" if limit else "SIZE", "VRFY",
@@ -357,19 +359,10 @@ class IngressSMTP(SMTP):
         if self.in_transaction:
             await self.reply(replies.NESTED_MAIL)
             return
-        rest = after_keyword(arg, "FROM:")
-        if rest is None:
-            await self.reply(replies.MAIL_SYNTAX)
-            return
-        path = parse_path(rest)
+        path = await self._envelope_argument(arg, "MAIL")
         if path is None:
-            await self.reply(replies.BAD_SENDER_SYNTAX)
             return
         address, params = path
-        problem = self._mail_params(params)
-        if problem is not None:
-            await self.reply(problem)
-            return
         self.smtpd_session().rcpt_overshoot = 0
         status = await self._call_handler_hook("MAIL", address, params)
         if status is MISSING:
@@ -378,7 +371,25 @@ class IngressSMTP(SMTP):
             status = reply_line(replies.SENDER_OK)
         await self.push(status)
 
-    def _mail_params(self, params: list[str]) -> SmtpReply | None:
+    async def _envelope_argument(
+        self, arg: str | None, command: Literal["MAIL", "RCPT"]
+    ) -> tuple[str, list[str]] | None:
+        """MAIL's or RCPT's address and parameters; None once it is refused."""
+        path = envelope_path(arg, command)
+        if isinstance(path, SmtpReply):
+            refusal = path
+        else:
+            problem = self._params_refusal(command, path[1])
+            if problem is None:
+                return path
+            refusal = problem
+        await self.reply(refusal)
+        return None
+
+    def _params_refusal(self, command: str, params: list[str]) -> SmtpReply | None:
+        """MAIL takes SIZE= and BODY=; RCPT takes no parameter (no DSN here)."""
+        if command == "RCPT":
+            return unsupported(params[0]) if params else None
         for param in params:
             key, _, value = param.partition("=")
             key = key.upper()
@@ -399,18 +410,10 @@ class IngressSMTP(SMTP):
         if not self.in_transaction:
             await self.reply(replies.NEED_MAIL)
             return
-        rest = after_keyword(arg, "TO:")
-        if rest is None:
-            await self.reply(replies.RCPT_SYNTAX)
-            return
-        path = parse_path(rest)
-        if path is None or not path[0]:
-            await self.reply(replies.BAD_ADDRESS_SYNTAX)
+        path = await self._envelope_argument(arg, "RCPT")
+        if path is None:
             return
         address, params = path
-        if params:
-            await self.reply(unsupported(params[0]))
-            return
         status = await self._call_handler_hook("RCPT", address, params)
         if status is MISSING:
             self.transaction().rcpt_tos.append(address)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from types import TracebackType
 
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
@@ -118,15 +117,3 @@ class Listeners:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 2)
         self._servers.clear()
-
-    async def __aenter__(self) -> Listeners:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.drain(0)

@@ -2,7 +2,8 @@
 server standing in for cleanup (another role, so a test double of the peer),
 a raw SMTP dialog client for protocol-level assertions (optionally sending a
 PROXY header first, optionally under TLS), and a test PKI made with the
-``openssl`` command: a CA and server certificates for localhost/127.0.0.1."""
+``openssl`` command: a CA and server certificates for localhost/127.0.0.1.
+Every test runs with the machine's resolver off (``no_system_resolver``)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,16 @@ from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp.replies import SmtpReply
+from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.ingress_smtp.listeners import Listeners
 from postfleet.ingress_smtp.settings import IngressSettings, Listener
 from postfleet.ingress_smtp.submit import CleanupClient
+
+
+@pytest.fixture(autouse=True)
+def _offline(no_system_resolver: SystemResolverGuard) -> SystemResolverGuard:
+    """No ingress test asks the machine's resolver (names come from make_dns)."""
+    return no_system_resolver
 
 
 @dataclass
@@ -204,6 +212,22 @@ class Dialog:
         code, lines = await self.cmd(command)
         return f"{code} {lines[-1]}"
 
+    async def data(self, content: bytes, timeout: float = 10) -> tuple[int, list[str]]:
+        """DATA (answered 354), then ``content`` (ending in <CR><LF>.<CR><LF>):
+        the reply to the content."""
+        assert (await self.cmd("DATA"))[0] == 354
+        await self.send(content)
+        return await self.reply(timeout=timeout)
+
+    async def transaction(self, sender: str, rcpts: list[str], content: bytes) -> str:
+        """EHLO, MAIL, RCPT..., DATA, content; the final reply as "code text"."""
+        assert (await self.cmd("EHLO client.test"))[0] == 250
+        assert await self.line(f"MAIL FROM:<{sender}>") == "250 2.1.0 Ok"
+        for rcpt in rcpts:
+            assert await self.line(f"RCPT TO:<{rcpt}>") == "250 2.1.5 Ok"
+        code, lines = await self.data(content, timeout=30)
+        return f"{code} {lines[-1]}"
+
     async def closed(self, timeout: float = 5) -> bool:
         with contextlib.suppress(ConnectionError):
             data = await asyncio.wait_for(self.reader.read(), timeout)
@@ -230,21 +254,10 @@ async def dialogs() -> AsyncIterator[Callable[..., Awaitable[Dialog]]]:
         await dialog.close()
 
 
-async def transaction(dialog: Dialog, sender: str, rcpts: list[str], body: bytes) -> str:
-    """EHLO, MAIL, RCPT..., DATA, body; the final reply as "code text"."""
-    assert (await dialog.cmd("EHLO client.test"))[0] == 250
-    assert await dialog.line(f"MAIL FROM:<{sender}>") == "250 2.1.0 Ok"
-    for rcpt in rcpts:
-        assert await dialog.line(f"RCPT TO:<{rcpt}>") == "250 2.1.5 Ok"
-    assert (await dialog.cmd("DATA"))[0] == 354
-    await dialog.send(body)
-    code, lines = await dialog.reply(timeout=30)
-    return f"{code} {lines[-1]}"
-
-
 @pytest.fixture
 def smtp_transaction() -> Callable[..., Awaitable[str]]:
-    return transaction
+    """smtp_transaction(dialog, sender, rcpts, content): ``Dialog.transaction``."""
+    return Dialog.transaction
 
 
 # -- test PKI ---------------------------------------------------------------------

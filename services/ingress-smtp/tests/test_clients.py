@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import smtplib
 from email.message import EmailMessage
 
-import pytest
-
 from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.testing.swaks import swaks
 
 OUTSIDE = RoutingSnapshot(mynetworks=["10.0.0.0/8"], relay_domains=["relay.example"])
 
@@ -47,20 +45,10 @@ async def test_smtplib_relay_denied(make_ingress, cleanup) -> None:
     assert cleanup.servicer.calls == 0
 
 
-async def _swaks(*args: str) -> tuple[int, str]:
-    swaks = shutil.which("swaks")
-    if swaks is None:
-        pytest.skip("swaks not installed (the Makefile's peers step installs it)")
-    proc = await asyncio.create_subprocess_exec(
-        swaks, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode or 0, out.decode(errors="replace")
-
-
 async def test_swaks_with_pipelining(make_ingress, cleanup) -> None:
     ingress = await make_ingress(snapshot=OUTSIDE)
-    code, out = await _swaks(
-        "--server", "127.0.0.1", "--port", str(ingress.port()), "--pipeline",
+    code, out = await swaks(
+        ingress.port(), "--pipeline",
         "--helo", "swaks.test", "--from", "a@b.example", "--to", "u@relay.example",
         "--body", "hello from swaks")
     assert code == 0, out
@@ -72,9 +60,7 @@ async def test_swaks_with_pipelining(make_ingress, cleanup) -> None:
 
 async def test_swaks_relay_denied(make_ingress, cleanup) -> None:
     ingress = await make_ingress(snapshot=OUTSIDE)
-    code, out = await _swaks(
-        "--server", "127.0.0.1", "--port", str(ingress.port()),
-        "--from", "a@b.example", "--to", "x@y.example")
+    code, out = await swaks(ingress.port(), "--from", "a@b.example", "--to", "x@y.example")
     assert code != 0
     assert "554 5.7.1 <x@y.example>: Relay access denied" in out
     assert cleanup.servicer.calls == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from postfleet.core.smtp import replies
-from postfleet.ingress_smtp.grammar import parse_path, postfix_text, reply_line
+from postfleet.ingress_smtp.grammar import envelope_path, parse_path, postfix_text, reply_line
 
 
 @pytest.mark.parametrize(
@@ -32,6 +32,24 @@ from postfleet.ingress_smtp.grammar import parse_path, postfix_text, reply_line
 )
 def test_parse_path(text: str, expected: tuple[str, list[str]] | None) -> None:
     assert parse_path(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("arg", "command", "expected"),
+    [
+        ("FROM:<a@b.example> SIZE=10", "MAIL", ("a@b.example", ["SIZE=10"])),
+        ("from:<>", "MAIL", ("", [])),
+        ("TO:<c@d.example>", "RCPT", ("c@d.example", [])),
+        (None, "MAIL", replies.MAIL_SYNTAX),
+        ("TO:<c@d.example>", "MAIL", replies.MAIL_SYNTAX),
+        ("FROM:<a b>", "MAIL", replies.BAD_SENDER_SYNTAX),
+        ("FROM:<a@b.example>", "RCPT", replies.RCPT_SYNTAX),
+        ("TO:<>", "RCPT", replies.BAD_ADDRESS_SYNTAX),  # no null recipient
+        ("TO:<c@d.example", "RCPT", replies.BAD_ADDRESS_SYNTAX),
+    ],
+)
+def test_envelope_path(arg: str | None, command: str, expected: object) -> None:
+    assert envelope_path(arg, command) == expected
 
 
 def test_reply_lines() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+
+import pytest
 
 from postfleet.core.routing.snapshot import RoutingSnapshot
 
@@ -76,16 +77,13 @@ async def test_oversize_message_is_refused_after_data(make_ingress, dialogs, cle
     await d.cmd("EHLO client.test")
     await d.cmd("MAIL FROM:<a@b.example>")
     await d.cmd("RCPT TO:<c@d.example>")
-    assert (await d.cmd("DATA"))[0] == 354
-    await d.send(b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 20 + b".\r\n")
-    assert await d.reply() == (552, ["5.3.4 Message size exceeds fixed limit"])
+    big = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 20 + b".\r\n"
+    assert await d.data(big) == (552, ["5.3.4 Message size exceeds fixed limit"])
     assert cleanup.servicer.calls == 0
     # The session goes on: a message that fits is taken.
     await d.cmd("MAIL FROM:<a@b.example>")
     await d.cmd("RCPT TO:<c@d.example>")
-    await d.cmd("DATA")
-    await d.send(b"Subject: small\r\n\r\nok\r\n.\r\n")
-    code, lines = await d.reply()
+    code, lines = await d.data(b"Subject: small\r\n\r\nok\r\n.\r\n")
     assert code == 250 and lines[0].startswith("2.0.0 Ok: queued as ")
 
 
@@ -97,9 +95,7 @@ async def test_too_many_recipients(make_ingress, dialogs, cleanup) -> None:
     assert await d.line("RCPT TO:<r1@d.example>") == "250 2.1.5 Ok"
     assert await d.line("RCPT TO:<r2@d.example>") == "250 2.1.5 Ok"
     assert await d.line("RCPT TO:<r3@d.example>") == "452 4.5.3 Error: too many recipients"
-    await d.cmd("DATA")
-    await d.send(b"Subject: two\r\n\r\nhi\r\n.\r\n")
-    assert (await d.reply())[0] == 250
+    assert (await d.data(b"Subject: two\r\n\r\nhi\r\n.\r\n"))[0] == 250
     assert [r.address for r in cleanup.servicer.submitted[0].envelope.recipients] == [
         "r1@d.example", "r2@d.example"]
 
@@ -122,9 +118,7 @@ async def test_relay_denied_outside_mynetworks(make_ingress, dialogs, cleanup, c
     assert await d.line("RCPT TO:<x@y.example>") == "554 5.7.1 <x@y.example>: Relay access denied"
     assert await d.line("RCPT TO:<u@relay.example>") == "250 2.1.5 Ok"
     assert await d.line("RCPT TO:<u@dept.relay.example>") == "250 2.1.5 Ok"
-    await d.cmd("DATA")
-    await d.send(b"Subject: in\r\n\r\nhi\r\n.\r\n")
-    assert (await d.reply())[0] == 250
+    assert (await d.data(b"Subject: in\r\n\r\nhi\r\n.\r\n"))[0] == 250
     [got] = cleanup.servicer.submitted
     assert [r.address for r in got.envelope.recipients] == ["u@relay.example",
                                                            "u@dept.relay.example"]
@@ -148,9 +142,7 @@ async def _send(d, body: bytes) -> tuple[int, list[str]]:
     await d.cmd("EHLO client.test")
     await d.cmd("MAIL FROM:<a@b.example>")
     await d.cmd("RCPT TO:<u@relay.example>")
-    assert (await d.cmd("DATA"))[0] == 354
-    await d.send(body)
-    return await d.reply()
+    return await d.data(body)
 
 
 async def test_bare_lf_is_normalized_and_never_ends_data(make_ingress, dialogs, cleanup) -> None:
@@ -217,9 +209,10 @@ async def test_soft_error_limit_slows_the_client(make_ingress, dialogs) -> None:
     d = await dialogs(ingress.port())
     await d.cmd("EHLO client.test")
     await d.cmd("BOGUS")
-    started = asyncio.get_running_loop().time()
-    assert await d.line("NOOP") == "250 2.0.0 Ok"
-    assert asyncio.get_running_loop().time() - started >= 0.25
+    await d.send(b"NOOP\r\n")
+    with pytest.raises(TimeoutError):  # smtpd_error_sleep_time holds the reply back
+        await d.reply(timeout=0.25)
+    assert await d.reply() == (250, ["2.0.0 Ok"])
 
 
 async def test_idle_timeout(make_ingress, dialogs) -> None:
@@ -244,9 +237,7 @@ async def test_mail_without_helo_is_allowed_by_default(make_ingress, dialogs, cl
     d = await dialogs(ingress.port())
     assert await d.line("MAIL FROM:<a@b.example>") == "250 2.1.0 Ok"
     assert await d.line("RCPT TO:<c@d.example>") == "250 2.1.5 Ok"
-    await d.cmd("DATA")
-    await d.send(b"hi\r\n.\r\n")
-    assert (await d.reply())[0] == 250
+    assert (await d.data(b"hi\r\n.\r\n"))[0] == 250
     assert cleanup.servicer.submitted[0].envelope.client.protocol == "SMTP"
 
 

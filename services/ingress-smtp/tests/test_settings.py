@@ -40,6 +40,8 @@ def test_postfix_defaults() -> None:
     assert s.smtpd_starttls_timeout == 300
     assert s.smtpd_upstream_proxy_protocol == "" and s.proxy_timeout() is None
     assert s.smtpd_upstream_proxy_timeout == 5
+    # postfleet's: smtpd_peername_lookup asks the system resolver unless told otherwise.
+    assert s.smtpd_peername_lookup is True and s.dns_nameservers == []
 
 
 def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,16 +50,20 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         '[{"name":"smtp","address":"0.0.0.0","port":25},'
         ' {"name":"submission","port":587,"overrides":{"smtpd_recipient_limit":50}}]',
     )
+    # Set, so that no default asks the machine's resolver for its name (getfqdn).
+    monkeypatch.setenv("POSTFLEET_MYHOSTNAME", "mx.example")
     monkeypatch.setenv("POSTFLEET_SMTPD_TIMEOUT", "5m")
     monkeypatch.setenv("POSTFLEET_CLEANUP_TIMEOUT", "30s")
     monkeypatch.setenv("POSTFLEET_MESSAGE_SIZE_LIMIT", "1000")
     monkeypatch.setenv("POSTFLEET_SMTPD_RELAY_RESTRICTIONS",
                        "permit_mynetworks, reject_unauth_destination")
     monkeypatch.setenv("POSTFLEET_SMTPD_FORBID_BARE_NEWLINE", "yes")
+    monkeypatch.setenv("POSTFLEET_DNS_NAMESERVERS", "127.0.0.1:5353, [::1]:53 192.0.2.53")
     s = IngressSettings()
     assert s.smtpd_timeout == 300 and s.cleanup_timeout == 30
     assert s.smtpd_relay_restrictions == ["permit_mynetworks", "reject_unauth_destination"]
     assert s.smtpd_forbid_bare_newline == "normalize"  # Postfix 3.9: yes = normalize
+    assert s.dns_nameservers == ["127.0.0.1:5353", "[::1]:53", "192.0.2.53"]
     smtp, submission = s.listeners
     assert (smtp.address, smtp.port) == ("0.0.0.0", 25)
     assert s.params_for(smtp).smtpd_recipient_limit == 1000
@@ -67,6 +73,7 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_tls_and_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # What the Helm chart sets (cert-manager's Secret mounted as tls.crt/tls.key).
+    monkeypatch.setenv("POSTFLEET_MYHOSTNAME", "mx.example")
     monkeypatch.setenv("POSTFLEET_SMTPD_TLS_SECURITY_LEVEL", "may")
     monkeypatch.setenv("POSTFLEET_SMTPD_TLS_CERT_FILE", "/etc/postfleet/tls/tls.crt")
     monkeypatch.setenv("POSTFLEET_SMTPD_TLS_KEY_FILE", "/etc/postfleet/tls/tls.key")
@@ -135,6 +142,9 @@ def test_yaml_section(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
         {"smtpd_starttls_timeout": "0s"},
         {"smtpd_upstream_proxy_protocol": "proxy-v2"},
         {"smtpd_upstream_proxy_timeout": "-1"},
+        # A name server is an address (asking DNS where DNS is would be circular).
+        {"dns_nameservers": "dns.example"},
+        {"dns_nameservers": "127.0.0.1:0"},
     ],
 )
 def test_bad_configuration_is_refused(values: dict) -> None:

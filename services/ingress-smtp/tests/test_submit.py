@@ -26,6 +26,11 @@ def message(size: int) -> bytes:
     return bytes(body)
 
 
+async def send_hi(d, sender: str = "a@b.example") -> str:
+    """A one-line message to c@d.example over dialog ``d``: the final reply."""
+    return await d.transaction(sender, ["c@d.example"], b"hi\r\n.\r\n")
+
+
 def stuffed(raw: bytes) -> bytes:
     """What a client sends for ``raw``: dot-stuffed, then <CR><LF>.<CR><LF>."""
     out = b"\r\n".join(b"." + line if line.startswith(b".") else line
@@ -58,56 +63,64 @@ async def test_message_streams_exact_bytes_in_chunks(make_ingress, dialogs, clea
                "client=unknown[127.0.0.1]" for r in caplog.records)
 
 
-async def test_peername_lookup_names_the_client(make_ingress, dialogs, cleanup,
-                                                smtp_transaction) -> None:
-    ingress = await make_ingress(smtpd_peername_lookup=True)
+async def test_peername_lookup_names_the_client(make_ingress, make_dns, dialogs, cleanup,
+                                                caplog) -> None:
+    # A PTR record for 127.0.0.1 and the A record that confirms it, on a
+    # loopback dnsmasq: never the machine's own resolver.
+    dns = make_dns({"ptr": {"1.0.0.127.in-addr.arpa": "client.postfleet.test"},
+                    "hosts": {"client.postfleet.test": "127.0.0.1"}})
+    caplog.set_level(logging.INFO, logger="postfleet.maillog")
+    ingress = await make_ingress(smtpd_peername_lookup=True, dns_nameservers=dns.nameserver)
     d = await dialogs(ingress.port())
-    assert (await smtp_transaction(d, "", ["c@d.example"], b"hi\r\n.\r\n")).startswith("250")
-    # 127.0.0.1 resolves to a name that resolves back (/etc/hosts), or stays unknown.
-    name = cleanup.servicer.submitted[0].envelope.client.name
-    assert name == "unknown" or "localhost" in name
+    assert (await send_hi(d, sender="")).startswith("250")
+    assert cleanup.servicer.submitted[0].envelope.client.name == "client.postfleet.test"
+    assert any(r.getMessage().endswith("client=client.postfleet.test[127.0.0.1]")
+               for r in caplog.records)
+    assert dns.queries() == [("PTR", "1.0.0.127.in-addr.arpa"), ("A", "client.postfleet.test")]
 
 
-async def test_cleanup_unavailable_answers_451(make_ingress, dialogs, cleanup,
-                                               smtp_transaction) -> None:
+async def test_peername_must_resolve_back(make_ingress, make_dns, dialogs, cleanup) -> None:
+    # The PTR names a host whose address is another: Postfix keeps "unknown".
+    dns = make_dns({"ptr": {"1.0.0.127.in-addr.arpa": "forged.postfleet.test"},
+                    "hosts": {"forged.postfleet.test": "192.0.2.7"}})
+    ingress = await make_ingress(smtpd_peername_lookup=True, dns_nameservers=dns.nameserver)
+    d = await dialogs(ingress.port())
+    assert (await send_hi(d, sender="")).startswith("250")
+    assert cleanup.servicer.submitted[0].envelope.client.name == "unknown"
+    assert ("A", "forged.postfleet.test") in dns.queries()
+
+
+async def test_cleanup_unavailable_answers_451(make_ingress, dialogs, cleanup) -> None:
     ingress = await make_ingress()
     cleanup.servicer.mode = "unavailable"
     d = await dialogs(ingress.port())
-    assert await smtp_transaction(d, "a@b.example", ["c@d.example"], b"hi\r\n.\r\n") == (
-        QUEUE_ERROR)
+    assert await send_hi(d) == QUEUE_ERROR
     assert cleanup.servicer.calls == 1 and not cleanup.servicer.submitted
     # The client retries in the same session once cleanup is back.
     cleanup.servicer.mode = "ok"
-    assert (await smtp_transaction(d, "a@b.example", ["c@d.example"], b"hi\r\n.\r\n")
-            ).startswith("250 2.0.0 Ok: queued as ")
+    assert (await send_hi(d)).startswith("250 2.0.0 Ok: queued as ")
 
 
-async def test_cleanup_refusal_is_relayed(make_ingress, dialogs, cleanup,
-                                          smtp_transaction) -> None:
+async def test_cleanup_refusal_is_relayed(make_ingress, dialogs, cleanup) -> None:
     ingress = await make_ingress()
     cleanup.servicer.mode = "refuse"
     d = await dialogs(ingress.port())
-    assert await smtp_transaction(d, "a@b.example", ["c@d.example"], b"hi\r\n.\r\n") == (
-        "550 5.7.1 Go away")
+    assert await send_hi(d) == "550 5.7.1 Go away"
 
 
-async def test_cleanup_not_running_answers_451(make_ingress, dialogs, smtp_transaction) -> None:
+async def test_cleanup_not_running_answers_451(make_ingress, dialogs) -> None:
     ingress = await make_ingress(cleanup_address=f"127.0.0.1:{free_port()}")
     d = await dialogs(ingress.port())
-    assert await smtp_transaction(d, "a@b.example", ["c@d.example"], b"hi\r\n.\r\n") == (
-        QUEUE_ERROR)
+    assert await send_hi(d) == QUEUE_ERROR
 
 
 async def test_cleanup_hanging_answers_451_at_cleanup_timeout(
-    make_ingress, dialogs, cleanup, smtp_transaction
+    make_ingress, dialogs, cleanup
 ) -> None:
     ingress = await make_ingress(cleanup_timeout="0.5s")
     cleanup.servicer.mode = "hang"
     d = await dialogs(ingress.port())
-    started = asyncio.get_running_loop().time()
-    assert await smtp_transaction(d, "a@b.example", ["c@d.example"], b"hi\r\n.\r\n") == (
-        QUEUE_ERROR)
-    assert asyncio.get_running_loop().time() - started < 5
+    assert await asyncio.wait_for(send_hi(d), 5) == QUEUE_ERROR
 
 
 async def test_cleanup_stopped_mid_stream_answers_451(

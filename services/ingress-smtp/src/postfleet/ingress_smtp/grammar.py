@@ -7,6 +7,8 @@ Postfix parameters: none.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.replies import SmtpReply
 
@@ -57,7 +59,12 @@ def parse_path(text: str) -> tuple[str, list[str]] | None:
     return inner, rest.split()
 
 
-def _closing_bracket(text: str) -> int:
+def _plain_characters(text: str) -> tuple[list[tuple[int, str, bool]], bool]:
+    """The characters of ``text`` that are not quoting -- (index, character,
+    inside a quoted string) -- and whether a quoted string is left open. A
+    backslash escapes the next character (both are passed over); a double
+    quote opens or closes a quoted string."""
+    plain: list[tuple[int, str, bool]] = []
     quoted = escaped = False
     for i, ch in enumerate(text):
         if escaped:
@@ -66,29 +73,28 @@ def _closing_bracket(text: str) -> int:
             escaped = True
         elif ch == '"':
             quoted = not quoted
-        elif ch == ">" and not quoted:
-            return i
-    return -1
+        else:
+            plain.append((i, ch, quoted))
+    return plain, quoted
+
+
+def _closing_bracket(text: str) -> int:
+    plain, _ = _plain_characters(text)
+    return next((i for i, ch, quoted in plain if ch == ">" and not quoted), -1)
 
 
 def _valid_address(address: str) -> bool:
     if not address:
         return True
-    quoted = escaped = False
-    for ch in address:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ord(ch) < 33 or ord(ch) == 127:
+    plain, left_open = _plain_characters(address)
+    if left_open:
+        return False
+    for _, ch, quoted in plain:
+        if ord(ch) < 33 or ord(ch) == 127:
             if not (quoted and ch == " "):
                 return False
         elif ch in "<>()," and not quoted:
             return False
-    if quoted:
-        return False
     local, at, domain = address.rpartition("@")
     return not at or bool(local and domain)
 
@@ -97,6 +103,29 @@ def after_keyword(arg: str | None, keyword: str) -> str | None:
     if arg is None or arg[: len(keyword)].upper() != keyword:
         return None
     return arg[len(keyword):]
+
+
+# command -> (keyword, its syntax reply, a bad address's reply, null path allowed)
+_ENVELOPE_PATHS: dict[str, tuple[str, SmtpReply, SmtpReply, bool]] = {
+    "MAIL": ("FROM:", replies.MAIL_SYNTAX, replies.BAD_SENDER_SYNTAX, True),
+    "RCPT": ("TO:", replies.RCPT_SYNTAX, replies.BAD_ADDRESS_SYNTAX, False),
+}
+
+
+def envelope_path(
+    arg: str | None, command: Literal["MAIL", "RCPT"]
+) -> tuple[str, list[str]] | SmtpReply:
+    """The argument of ``MAIL FROM:<sender> params`` (the null sender ``<>``
+    allowed) or ``RCPT TO:<recipient> params``: (address, params), or the
+    reply that refuses it."""
+    keyword, syntax, bad_address, null_ok = _ENVELOPE_PATHS[command]
+    rest = after_keyword(arg, keyword)
+    if rest is None:
+        return syntax
+    path = parse_path(rest)
+    if path is None or not (path[0] or null_ok):
+        return bad_address
+    return path
 
 
 def unsupported(param: str) -> SmtpReply:

@@ -15,7 +15,8 @@ range share one ``ServerTls`` (one reload check).
 
 Postfix parameters: the per-listener overrides of every smtpd parameter;
 smtpd_tls_cert_file, smtpd_tls_key_file, smtpd_tls_protocols,
-smtpd_tls_mandatory_protocols.
+smtpd_tls_mandatory_protocols. postfleet's own: dns_nameservers (the
+resolver of smtpd_peername_lookup, one for every listener).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from types import TracebackType
 
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
 from postfleet.ingress_smtp.handler import IngressHandler
+from postfleet.ingress_smtp.peername import client_name_lookup
 from postfleet.ingress_smtp.protocol import IngressSMTP, Sessions
 from postfleet.ingress_smtp.settings import IngressSettings, Listener, SmtpdParams
 from postfleet.ingress_smtp.submit import CleanupClient
@@ -44,6 +45,8 @@ class Listeners:
         self.routing = routing
         self.cleanup = cleanup
         self.sessions = Sessions()
+        # smtpd_peername_lookup's resolver: the system's, or dns_nameservers.
+        self.name_lookup = client_name_lookup(settings.dns_nameservers)
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
         self._tls: dict[tuple[str, str, str], ServerTls] = {}
@@ -69,7 +72,7 @@ class Listeners:
             return IngressSMTP(
                 handler, params=params, myhostname=myhostname, listener=listener.name,
                 sessions=self.sessions, bare_newline_exempt=handler.bare_newline_exempt,
-                tls=tls, loop=loop,
+                tls=tls, name_lookup=self.name_lookup, loop=loop,
             )
 
         server = await loop.create_server(
@@ -114,15 +117,3 @@ class Listeners:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 2)
         self._servers.clear()
-
-    async def __aenter__(self) -> Listeners:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.drain(0)

@@ -11,6 +11,7 @@ Postfix timeout reply, and SIGTERM drain. Policy (restrictions, recipient
 limit) and submission live in the handler (``handler.py``) behind aiosmtpd's
 ``handle_MAIL``/``handle_RCPT``/``handle_DATA`` hooks; address parsing and
 reply formatting in ``grammar.py``; per-client state in ``session.py``.
+``Sessions`` (below) is the set of live sessions that SIGTERM drains.
 
 TLS (Postfix smtpd's STARTTLS and wrapper mode, certificates in ``tls.py``):
 with ``smtpd_tls_security_level = may`` EHLO offers STARTTLS; ``encrypt``
@@ -47,22 +48,22 @@ import asyncio
 import collections
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Literal
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp.grammar import (
-    after_keyword,
-    parse_path,
+    envelope_path,
     postfix_text,
     reply_line,
     unsupported,
 )
 from postfleet.ingress_smtp.metrics import CONNECTIONS, REJECTS, SESSIONS
-from postfleet.ingress_smtp.session import IngressSession, Sessions
+from postfleet.ingress_smtp.peername import NameLookup, system_client_name
+from postfleet.ingress_smtp.session import IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
 from postfleet.ingress_smtp.tls import (
     MUST_STARTTLS,
@@ -94,6 +95,7 @@ class IngressSMTP(SMTP):
         sessions: Sessions,
         bare_newline_exempt: Callable[[str], bool] = lambda ip: False,
         tls: ServerTls | None = None,
+        name_lookup: NameLookup = system_client_name,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         limit = params.line_length_limit
@@ -107,6 +109,7 @@ class IngressSMTP(SMTP):
         self.draining = False
         self._sessions = sessions
         self._bare_newline_exempt = bare_newline_exempt
+        self._name_lookup = name_lookup
         self._banner = params.banner(myhostname)
         self._greeted = False
         self._busy = False
@@ -130,7 +133,7 @@ class IngressSMTP(SMTP):
 
     # -- session bookkeeping ---------------------------------------------------
     def _create_session(self) -> IngressSession:
-        return IngressSession(self.loop)
+        return IngressSession(self.loop, self._name_lookup)
 
     # Methods, not properties: aiosmtpd inspects every attribute in __init__.
     def smtpd_session(self) -> IngressSession:
@@ -320,22 +323,25 @@ class IngressSMTP(SMTP):
         return run
 
     # -- commands ----------------------------------------------------------------
-    async def smtp_HELO(self, hostname: str | None) -> None:
+    async def _hello(self, hostname: str | None, *, extended: bool) -> bool:
+        """What HELO and EHLO share: the syntax check, then a new transaction
+        and the client's name; False when the command was refused."""
         if not hostname:
-            await self.reply(replies.HELO_SYNTAX)
-            return
+            await self.reply(replies.EHLO_SYNTAX if extended else replies.HELO_SYNTAX)
+            return False
         self._set_rset_state()
-        self.smtpd_session().extended_smtp = False
-        self.smtpd_session().host_name = hostname
-        await self.push(f"250 {self.myhostname}")
+        session = self.smtpd_session()
+        session.extended_smtp = extended
+        session.host_name = hostname
+        return True
+
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if await self._hello(hostname, extended=False):
+            await self.push(f"250 {self.myhostname}")
 
     async def smtp_EHLO(self, hostname: str | None) -> None:
-        if not hostname:
-            await self.reply(replies.EHLO_SYNTAX)
+        if not await self._hello(hostname, extended=True):
             return
-        self._set_rset_state()
-        self.smtpd_session().extended_smtp = True
-        self.smtpd_session().host_name = hostname
         limit = self.params.message_size_limit
         lines = [
             self.myhostname, "PIPELINING", f"SIZE {limit}" if limit else "SIZE", "VRFY",
@@ -353,19 +359,10 @@ class IngressSMTP(SMTP):
         if self.in_transaction:
             await self.reply(replies.NESTED_MAIL)
             return
-        rest = after_keyword(arg, "FROM:")
-        if rest is None:
-            await self.reply(replies.MAIL_SYNTAX)
-            return
-        path = parse_path(rest)
+        path = await self._envelope_argument(arg, "MAIL")
         if path is None:
-            await self.reply(replies.BAD_SENDER_SYNTAX)
             return
         address, params = path
-        problem = self._mail_params(params)
-        if problem is not None:
-            await self.reply(problem)
-            return
         self.smtpd_session().rcpt_overshoot = 0
         status = await self._call_handler_hook("MAIL", address, params)
         if status is MISSING:
@@ -374,7 +371,25 @@ class IngressSMTP(SMTP):
             status = reply_line(replies.SENDER_OK)
         await self.push(status)
 
-    def _mail_params(self, params: list[str]) -> SmtpReply | None:
+    async def _envelope_argument(
+        self, arg: str | None, command: Literal["MAIL", "RCPT"]
+    ) -> tuple[str, list[str]] | None:
+        """MAIL's or RCPT's address and parameters; None once it is refused."""
+        path = envelope_path(arg, command)
+        if isinstance(path, SmtpReply):
+            refusal = path
+        else:
+            problem = self._params_refusal(command, path[1])
+            if problem is None:
+                return path
+            refusal = problem
+        await self.reply(refusal)
+        return None
+
+    def _params_refusal(self, command: str, params: list[str]) -> SmtpReply | None:
+        """MAIL takes SIZE= and BODY=; RCPT takes no parameter (no DSN here)."""
+        if command == "RCPT":
+            return unsupported(params[0]) if params else None
         for param in params:
             key, _, value = param.partition("=")
             key = key.upper()
@@ -395,18 +410,10 @@ class IngressSMTP(SMTP):
         if not self.in_transaction:
             await self.reply(replies.NEED_MAIL)
             return
-        rest = after_keyword(arg, "TO:")
-        if rest is None:
-            await self.reply(replies.RCPT_SYNTAX)
-            return
-        path = parse_path(rest)
-        if path is None or not path[0]:
-            await self.reply(replies.BAD_ADDRESS_SYNTAX)
+        path = await self._envelope_argument(arg, "RCPT")
+        if path is None:
             return
         address, params = path
-        if params:
-            await self.reply(unsupported(params[0]))
-            return
         status = await self._call_handler_hook("RCPT", address, params)
         if status is MISSING:
             self.transaction().rcpt_tos.append(address)
@@ -539,3 +546,30 @@ class IngressSMTP(SMTP):
         self._set_rset_state()
         session.forget_helo()
         await self._start_tls(context)
+
+
+class Sessions:
+    """The live sessions of the listeners, for drain."""
+
+    def __init__(self) -> None:
+        self._live: set[IngressSMTP] = set()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def add(self, session: IngressSMTP) -> None:
+        self._live.add(session)
+        self.empty.clear()
+
+    def discard(self, session: IngressSMTP) -> None:
+        self._live.discard(session)
+        if not self._live:
+            self.empty.set()
+
+    def __contains__(self, session: object) -> bool:
+        return session in self._live
+
+    def __iter__(self) -> Iterator[IngressSMTP]:
+        return iter(list(self._live))
+
+    def __len__(self) -> int:
+        return len(self._live)

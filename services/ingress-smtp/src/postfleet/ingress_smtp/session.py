@@ -1,7 +1,6 @@
 """ingress-smtp: what smtpd keeps per client -- address (the socket's peer,
 or the one a PROXY header names), verified name (Postfix's forward-confirmed
-reverse lookup), HELO, TLS state, error counters -- and the set of live
-sessions that SIGTERM drains.
+reverse lookup, peername.py), HELO, TLS state, error counters.
 
 Postfix parameters: smtpd_peername_lookup, smtpd_upstream_proxy_protocol.
 """
@@ -10,50 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from aiosmtpd.proxy_protocol import AF, PROTO, V2_CMD, ProxyData
 from aiosmtpd.smtp import Session
 
+from postfleet.ingress_smtp.peername import UNKNOWN, NameLookup, system_client_name
 from postfleet.ingress_smtp.restrictions import normalize_ip
 
-if TYPE_CHECKING:
-    from postfleet.ingress_smtp.protocol import IngressSMTP
-
-NAME_LOOKUP_TIMEOUT = 5.0
-
 log = logging.getLogger(__name__)
-
-
-async def lookup_client_name(ip: str) -> str:
-    """The forward-confirmed reverse name of ``ip``, or "unknown" (Postfix)."""
-    if not ip:
-        return "unknown"
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(NAME_LOOKUP_TIMEOUT):
-            name, _ = await loop.getnameinfo((ip, 0), socket.NI_NAMEREQD)
-            infos = await loop.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-    except (OSError, TimeoutError, UnicodeError):
-        return "unknown"
-    if any(normalize_ip(str(info[4][0])) == ip for info in infos):
-        return name
-    return "unknown"
 
 
 class IngressSession(Session):
     """aiosmtpd's session plus what smtpd keeps per client."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, name_lookup: NameLookup = system_client_name
+    ) -> None:
         super().__init__(loop)
         self.error_count = 0
         self.rcpt_overshoot = 0
         self.sasl_username = ""
-        self.client_name = "unknown"  # verified reverse name, once looked up
+        self.client_name = UNKNOWN  # verified reverse name, once looked up
         # The client a PROXY header named: (address, port); None = the socket's peer.
         self.proxied: tuple[str, int] | None = None
+        self._name_lookup = name_lookup  # peername.py: system resolver or dns_nameservers
         self._lookup: asyncio.Task[str] | None = None
 
     @property
@@ -114,7 +93,7 @@ class IngressSession(Session):
         """smtpd_peername_lookup: resolve the client's name while it talks."""
         if enabled and self.client_ip:
             self._lookup = asyncio.get_running_loop().create_task(
-                lookup_client_name(self.client_ip), name="smtpd-peername"
+                self._name_lookup(self.client_ip), name="smtpd-peername"
             )
 
     async def resolved_name(self) -> str:
@@ -145,30 +124,3 @@ def _name(kind: type[AF] | type[PROTO], value: int | None) -> str:
         return kind(value).name
     except ValueError:
         return str(value)
-
-
-class Sessions:
-    """The live sessions of the listeners, for drain."""
-
-    def __init__(self) -> None:
-        self._live: set[IngressSMTP] = set()
-        self.empty = asyncio.Event()
-        self.empty.set()
-
-    def add(self, session: IngressSMTP) -> None:
-        self._live.add(session)
-        self.empty.clear()
-
-    def discard(self, session: IngressSMTP) -> None:
-        self._live.discard(session)
-        if not self._live:
-            self.empty.set()
-
-    def __contains__(self, session: object) -> bool:
-        return session in self._live
-
-    def __iter__(self) -> Iterator[IngressSMTP]:
-        return iter(list(self._live))
-
-    def __len__(self) -> int:
-        return len(self._live)

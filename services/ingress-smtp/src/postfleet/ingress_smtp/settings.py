@@ -9,8 +9,10 @@ smtpd_peername_lookup, smtpd_relay_restrictions,
 smtpd_recipient_restrictions, smtpd_tls_security_level, smtpd_tls_cert_file,
 smtpd_tls_key_file, smtpd_tls_protocols, smtpd_tls_mandatory_protocols,
 smtpd_tls_wrappermode, smtpd_starttls_timeout, smtpd_upstream_proxy_protocol,
-smtpd_upstream_proxy_timeout. The ``listeners`` list is master.cf: one entry
-per smtpd service, each with ``overrides`` playing the part of ``-o
+smtpd_upstream_proxy_timeout; postfleet's own: cleanup_timeout,
+drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
+empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
+entry per smtpd service, each with ``overrides`` playing the part of ``-o
 name=value``. Environment: ``POSTFLEET_<NAME>`` (``POSTFLEET_LISTENERS`` is
 JSON); YAML: top level or the ``ingress_smtp:`` section.
 
@@ -24,8 +26,6 @@ certificate refuses to start without ``smtpd_tls_cert_file``.
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -37,8 +37,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import NoDecode
 
+from postfleet.core.nameservers import check_nameservers
+from postfleet.core.postfix_list import PostfixList
 from postfleet.core.settings import CommonSettings
 from postfleet.core.timeparse import Seconds
 from postfleet.ingress_smtp.restrictions import (
@@ -52,16 +53,6 @@ from postfleet.ingress_smtp.tls import protocol_range
 MAIL_NAME = "postfleet"
 
 
-def _postfix_list(value: object) -> object:
-    """Postfix lists are "a, b c" strings; YAML/JSON lists are taken as they are."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [v for v in re.split(r"[,\s]+", text) if v]
-    return value
-
-
 def _bare_newline(value: object) -> object:
     # Postfix 3.9: "yes" is a synonym for "normalize".
     text = str(value).strip().lower()
@@ -72,7 +63,6 @@ def _lower(value: object) -> object:
     return value.strip().lower() if isinstance(value, str) else value
 
 
-PostfixList = Annotated[list[str], NoDecode, BeforeValidator(_postfix_list)]
 BareNewline = Annotated[
     Literal["normalize", "reject", "no"], BeforeValidator(_bare_newline)
 ]
@@ -233,6 +223,15 @@ class IngressSettings(CommonSettings, SmtpdParams):
     # SIGTERM: in-flight sessions get this long to finish (kept below the
     # Kubernetes default terminationGracePeriodSeconds of 30).
     drain_timeout: Seconds = 25.0
+    # postfleet's (as delivery's): the DNS servers smtpd_peername_lookup asks,
+    # "ip" or "ip:port" ("[ip6]:port"); empty: the system resolver
+    # (getnameinfo/getaddrinfo: /etc/hosts, /etc/resolv.conf), like Postfix.
+    dns_nameservers: PostfixList = Field(default_factory=list)
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _nameservers(cls, value: list[str]) -> list[str]:
+        return check_nameservers(value)
 
     @model_validator(mode="after")
     def _listeners_valid(self) -> IngressSettings:

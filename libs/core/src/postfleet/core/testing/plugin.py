@@ -8,6 +8,8 @@
 - ``make_dns``: ``make_dns(zone)`` starts dnsmasq serving that zone on a free
   loopback port (see testing/dns.py); ``.nameserver`` is "127.0.0.1:PORT".
 - ``own_postgres``: a PostgreSQL server of the test's own, to stop and start.
+- ``no_system_resolver``: the test fails if it asked the machine's resolver
+  (testing/resolver_guard.py); a suite's conftest may make it autouse.
 
 Every test that starts a process carries the ``slow`` marker (``-m "not
 slow"`` is the quick loop): tests using a fixture that starts one are
@@ -28,6 +30,7 @@ from postfleet.core.testing.cluster import Cluster
 from postfleet.core.testing.databases import fresh_postgres, sqlite_url
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.nats import NatsServer
+from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.core.testing.sink import SmtpSink
 
 # Fixtures that start a process (directly or through another fixture).
@@ -151,3 +154,9 @@ async def own_postgres() -> AsyncIterator[Any]:
         yield cluster
     finally:
         cluster.remove()
+def no_system_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[SystemResolverGuard]:
+    guard = SystemResolverGuard().install(monkeypatch)
+    yield guard
+    assert not guard.asked, (
+        f"the test asked the machine's resolver: {guard.asked}; use make_dns and "
+        "dns_nameservers, or numeric addresses")

@@ -18,9 +18,9 @@ from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import parse_nexthop
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.sink import SmtpSink
+from postfleet.delivery.hostlookup import DnsPolicy, DnsResolver, make_dns_client
 from postfleet.delivery.outcome import Delivery
 from postfleet.delivery.pool import SessionPool
-from postfleet.delivery.resolve import DnsPolicy, DnsResolver, make_dns_client
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.smtp import SmtpTransport
 from postfleet.delivery.store import StoredMessage

@@ -16,9 +16,9 @@ import pytest
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError
 from postfleet.core.testing.ports import free_port
+from postfleet.delivery.hostlookup import HostResolver
 from postfleet.delivery.lmtp import LmtpNexthop, LmtpTransport, parse_lmtp_nexthop
 from postfleet.delivery.outcome import Delivery
-from postfleet.delivery.resolve import HostResolver
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.store import StoredMessage
 

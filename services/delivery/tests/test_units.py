@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
-from postfleet.delivery.resolve import parse_nameserver
+from postfleet.delivery.hostlookup import parse_nameserver
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.smtp import dot_stuff, smtp_path
 

@@ -36,13 +36,13 @@ from aiosmtplib import SMTPResponse
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
+from postfleet.delivery.hostlookup import Address, ResolveError, Resolver
 from postfleet.delivery.outcome import (
     Delivery,
     Outcome,
     TransportFailure,
     outcome,
 )
-from postfleet.delivery.resolve import Address, ResolveError, Resolver
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.store import StoredMessage
 from postfleet.delivery.wire import (

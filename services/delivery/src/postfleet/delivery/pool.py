@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from postfleet.delivery import metrics
-from postfleet.delivery.resolve import Address
+from postfleet.delivery.hostlookup import Address
 
 
 @dataclass(eq=False)

@@ -3,7 +3,7 @@
 One job is one SMTP transaction to the job's nexthop: MAIL FROM, one RCPT TO
 per recipient (each recipient gets its own outcome), DATA with the stored
 content, and the end-of-data reply for every accepted recipient. Sessions
-come from the connection cache (RSET first) or are opened here: resolve the
+come from the connection cache (RSET first) or are opened here: look up the
 nexthop, connect (smtp_connect_timeout), read the greeting and EHLO
 (smtp_helo_timeout, falling back to HELO).
 
@@ -16,7 +16,7 @@ Outcomes carry Postfix's texts, so logs and bounces read as Postfix's do:
     conversation with host[ip] timed out while sending end of data
         -- message may be sent more than once                     4.4.2
 
-Servers are tried in the resolver's order (MX preference; see resolve.py):
+Servers are tried in the resolver's order (MX preference; see hostlookup.py):
 the next one when a connection fails or the greeting or EHLO is refused, and
 — as Postfix does for a server that is not the last — when a transaction
 ends in soft errors, for the recipients that got them, until
@@ -44,6 +44,7 @@ from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
 from postfleet.delivery import metrics
+from postfleet.delivery.hostlookup import Address, ResolveError, Resolver, resolver_for
 from postfleet.delivery.outcome import (
     RELAY_NONE,
     Delivery,
@@ -52,7 +53,6 @@ from postfleet.delivery.outcome import (
     outcome,
 )
 from postfleet.delivery.pool import Session, SessionPool
-from postfleet.delivery.resolve import Address, ResolveError, Resolver, resolver_for
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.store import StoredMessage
 from postfleet.delivery.wire import (

@@ -1,4 +1,7 @@
-"""From a nexthop to the addresses the smtp and lmtp clients try, in order.
+"""Host lookup for the smtp and lmtp clients: from a nexthop to the
+addresses to try, in order (Postfix's smtp_addr.c). Routing's resolver
+(postfleet.core.routing.resolver) comes before it and picks the
+transport:nexthop; this module only finds that nexthop's servers.
 
 The seam for DNS: ``Resolver`` is what the transports call.
 

@@ -80,7 +80,7 @@ class DeliveryAgent:
         runner = JobRunner(js, MessageStore(engine), transports, settings)
         slots = Slots(settings.default_process_limit)
         self.consumers = [
-            JobConsumer(js, name, runner, slots, settings) for name in transports
+            JobConsumer(name, runner, slots, settings) for name in transports
         ]
         self.ready = False
 

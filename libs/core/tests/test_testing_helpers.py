@@ -1,97 +1,78 @@
-"""The shared test helpers: swaks fails (never skips) without its peer or its
-TLS support, ``eventually`` is a deadline, and the resolver guard keeps tests
-off the machine's resolver."""
+"""The shared test helpers: the scripted server, eventually, peer lookup."""
 
 from __future__ import annotations
 
 import asyncio
-import re
-import socket
-from pathlib import Path
 
 import pytest
 
-from postfleet.core.testing import swaks as swaks_module
-from postfleet.core.testing.resolver_guard import SystemResolverGuard
-from postfleet.core.testing.swaks import MISSING, NO_TLS, require_tls, swaks, swaks_binary
+from postfleet.core.testing.peers import peer_binary
+from postfleet.core.testing.scripted import scripted_server
 from postfleet.core.testing.waiting import eventually
 
-FAKE_SWAKS = """#!/bin/sh
-if [ "$1" = "--support" ]; then
-    echo "=== Basic AUTH supported"
-    echo "*** TLS not available: requires Net::SSLeay"
-    exit 1
-fi
-echo "fake swaks $*"
-"""
+
+async def _greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"220 hello\r\n")
+    await writer.drain()
+    writer.write(b"250 " + (await reader.readline()))
+    await writer.drain()
 
 
-@pytest.fixture
-def fake_swaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A swaks without TLS support, alone on PATH."""
-    script = tmp_path / "swaks"
-    script.write_text(FAKE_SWAKS)
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    return script
+async def test_scripted_server_runs_the_script_per_connection() -> None:
+    async with scripted_server(_greet) as server:
+        for word in (b"one", b"two"):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            assert await reader.readline() == b"220 hello\r\n"
+            writer.write(word + b"\r\n")
+            assert await reader.readline() == b"250 " + word + b"\r\n"
+            assert await reader.read() == b""  # closed once the script returns
+            writer.close()
 
 
-async def test_missing_swaks_fails_the_test(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(pytest.fail.Exception, match=re.escape(MISSING)):
-        await swaks(25, "--from", "a@b.example")
+async def test_a_client_hanging_up_is_no_failure() -> None:
+    async with scripted_server(_greet) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        await reader.readline()
+        writer.close()  # the script's readline() sees the end of the stream
+        await writer.wait_closed()
 
 
-async def test_tls_options_need_swaks_tls_support(fake_swaks: Path) -> None:
-    for option in ("--tls", "-tls", "--tlsc", "--tls-on-connect", "--tls-verify"):
-        with pytest.raises(pytest.fail.Exception, match=re.escape(NO_TLS)):
-            await swaks(25, option)
-    # Without a TLS option the same swaks runs, against 127.0.0.1:PORT.
-    code, out = await swaks(2525, "--from", "a@b.example", "--body", "--tls in a body")
-    assert (code, out) == (0, "fake swaks --server 127.0.0.1 --port 2525 --from a@b.example "
-                              "--body --tls in a body\n")
+async def test_a_failing_script_fails_the_test() -> None:
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise AssertionError("the script's own check")
+
+    with pytest.raises(AssertionError, match="the script's own check"):
+        async with scripted_server(broken) as server:
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            await eventually(reader.at_eof, 5, "the script to end")
+            writer.close()
 
 
-def test_the_installed_swaks_speaks_tls() -> None:
-    # What scripts/install-peers makes sure of; the TLS tests need it.
-    require_tls(swaks_binary())
-    assert swaks_module.TLS_SUPPORTED in swaks_module._support(swaks_binary())
+async def test_scripts_still_running_are_cancelled() -> None:
+    started = asyncio.Event()
+
+    async def forever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with scripted_server(forever) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        await asyncio.wait_for(started.wait(), 5)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
 
 
 async def test_eventually_returns_the_first_truthy_value() -> None:
-    values = iter([0, "", "ready"])
-    assert await eventually(lambda: next(values), timeout=1) == "ready"
+    values = iter([0, None, 7])
 
-    async def check() -> int:
-        return 7
+    async def probe() -> int | None:
+        return next(values)
 
-    assert await eventually(check, timeout=1) == 7
-
-
-async def test_eventually_fails_at_its_deadline() -> None:
-    with pytest.raises(AssertionError, match=r"queue empty not true within 0.1s \(last: 0\)"):
-        await asyncio.wait_for(eventually(lambda: 0, timeout=0.1, what="queue empty"), 5)
+    assert await eventually(probe, 5) == 7
+    with pytest.raises(AssertionError, match="waiting for nothing: last False"):
+        await eventually(lambda: False, 0.1, "nothing")
 
 
-def test_the_resolver_guard_refuses_names_and_lets_numbers_pass(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    guard = SystemResolverGuard().install(monkeypatch)
-    assert socket.getaddrinfo("127.0.0.1", 25)[0][4] == ("127.0.0.1", 25)
-    assert socket.getaddrinfo(None, 25)
-    assert socket.gethostbyname("192.0.2.1") == "192.0.2.1"
-    assert socket.getnameinfo(("127.0.0.1", 25), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
-                              ) == ("127.0.0.1", "25")
-    assert guard.asked == []
-    for ask in (lambda: socket.getaddrinfo("localhost", 25),
-                lambda: socket.gethostbyname("example.test"),
-                lambda: socket.gethostbyaddr("127.0.0.1"),
-                lambda: socket.getnameinfo(("127.0.0.1", 0), socket.NI_NAMEREQD)):
-        with pytest.raises(socket.gaierror):
-            ask()
-    socket.getfqdn("host.example.test")  # swallows the error, but was caught asking
-    assert guard.asked == [
-        "getaddrinfo('localhost')", "gethostbyname('example.test')",
-        "gethostbyaddr('127.0.0.1')", "getnameinfo(('127.0.0.1', 0))",
-        "gethostbyaddr('host.example.test')"]
+def test_a_missing_peer_names_its_package() -> None:
+    with pytest.raises(RuntimeError, match=r"make peers.*Debian package no-such-pkg"):
+        peer_binary("postfleet-no-such-program", "no-such-pkg")

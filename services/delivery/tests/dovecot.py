@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
+from postfleet.core.testing.peers import peer_binary, stop_process
 from postfleet.core.testing.ports import free_port, wait_port
 
 CONF = """\
@@ -52,12 +52,15 @@ service anvil {{
 """
 
 
+# Debian's dovecot-core has the dovecot binary; the LMTP service is apart.
+LMTP_SERVICE = "/usr/lib/dovecot/lmtp"
+
+
 def dovecot_binary() -> str:
-    found = shutil.which("dovecot") or (
-        "/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None
-    )
-    if not found:
-        raise RuntimeError("dovecot not found: run `make peers` (Debian dovecot-lmtpd)")
+    found = peer_binary("dovecot", "dovecot-lmtpd")
+    if not os.path.exists(LMTP_SERVICE):
+        raise RuntimeError(f"{LMTP_SERVICE} not found: run `make peers` "
+                           "(Debian package dovecot-lmtpd)")
     return found
 
 
@@ -107,13 +110,7 @@ class Dovecot:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout=10)
         self.proc = None
 
     def cleanup(self) -> None:

@@ -19,7 +19,9 @@ from postfleet.core.db.status import Outcome
 from postfleet.core.testing.cluster import RoleProcess
 from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.ports import free_port
+from postfleet.core.testing.scripted import scripted_server
 from postfleet.core.testing.sink import SmtpSink
+from postfleet.core.testing.waiting import eventually
 
 from .conftest import BODY, Bus, StartAgent, make_job, open_bus, queue_message
 
@@ -138,17 +140,6 @@ async def test_connection_refused_defers_with_postfix_text(
     await bus.wait_idle()
 
 
-async def _fake_server(script: Any) -> tuple[asyncio.Server, int]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await script(reader, writer)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 @sqlite_only
 async def test_greeting_refusal_and_lost_connection_defer(
     engine: AsyncEngine, bus: Bus, start_agent: StartAgent
@@ -166,9 +157,8 @@ async def test_greeting_refusal_and_lost_connection_defer(
             writer.write(b"250 ok\r\n")
             await writer.drain()
 
-    refusing, port1 = await _fake_server(refuse)
-    dropping, port2 = await _fake_server(drop_at_rcpt)
-    async with refusing, dropping:
+    async with scripted_server(refuse) as refusing, scripted_server(drop_at_rcpt) as dropping:
+        port1, port2 = refusing.port, dropping.port
         await start_agent()
         one = await queue_message(engine, ["a@dest.test"])
         await bus.publish_job(make_job(one, f"[127.0.0.1]:{port1}"))
@@ -268,8 +258,8 @@ async def test_idle_connections_are_closed(
     await bus.results(1)
     await bus.wait_idle()
     assert agent.pool.idle_count() == 1
-    await asyncio.sleep(0.8)
-    assert agent.pool.open_count == 0
+    await eventually(lambda: agent.pool.open_count == 0, 5,
+                     "the idle session to be closed (cache time limit 0.3 s)")
 
 
 @sqlite_only
@@ -331,15 +321,15 @@ async def test_survives_a_nats_restart(
     await asyncio.to_thread(nats_server.start)  # same port, same store
 
     second = await queue_message(engine, ["b@dest.test"])
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while True:  # the test's own client reconnects too
+
+    async def published() -> bool:
         try:
             await bus.publish_job(make_job(second, smtp_sink.nexthop))
-            break
         except Exception:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.2)
+            return False  # the test's own client is reconnecting too
+        return True
+
+    await eventually(published, 15, "a job published after the restart")
     results = await bus.results(2, timeout=20)
     assert results[1].queue_id == second.queue_id
     assert Outcome.from_proto(results[1].recipients[0].outcome) == "sent"

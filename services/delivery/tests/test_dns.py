@@ -17,10 +17,11 @@ import pytest
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import parse_nexthop
 from postfleet.core.testing.dns import DnsServer
+from postfleet.core.testing.scripted import scripted_server
 from postfleet.core.testing.sink import SmtpSink
+from postfleet.delivery.hostlookup import DnsPolicy, DnsResolver, make_dns_client
 from postfleet.delivery.outcome import Delivery
 from postfleet.delivery.pool import SessionPool
-from postfleet.delivery.resolve import DnsPolicy, DnsResolver, make_dns_client
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.smtp import SmtpTransport
 from postfleet.delivery.store import StoredMessage
@@ -123,6 +124,14 @@ def sent_to(sinks: dict[str, SmtpSink]) -> list[str]:
     return [host for host, sink in sinks.items() for _ in sink.messages]
 
 
+def assert_sent_via(delivery: Delivery, relay: str, sinks: dict[str, SmtpSink]) -> None:
+    """Sent 2.0.0 to ``relay`` ("name[ip]:port"), the only sink that got mail."""
+    (result,) = delivery.outcomes
+    assert (result.status, result.dsn) == ("sent", "2.0.0"), delivery
+    assert delivery.relay == relay
+    assert sent_to(sinks) == [relay[relay.index("[") + 1 : relay.index("]")]]
+
+
 async def test_mx_preference_wins(
     dns: DnsServer, sinks: dict[str, SmtpSink], port: int
 ) -> None:
@@ -140,20 +149,16 @@ async def test_next_mx_when_the_first_refuses_connections(
     dns: DnsServer, sinks: dict[str, SmtpSink], port: int
 ) -> None:
     delivery = await send(settings_for(dns), f"backup.test:{port}")
-    assert (delivery.outcomes[0].status, delivery.outcomes[0].dsn) == ("sent", "2.0.0")
-    assert delivery.relay == f"mx2.example.test[127.0.0.3]:{port}"
-    assert sent_to(sinks) == ["127.0.0.3"]
+    assert_sent_via(delivery, f"mx2.example.test[127.0.0.3]:{port}", sinks)
 
 
 async def test_next_mx_after_a_4xx_greeting(dns: DnsServer, port: int) -> None:
     async def busy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"421 4.3.2 mx1 busy, try later\r\n")
         await writer.drain()
-        writer.close()
 
-    server = await asyncio.start_server(busy, "127.0.0.2", port)
     with SmtpSink("127.0.0.3", port) as second:
-        async with server:
+        async with scripted_server(busy, "127.0.0.2", port):
             delivery = await send(settings_for(dns), f"example.test:{port}")
     assert delivery.outcomes[0].status == "sent"
     assert delivery.relay == f"mx2.example.test[127.0.0.3]:{port}"
@@ -168,43 +173,29 @@ async def test_every_mx_down_defers_with_the_last_error(dns: DnsServer, port: in
     assert delivery.relay == "none"
 
 
-async def test_no_mx_falls_back_to_the_domain_address(
-    dns: DnsServer, sinks: dict[str, SmtpSink], port: int
+NOT_FOUND = "Host or domain name not found. Name service error for name={} type={}: Host not found"
+
+
+@pytest.mark.parametrize(
+    ("nexthop", "overrides", "expected"),
+    [
+        ("nx.test", {}, ("bounced", "5.4.4", NOT_FOUND.format("nx.test", "MX"))),
+        ("ghost.test", {"inet_protocols": "ipv4"},
+         ("bounced", "5.4.4", NOT_FOUND.format("nowhere.example.test", "A"))),
+        ("null.test", {},
+         ("bounced", "5.1.10", "Domain null.test does not accept mail (nullMX)")),
+        # No zone and no upstream for .example: dnsmasq answers REFUSED.
+        ("elsewhere.example", {},
+         ("deferred", "4.4.3", NOT_FOUND.format("elsewhere.example", "MX") + ", try again")),
+    ],
+    ids=["nxdomain-bounces-5.4.4", "mx-host-without-address-bounces", "null-mx-bounces",
+         "server-failure-defers-4.4.3"],
+)
+async def test_lookup_failures(
+    dns: DnsServer, nexthop: str, overrides: dict[str, str], expected: tuple[str, str, str]
 ) -> None:
-    delivery = await send(settings_for(dns), f"plain.test:{port}")
-    assert delivery.outcomes[0].status == "sent"
-    assert delivery.relay == f"plain.test[127.0.0.3]:{port}"
-    assert sent_to(sinks) == ["127.0.0.3"]
-    queries = dns.queries()
-    assert queries.index(("MX", "plain.test")) < queries.index(("A", "plain.test"))
-
-
-async def test_nxdomain_bounces_5_4_4(dns: DnsServer) -> None:
-    (result,) = (await send(settings_for(dns), "nx.test")).outcomes
-    assert (result.status, result.dsn) == ("bounced", "5.4.4")
-    assert result.reply == ("Host or domain name not found. Name service error for "
-                            "name=nx.test type=MX: Host not found")
-
-
-async def test_mx_host_without_address_bounces(dns: DnsServer) -> None:
-    (result,) = (await send(settings_for(dns, inet_protocols="ipv4"), "ghost.test")).outcomes
-    assert (result.status, result.dsn) == ("bounced", "5.4.4")
-    assert result.reply == ("Host or domain name not found. Name service error for "
-                            "name=nowhere.example.test type=A: Host not found")
-
-
-async def test_null_mx_bounces(dns: DnsServer) -> None:
-    (result,) = (await send(settings_for(dns), "null.test")).outcomes
-    assert (result.status, result.dsn) == ("bounced", "5.1.10")
-    assert result.reply == "Domain null.test does not accept mail (nullMX)"
-
-
-async def test_server_failure_defers_4_4_3(dns: DnsServer) -> None:
-    # No zone and no upstream for .example: dnsmasq answers REFUSED.
-    (result,) = (await send(settings_for(dns), "elsewhere.example")).outcomes
-    assert (result.status, result.dsn) == ("deferred", "4.4.3")
-    assert result.reply == ("Host or domain name not found. Name service error for "
-                            "name=elsewhere.example type=MX: Host not found, try again")
+    (result,) = (await send(settings_for(dns, **overrides), nexthop)).outcomes
+    assert (result.status, result.dsn, result.reply) == expected
 
 
 async def test_dns_timeout_defers_4_4_3() -> None:
@@ -212,25 +203,29 @@ async def test_dns_timeout_defers_4_4_3() -> None:
         silent.bind(("127.0.0.1", 0))
         server = f"127.0.0.1:{silent.getsockname()[1]}"
         settings = settings_for(None, dns_nameservers=[server], dns_timeout=0.3)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        (result,) = (await send(settings, "slow.test")).outcomes
-        assert loop.time() - started < 3
+        # dns_timeout bounds the lookup (dnspython alone would wait 5 s).
+        (result,) = (await asyncio.wait_for(send(settings, "slow.test"), 3)).outcomes
     assert (result.status, result.dsn) == ("deferred", "4.4.3")
     assert "name=slow.test type=MX: Host not found, try again" in result.reply
 
 
-async def test_bracketed_host_gets_no_mx_lookup(
-    dns: DnsServer, sinks: dict[str, SmtpSink], port: int
+@pytest.mark.parametrize(
+    ("nexthop", "relay", "lookups"),
+    [
+        # No MX record: the domain's own address, asked for after the MX.
+        ("plain.test", "plain.test[127.0.0.3]", [("MX", "plain.test"), ("A", "plain.test")]),
+        # direct.test's MX is mx2 (127.0.0.3); [direct.test] is its own A record.
+        ("[direct.test]", "direct.test[127.0.0.2]", [("A", "direct.test")]),
+    ],
+    ids=["no-mx-falls-back-to-the-domain-address", "bracketed-host-gets-no-mx-lookup"],
+)
+async def test_mx_lookup_unless_bracketed(
+    dns: DnsServer, sinks: dict[str, SmtpSink], port: int, nexthop: str, relay: str,
+    lookups: list[tuple[str, str]],
 ) -> None:
-    # direct.test's MX is mx2 (127.0.0.3); [direct.test] is its own A record.
-    delivery = await send(settings_for(dns), f"[direct.test]:{port}")
-    assert delivery.outcomes[0].status == "sent"
-    assert delivery.relay == f"direct.test[127.0.0.2]:{port}"
-    assert sent_to(sinks) == ["127.0.0.2"]
-    queries = dns.queries()
-    assert ("A", "direct.test") in queries
-    assert [q for q in queries if q[0] == "MX"] == []
+    delivery = await send(settings_for(dns), f"{nexthop}:{port}")
+    assert_sent_via(delivery, f"{relay}:{port}", sinks)
+    assert [q for q in dns.queries() if q[0] in ("MX", "A")] == lookups
 
 
 @pytest.mark.parametrize("domain", ["self.test", "selfprimary.test"])
@@ -246,7 +241,7 @@ async def test_me_as_backup_mx_is_skipped(
     dns: DnsServer, sinks: dict[str, SmtpSink], port: int
 ) -> None:
     delivery = await send(settings_for(dns), f"selfbackup.test:{port}")
-    assert delivery.relay == f"mx1.example.test[127.0.0.2]:{port}"
+    assert_sent_via(delivery, f"mx1.example.test[127.0.0.2]:{port}", sinks)
 
 
 async def test_me_by_address_loops_back(dns: DnsServer) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,10 @@ import pytest
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError
 from postfleet.core.testing.ports import free_port
+from postfleet.core.testing.scripted import scripted_server
+from postfleet.delivery.hostlookup import HostResolver
 from postfleet.delivery.lmtp import LmtpNexthop, LmtpTransport, parse_lmtp_nexthop
 from postfleet.delivery.outcome import Delivery
-from postfleet.delivery.resolve import HostResolver
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.store import StoredMessage
 
@@ -87,20 +87,6 @@ async def test_dovecot_defers_only_the_recipient_it_cannot_store(dovecot: Doveco
     assert len(arrived(dovecot.maildir("ex.test", "dave"))) == 1
 
 
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def _server(script: Script) -> tuple[asyncio.Server, int]:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await script(reader, writer)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 async def test_one_reply_per_accepted_recipient_in_order() -> None:
     seen: list[bytes] = []
 
@@ -136,9 +122,8 @@ async def test_one_reply_per_accepted_recipient_in_order() -> None:
                 writer.write(b"250 2.1.0 OK\r\n")
             await writer.drain()
 
-    server, port = await _server(script)
-    async with server:
-        delivery = await deliver(f"inet:127.0.0.1:{port}",
+    async with scripted_server(script) as server:
+        delivery = await deliver(f"inet:127.0.0.1:{server.port}",
                                  ["a@ex.test", "nobody@ex.test", "full@ex.test", "b@ex.test"])
     a, nobody, full, b = delivery.outcomes
     assert (a.status, a.reply) == ("sent", "250 2.0.0 <a@ex.test> Saved")
@@ -168,9 +153,8 @@ async def test_lost_connection_after_data_defers_the_rest() -> None:
             writer.write(b"250 OK\r\n")
             await writer.drain()
 
-    server, port = await _server(script)
-    async with server:
-        delivery = await deliver(f"[127.0.0.1]:{port}", ["a@ex.test", "b@ex.test"])
+    async with scripted_server(script) as server:
+        delivery = await deliver(f"[127.0.0.1]:{server.port}", ["a@ex.test", "b@ex.test"])
     a, b = delivery.outcomes
     assert a.status == "sent"
     assert (b.status, b.dsn) == ("deferred", "4.4.2")
@@ -188,9 +172,8 @@ async def test_refused_connection_and_greeting() -> None:
         writer.write(b"554 5.3.2 not now\r\n")
         await writer.drain()
 
-    server, port = await _server(refuse)
-    async with server:
-        (result,) = (await deliver(f"127.0.0.1:{port}", ["a@ex.test"])).outcomes
+    async with scripted_server(refuse) as server:
+        (result,) = (await deliver(f"127.0.0.1:{server.port}", ["a@ex.test"])).outcomes
     assert result.status == "deferred"
     assert result.reply == "host 127.0.0.1[127.0.0.1] refused to talk to me: 554 5.3.2 not now"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
-from postfleet.delivery.resolve import parse_nameserver
+from postfleet.delivery.hostlookup import parse_nameserver
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.smtp import dot_stuff, smtp_path
 
@@ -72,16 +72,14 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTFLEET_TRANSPORTS", "smtp, relay")
     monkeypatch.setenv("POSTFLEET_SMTP_CONNECT_TIMEOUT", "1m")
     monkeypatch.setenv("POSTFLEET_MYHOSTNAME", "mx.univ.es")
-    s = DeliverySettings()
-    assert s.transports == ["smtp", "relay"]
-    assert s.smtp_connect_timeout == 60.0
-    assert s.smtp_helo_name == "mx.univ.es"
-    assert s.smtp_helo_timeout == 300.0
-    assert s.smtp_data_done_timeout == 600.0
-    assert s.default_process_limit == 100
-    assert s.smtp_connection_cache_time_limit == 2.0
-    assert s.smtp_connection_reuse_time_limit == 300.0
-    assert s.delivery_ack_wait == 600.0
+    expected = {
+        "transports": ["smtp", "relay"], "smtp_connect_timeout": 60.0,
+        "smtp_helo_name": "mx.univ.es", "smtp_helo_timeout": 300.0,
+        "smtp_data_done_timeout": 600.0, "default_process_limit": 100,
+        "smtp_connection_cache_time_limit": 2.0, "smtp_connection_reuse_time_limit": 300.0,
+        "delivery_ack_wait": 600.0,
+    }
+    assert DeliverySettings().model_dump(include=set(expected)) == expected
     monkeypatch.setenv("POSTFLEET_TRANSPORTS", '["smtp"]')
     monkeypatch.setenv("POSTFLEET_SMTP_HELO_NAME", "out.$myhostname")
     s = DeliverySettings()

@@ -6,6 +6,8 @@ import asyncio
 import smtplib
 from email.message import EmailMessage
 
+import pytest
+
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.testing.swaks import swaks
 
@@ -45,6 +47,7 @@ async def test_smtplib_relay_denied(make_ingress, cleanup) -> None:
     assert cleanup.servicer.calls == 0
 
 
+@pytest.mark.slow
 async def test_swaks_with_pipelining(make_ingress, cleanup) -> None:
     ingress = await make_ingress(snapshot=OUTSIDE)
     code, out = await swaks(
@@ -58,6 +61,7 @@ async def test_swaks_with_pipelining(make_ingress, cleanup) -> None:
     assert b"hello from swaks" in got.body
 
 
+@pytest.mark.slow
 async def test_swaks_relay_denied(make_ingress, cleanup) -> None:
     ingress = await make_ingress(snapshot=OUTSIDE)
     code, out = await swaks(ingress.port(), "--from", "a@b.example", "--to", "x@y.example")

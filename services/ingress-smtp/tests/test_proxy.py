@@ -87,6 +87,7 @@ async def test_v2_header_names_the_client(proxied, dialogs, cleanup, caplog) -> 
 
 
 @pytest.mark.parametrize("version", ["1", "2"])
+@pytest.mark.slow
 async def test_swaks_through_a_proxy(proxied, cleanup, version: str) -> None:
     code, out = await swaks(
         proxied.port("lb"),

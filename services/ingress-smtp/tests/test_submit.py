@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from postfleet.core.testing.ports import free_port
 
 QUEUE_ERROR = "451 4.3.0 Error: queue file write error"
@@ -136,6 +138,7 @@ async def test_cleanup_stopped_mid_stream_answers_451(
     assert await pending == QUEUE_ERROR
 
 
+@pytest.mark.slow
 async def test_cleanup_killed_mid_stream_answers_451(
     make_ingress, dialogs, smtp_transaction
 ) -> None:

@@ -75,6 +75,7 @@ async def test_a_client_that_does_not_trust_the_ca_refuses(make_ingress, cleanup
     assert cleanup.servicer.calls == 0
 
 
+@pytest.mark.slow
 async def test_swaks_starttls_verifying_the_chain(make_ingress, cleanup, pki) -> None:
     ingress = await make_ingress(**tls_values(pki))
     code, out = await swaks(
@@ -176,6 +177,7 @@ async def test_mandatory_protocols_apply_where_tls_is_required(make_ingress, dia
 
 
 # -- wrapper mode (smtps) ------------------------------------------------------------------
+@pytest.mark.slow
 async def test_wrappermode_listener(make_ingress, dialogs, cleanup, pki, smtp_transaction):
     ingress = await make_ingress(
         listeners=[listener("smtp"), listener("smtps", smtpd_tls_wrappermode=True)],
@@ -264,6 +266,7 @@ async def _served_common_name(dialogs, port: int, pki) -> str:
     return dict(x[0] for x in cert["subject"])["commonName"]
 
 
+@pytest.mark.slow
 async def test_renewed_certificates_are_picked_up(
     make_ingress, dialogs, pki, tmp_path, monkeypatch, caplog
 ) -> None:

@@ -16,11 +16,11 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.delivery.error import DiscardTransport, ErrorTransport
+from postfleet.delivery.hostlookup import Resolver, resolver_for
 from postfleet.delivery.jobs import JobConsumer, JobRunner, Slots, Transport
 from postfleet.delivery.lmtp import LmtpTransport
 from postfleet.delivery.local import LocalTransport, VirtualTransport
 from postfleet.delivery.pool import SessionPool
-from postfleet.delivery.resolve import Resolver, resolver_for
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.smtp import SmtpTransport
 from postfleet.delivery.store import MessageStore
@@ -80,7 +80,7 @@ class DeliveryAgent:
         runner = JobRunner(js, MessageStore(engine), transports, settings)
         slots = Slots(settings.default_process_limit)
         self.consumers = [
-            JobConsumer(js, name, runner, slots, settings) for name in transports
+            JobConsumer(name, runner, slots, settings) for name in transports
         ]
         self.ready = False
 

@@ -242,17 +242,13 @@ class _Keepalive:
 
 
 class JobConsumer:
-    """The fetch loop of one transport's durable pull consumer."""
+    """The fetch loop of one transport's durable pull consumer; its jobs go
+    to ``runner``, on the same JetStream."""
 
     def __init__(
-        self,
-        js: JetStreamContext,
-        transport: str,
-        runner: JobRunner,
-        slots: Slots,
-        settings: DeliverySettings,
+        self, transport: str, runner: JobRunner, slots: Slots, settings: DeliverySettings
     ) -> None:
-        self.js = js
+        self.js = runner.js
         self.transport = transport
         self.runner = runner
         self.slots = slots

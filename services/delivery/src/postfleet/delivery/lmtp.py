@@ -2,10 +2,10 @@
 
 LMTP is SMTP with LHLO for EHLO and one reply per accepted recipient after
 the content, so each recipient gets the server's own verdict (a full
-mailbox bounces one recipient, not the message). aiosmtplib has no LMTP,
-so this is a small client of its own: greeting, LHLO, MAIL FROM, RCPT TO
-each, DATA, the content, then one reply per accepted RCPT, in order, and
-QUIT. One connection per job (no connection cache).
+mailbox defers one recipient, not the message). The conversation is the smtp
+client's (transaction.py); aiosmtplib has no LMTP, so the connection under
+it is a small stream client of its own. One connection per job (no
+connection cache), ended with QUIT when the transaction ended cleanly.
 
 Next hops, as Postfix's lmtp(8) takes them, never with an MX lookup:
 
@@ -19,16 +19,14 @@ Replies and failures read as smtp(8)'s do ("host h[ip] said: …",
 Postfix parameters: lmtp_lhlo_name, lmtp_tcp_port, lmtp_connect_timeout,
 lmtp_lhlo_timeout, lmtp_mail_timeout, lmtp_rcpt_timeout,
 lmtp_data_init_timeout, lmtp_data_done_timeout, lmtp_quit_timeout, and the
-host lookup ones of the resolver (smtp_host_lookup, inet_protocols).
+host lookup ones (smtp_host_lookup, inet_protocols).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiosmtplib import SMTPResponse
@@ -36,30 +34,24 @@ from aiosmtplib import SMTPResponse
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
-from postfleet.delivery.outcome import (
-    Delivery,
-    Outcome,
-    TransportFailure,
-    outcome,
-)
-from postfleet.delivery.resolve import Address, ResolveError, Resolver
+from postfleet.delivery.hostlookup import AF_UNIX, Address, ResolveError, Resolver
+from postfleet.delivery.outcome import Delivery, TransportFailure, misconfigured, outcome
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.store import StoredMessage
-from postfleet.delivery.wire import (
-    dot_stuff,
-    mail_params,
-    rejected,
-    reply_dsn,
-    reply_text,
-    smtp_path,
+from postfleet.delivery.transaction import (
+    ConnectionLost,
+    Timeouts,
+    connect,
+    handshake,
+    quit_and_close,
+    transaction,
 )
 
-AF_UNIX = getattr(socket, "AF_UNIX", -1)
 # Longest reply line accepted (RFC 5321 says 512; servers send longer).
 MAX_LINE = 65536
 
 
-class LmtpProtocolError(Exception):
+class LmtpProtocolError(ConnectionLost):
     """The server broke the protocol (a garbled reply)."""
 
 
@@ -86,44 +78,83 @@ def parse_lmtp_nexthop(text: str, default_port: int) -> LmtpNexthop:
 
 
 class LmtpConnection:
-    """One LMTP session on a stream pair: commands out, replies in."""
+    """One LMTP session on a stream pair, the conversation's ``Connection``:
+    commands out, replies in. Timeouts of 0 mean no limit."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: Address
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.address = address
         self.extensions: dict[str, str] = {}
+
+    @classmethod
+    async def over(cls, sock: socket.socket, address: Address) -> LmtpConnection:
+        """A connection on a connected socket; nothing is read until greeting()."""
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_LINE)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(reader, writer, address)
+
+    @property
+    def alive(self) -> bool:
+        return not self.writer.is_closing()
+
+    async def greeting(self, timeout: float) -> SMTPResponse:
+        return await self.reply(timeout)
+
+    async def hello(self, verb: str, name: str, timeout: float) -> SMTPResponse:
+        resp = await self.command(f"{verb} {name}".encode(), timeout)
+        if resp.code == 250:
+            self.extensions = _extensions(resp)
+        return resp
+
+    async def command(self, line: bytes, timeout: float) -> SMTPResponse:
+        await self.write_data(line + b"\r\n", timeout)
+        return await self.reply(timeout)
+
+    async def write_data(self, payload: bytes, timeout: float) -> None:
+        self.writer.write(payload)
+        async with asyncio.timeout(timeout or None):
+            await self.writer.drain()
 
     async def reply(self, timeout: float) -> SMTPResponse:
         """One (possibly multi-line) reply."""
         async with asyncio.timeout(timeout or None):
             lines: list[str] = []
             while True:
-                raw = await self.reader.readuntil(b"\n")
-                line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+                line = await self._line()
                 if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
                     raise LmtpProtocolError(f"bad reply line {line[:80]!r}")
                 lines.append(line[4:])
                 if line[3:4] != "-":
                     return SMTPResponse(int(line[:3]), "\n".join(lines))
 
-    async def command(self, line: bytes, timeout: float) -> SMTPResponse:
-        self.writer.write(line + b"\r\n")
-        async with asyncio.timeout(timeout or None):
-            await self.writer.drain()
-        return await self.reply(timeout)
-
-    def lhlo_extensions(self, resp: SMTPResponse) -> None:
-        for entry in resp.message.split("\n")[1:]:
-            keyword, _, params = entry.strip().partition(" ")
-            if keyword:
-                self.extensions[keyword.lower()] = params
-
-    def supports(self, name: str) -> bool:
-        return name in self.extensions
+    async def _line(self) -> str:
+        try:
+            raw = await self.reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionLost("connection closed") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise LmtpProtocolError(f"reply line longer than {MAX_LINE} bytes") from exc
+        return raw.rstrip(b"\r\n").decode("utf-8", "replace")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+
+
+def _extensions(resp: SMTPResponse) -> dict[str, str]:
+    """The LHLO reply's keywords (lowercase) and their parameters."""
+    extensions: dict[str, str] = {}
+    for entry in resp.message.split("\n")[1:]:
+        keyword, _, params = entry.strip().partition(" ")
+        if keyword:
+            extensions[keyword.lower()] = params
+    return extensions
 
 
 class LmtpTransport:
@@ -134,174 +165,54 @@ class LmtpTransport:
     def __init__(self, settings: DeliverySettings, resolver: Resolver) -> None:
         self.settings = settings
         self.resolver = resolver
+        self.timeouts = Timeouts(
+            settings.lmtp_mail_timeout, settings.lmtp_rcpt_timeout,
+            settings.lmtp_data_init_timeout, settings.lmtp_data_done_timeout)
 
     async def deliver(self, job: delivery_pb2.Job, message: StoredMessage) -> Delivery:
-        count = len(job.recipients)
         try:
-            hop = parse_lmtp_nexthop(job.nexthop, self.settings.lmtp_tcp_port)
+            addresses = await self._addresses(job.nexthop)
         except NexthopError as exc:
-            return Delivery.all(count, outcome("4.3.5", f"mail system configuration error: {exc}"))
-        try:
-            addresses = await self._addresses(hop)
+            return Delivery.all(len(job.recipients), misconfigured(exc))
         except ResolveError as exc:
-            return Delivery.all(count, outcome(exc.dsn, exc.text))
+            return Delivery.all(len(job.recipients), outcome(exc.dsn, exc.text))
         failure: TransportFailure | None = None
         for address in addresses:
             try:
-                conn = await self._connect(address)
+                conn = await self._open(address)
             except TransportFailure as exc:
                 failure = exc
                 maillog(self.program, message.queue_id, exc.result.reply)
                 continue
             try:
-                outcomes = await self._transaction(conn, address, message, job.recipients)
+                outcomes, clean = await transaction(
+                    conn, message, job.recipients, self.timeouts,
+                    per_recipient_data_replies=True,
+                )
+                if clean:  # a conversation cut short just closes
+                    # The outcomes are settled: a slow QUIT must not hold the job.
+                    await quit_and_close(conn, min(self.settings.lmtp_quit_timeout, 5.0))
             finally:
                 conn.close()
             return Delivery(address.relay, outcomes)
         assert failure is not None
-        return Delivery.all(count, failure.result, failure.relay)
+        return Delivery.all(len(job.recipients), failure.result, failure.relay)
 
-    async def _addresses(self, hop: LmtpNexthop) -> list[Address]:
+    async def _addresses(self, nexthop: str) -> list[Address]:
+        """The servers to try; raises NexthopError or ResolveError."""
+        hop = parse_lmtp_nexthop(nexthop, self.settings.lmtp_tcp_port)
         if hop.tcp is None:
             return [Address(self.settings.myhostname, hop.path, 0, AF_UNIX)]
         return await self.resolver.resolve(hop.tcp)
 
-    # -- session -----------------------------------------------------------------
-
-    async def _connect(self, address: Address) -> LmtpConnection:
+    async def _open(self, address: Address) -> LmtpConnection:
+        """A new connection that has said LHLO; raises TransportFailure."""
         settings = self.settings
+        sock = await connect(address, settings.lmtp_connect_timeout)
+        conn = await LmtpConnection.over(sock, address)
         try:
-            async with asyncio.timeout(settings.lmtp_connect_timeout or None):
-                if address.family == AF_UNIX:
-                    reader, writer = await asyncio.open_unix_connection(
-                        address.ip, limit=MAX_LINE)
-                else:
-                    reader, writer = await asyncio.open_connection(
-                        address.ip, address.port, limit=MAX_LINE)
-        except TimeoutError:
-            reason = "Connection timed out"
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        else:
-            conn = LmtpConnection(reader, writer)
-            try:
-                await self._hello(conn, address)
-            except BaseException:
-                conn.close()
-                raise
-            return conn
-        where = address.relay if address.family != AF_UNIX else address.ip
-        raise TransportFailure(outcome("4.4.1", f"connect to {where}: {reason}"))
-
-    async def _hello(self, conn: LmtpConnection, address: Address) -> None:
-        settings = self.settings
-        label, relay = address.label, address.relay
-        state = "receiving the initial server greeting"
-        try:
-            resp = await conn.reply(settings.lmtp_lhlo_timeout)
-            if resp.code != 220:
-                text = f"host {label} refused to talk to me: {reply_text(resp)}"
-                raise TransportFailure(outcome(reply_dsn(resp, "4"), text), relay)
-            state = "performing the LHLO handshake"
-            resp = await conn.command(
-                b"LHLO " + settings.lmtp_lhlo_name.encode(), settings.lmtp_lhlo_timeout
-            )
-            if resp.code != 250:
-                raise TransportFailure(rejected(label, resp, "LHLO"), relay)
-            conn.lhlo_extensions(resp)
-        except TimeoutError:
-            raise TransportFailure(outcome(
-                "4.4.2", f"conversation with {label} timed out while {state}"), relay) from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                LmtpProtocolError):
-            raise TransportFailure(outcome(
-                "4.4.2", f"lost connection with {label} while {state}"), relay) from None
-
-    async def _transaction(
-        self,
-        conn: LmtpConnection,
-        address: Address,
-        message: StoredMessage,
-        recipients: Sequence[delivery_pb2.JobRecipient],
-    ) -> list[Outcome]:
-        settings = self.settings
-        label = address.label
-        count = len(recipients)
-        outcomes: list[Outcome | None] = [None] * count
-        body = message.body
-
-        params, encoding, stop = mail_params(
-            conn.supports, conn.extensions, body,
-            [message.sender, *(r.address for r in recipients)], label)
-        if stop is not None:
-            return [stop] * count
-
-        state = "sending MAIL FROM"
-        try:
-            try:
-                sender = smtp_path(message.sender).encode(encoding)
-            except ValueError:
-                return [outcome("5.1.7", "bad sender address syntax")] * count
-            if b"\r" in sender or b"\n" in sender:
-                return [outcome("5.1.7", "bad sender address syntax")] * count
-            resp = await conn.command(
-                b" ".join([b"MAIL FROM:" + sender, *params]), settings.lmtp_mail_timeout
-            )
-            if not 200 <= resp.code < 300:
-                return [rejected(label, resp, "MAIL FROM")] * count
-
-            state = "sending RCPT TO"
-            accepted: list[int] = []
-            for index, rcpt in enumerate(recipients):
-                path = smtp_path(rcpt.address).encode(encoding)
-                if b"\r" in path or b"\n" in path:
-                    outcomes[index] = outcome("5.1.3", "bad recipient address syntax")
-                    continue
-                resp = await conn.command(b"RCPT TO:" + path, settings.lmtp_rcpt_timeout)
-                if 200 <= resp.code < 300:
-                    accepted.append(index)
-                else:
-                    outcomes[index] = rejected(label, resp, "RCPT TO")
-            if not accepted:
-                await self._quit(conn)
-                return _complete(outcomes)
-
-            state = "sending DATA command"
-            resp = await conn.command(b"DATA", settings.lmtp_data_init_timeout)
-            if resp.code != 354:
-                result = rejected(label, resp, "DATA")
-                for index in accepted:
-                    outcomes[index] = result
-                await self._quit(conn)
-                return _complete(outcomes)
-
-            state = "sending end of data -- message may be sent more than once"
-            conn.writer.write(dot_stuff(body))
-            async with asyncio.timeout(settings.lmtp_data_done_timeout or None):
-                await conn.writer.drain()
-            # RFC 2033: one reply per accepted recipient, in RCPT order.
-            for index in accepted:
-                resp = await conn.reply(settings.lmtp_data_done_timeout)
-                if 200 <= resp.code < 300:
-                    outcomes[index] = outcome(reply_dsn(resp), reply_text(resp))
-                else:
-                    outcomes[index] = rejected(label, resp, "end of DATA")
-            await self._quit(conn)
-            return _complete(outcomes)
-        except TimeoutError:
-            text = f"conversation with {label} timed out while {state}"
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                LmtpProtocolError):
-            text = f"lost connection with {label} while {state}"
-        failed = outcome("4.4.2", text)
-        return [o if o is not None else failed for o in outcomes]
-
-    async def _quit(self, conn: LmtpConnection) -> None:
-        """QUIT politely; the outcomes are settled, so any failure is ignored."""
-        with contextlib.suppress(Exception):
-            await conn.command(b"QUIT", min(self.settings.lmtp_quit_timeout, 5.0))
-
-
-def _complete(outcomes: list[Outcome | None]) -> list[Outcome]:
-    missing = outcome("4.3.0", "internal error: no outcome")
-    return [o if o is not None else missing for o in outcomes]
+            await handshake(conn, "LHLO", settings.lmtp_lhlo_name, settings.lmtp_lhlo_timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn

@@ -75,19 +75,17 @@ def _safe_name(name: str) -> bool:
 
 
 class _MaildirTransport:
-    program = "local"
-    relay = "local"
+    """What local(8) and virtual(8) share: everything but where the maildir
+    is. ``name`` is the agent's, in the mail log and as relay=."""
 
-    def __init__(self, settings: DeliverySettings) -> None:
+    def __init__(self, settings: DeliverySettings, name: str, size_limit: int) -> None:
         self.settings = settings
+        self.program = self.relay = name
+        self.size_limit = size_limit
         self.hostname = settings.myhostname
 
     def mailbox(self, address: str) -> tuple[Path | None, str]:
         """The maildir for a recipient, or None and the unknown-user text."""
-        raise NotImplementedError
-
-    @property
-    def size_limit(self) -> int:
         raise NotImplementedError
 
     async def deliver(self, job: delivery_pb2.Job, message: StoredMessage) -> Delivery:
@@ -122,17 +120,10 @@ class _MaildirTransport:
 class LocalTransport(_MaildirTransport):
     """local(8): <local_mail_root>/<user>/Maildir/."""
 
-    program = "local"
-    relay = "local"
-
     def __init__(self, settings: DeliverySettings) -> None:
-        super().__init__(settings)
+        super().__init__(settings, "local", settings.mailbox_size_limit)
         self.root = Path(settings.local_mail_root).absolute()
         self.allowed = frozenset(u.lower() for u in settings.local_recipients)
-
-    @property
-    def size_limit(self) -> int:
-        return self.settings.mailbox_size_limit
 
     def mailbox(self, address: str) -> tuple[Path | None, str]:
         user, _domain = split_address(address, self.settings.recipient_delimiter)
@@ -152,16 +143,9 @@ class LocalTransport(_MaildirTransport):
 class VirtualTransport(_MaildirTransport):
     """virtual(8): <virtual_mailbox_base>/<domain>/<user>/."""
 
-    program = "virtual"
-    relay = "virtual"
-
     def __init__(self, settings: DeliverySettings) -> None:
-        super().__init__(settings)
+        super().__init__(settings, "virtual", settings.virtual_mailbox_limit)
         self.base = Path(settings.virtual_mailbox_base).absolute()
-
-    @property
-    def size_limit(self) -> int:
-        return self.settings.virtual_mailbox_limit
 
     def mailbox(self, address: str) -> tuple[Path | None, str]:
         user, domain = split_address(address, self.settings.recipient_delimiter)

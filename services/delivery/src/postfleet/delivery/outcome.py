@@ -28,6 +28,15 @@ def outcome(dsn: str, reply: str, diagnostic: str = "") -> Outcome:
     return Outcome(Status.from_dsn(dsn), dsn, reply, diagnostic)
 
 
+MISCONFIGURED = "mail system configuration error: {error}"
+
+
+def misconfigured(error: Exception) -> Outcome:
+    """4.3.5 for a job whose nexthop the transport cannot use: deferred, so
+    that it goes once the routing is fixed."""
+    return outcome("4.3.5", MISCONFIGURED.format(error=error))
+
+
 @dataclass(slots=True)
 class Delivery:
     """A transport's answer: ``outcomes[i]`` belongs to the job's i-th recipient."""

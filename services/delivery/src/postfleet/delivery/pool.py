@@ -18,27 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-
-import aiosmtplib
 
 from postfleet.delivery import metrics
-from postfleet.delivery.resolve import Address
-
-
-@dataclass(eq=False)
-class Session:
-    """A connected SMTP client that has completed EHLO/HELO."""
-
-    client: aiosmtplib.SMTP
-    address: Address
-    created: float = field(default_factory=time.monotonic)
-    uses: int = 0
-    expiry: asyncio.TimerHandle | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.client.is_connected
+from postfleet.delivery.session import Session
+from postfleet.delivery.transaction import quit_and_close
 
 
 class SessionPool:
@@ -113,26 +96,19 @@ class SessionPool:
 
     def discard(self, session: Session) -> None:
         """Close without ceremony (after an error, the session state is unknown)."""
-        session.client.close()
+        session.close()
         self._forget(session)
 
     def retire(self, session: Session) -> None:
         """Close politely: QUIT in the background, then close."""
         self._forget(session)
         if not session.alive:
-            session.client.close()
+            session.close()
             return
-        task = asyncio.get_running_loop().create_task(self._quit(session))
+        task = asyncio.get_running_loop().create_task(
+            quit_and_close(session, self.quit_timeout))
         self._quitting.add(task)
         task.add_done_callback(self._quitting.discard)
-
-    async def _quit(self, session: Session) -> None:
-        try:
-            await session.client.quit(timeout=self.quit_timeout)
-        except Exception:  # the peer may already be gone; nothing to report
-            pass
-        finally:
-            session.client.close()
 
     def _forget(self, session: Session) -> None:
         if session in self._open:

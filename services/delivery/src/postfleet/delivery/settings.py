@@ -25,28 +25,13 @@ is a directory under local_mail_root) and virtual_user_policy.
 
 from __future__ import annotations
 
-import json
-import re
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BeforeValidator, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic import field_validator, model_validator
 
+from postfleet.core.postfix_list import PostfixList
 from postfleet.core.settings import CommonSettings
 from postfleet.core.timeparse import Seconds
-
-
-def _name_list(value: object) -> object:
-    """Postfix-style lists: "smtp, relay" or "smtp relay" as well as JSON/YAML lists."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [part for part in re.split(r"[\s,]+", text) if part]
-    return value
-
-
-NameList = Annotated[list[str], NoDecode, BeforeValidator(_name_list)]
 
 
 class DeliverySettings(CommonSettings):
@@ -56,7 +41,7 @@ class DeliverySettings(CommonSettings):
     # postfleet.delivery.<transport>, shared by every replica. By default one
     # process serves every transport a routing table can name, like Postfix's
     # stock master.cf ("relay" is the smtp client too).
-    transports: NameList = ["smtp", "relay", "lmtp", "local", "virtual", "error", "discard"]
+    transports: PostfixList = ["smtp", "relay", "lmtp", "local", "virtual", "error", "discard"]
     # Postfix: default_process_limit (100) — here, concurrent jobs per process.
     default_process_limit: int = 100
 
@@ -93,7 +78,7 @@ class DeliverySettings(CommonSettings):
     smtp_mx_session_limit: int = 2
     # "dns", "native" or "dns, native" (A/AAAA through DNS, getaddrinfo, or
     # getaddrinfo for hosts DNS does not know). Ignored when DNS is disabled.
-    smtp_host_lookup: NameList = ["dns"]
+    smtp_host_lookup: PostfixList = ["dns"]
     # "" (then disable_dns_lookups decides), "disabled", "enabled", "dnssec"
     # (accepted; no DNSSEC validation or DANE here: treated as "enabled").
     smtp_dns_support_level: Literal["", "disabled", "enabled", "dnssec"] = ""
@@ -101,15 +86,15 @@ class DeliverySettings(CommonSettings):
     smtp_randomize_addresses: bool = True
     smtp_address_preference: Literal["any", "ipv4", "ipv6"] = "any"
     # Which address families to look up: all, ipv4, ipv6 (Postfix: "all").
-    inet_protocols: NameList = ["all"]
+    inet_protocols: PostfixList = ["all"]
     # Addresses this MTA is reached at besides its own name (Postfix: the
     # network addresses forwarded to it by a NAT or proxy). An MX host named
     # myhostname, or with one of these addresses, is this host: mail for a
     # domain whose best MX is this host "loops back to myself" (5.4.6).
-    proxy_interfaces: NameList = []
+    proxy_interfaces: PostfixList = []
     # postfleet's: the DNS servers to ask, "ip" or "ip:port" ("[ip6]:port");
     # empty: the system resolver (/etc/resolv.conf), like Postfix.
-    dns_nameservers: NameList = []
+    dns_nameservers: PostfixList = []
     # postfleet's: how long one DNS lookup may take in all (retries included).
     dns_timeout: Seconds = 10.0
 
@@ -136,7 +121,7 @@ class DeliverySettings(CommonSettings):
     local_user_policy: Literal["existing", "create"] = "existing"
     # When set, exactly these users exist (directories made on demand),
     # whatever local_user_policy says.
-    local_recipients: NameList = []
+    local_recipients: PostfixList = []
     # Largest maildir file local(8) or virtual(8) writes (0: no limit) -> 5.2.2.
     mailbox_size_limit: int = 51200000
     # Characters that start an address extension (user+ext); empty: none.

@@ -6,7 +6,7 @@ how a server's reply becomes an outcome with Postfix's wording
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from aiosmtplib import SMTPResponse
 
@@ -79,14 +79,13 @@ def rejected(label: str, resp: SMTPResponse, command: str) -> Outcome:
 
 
 def mail_params(
-    supports: Callable[[str], bool], extensions: Mapping[str, str], body: bytes,
-    addresses: list[str], label: str,
+    extensions: Mapping[str, str], body: bytes, addresses: list[str], label: str
 ) -> tuple[list[bytes], str, Outcome | None]:
     """MAIL FROM parameters from the server's EHLO/LHLO reply (SIZE,
     SMTPUTF8, BODY=8BITMIME), the envelope encoding, or the outcome that
     stops the transaction before MAIL (as Postfix's smtp/lmtp do)."""
     params: list[bytes] = []
-    if supports("size"):
+    if "size" in extensions:
         limit_text = extensions.get("size", "")
         limit = int(limit_text) if limit_text.isdigit() else 0
         if 0 < limit < len(body):
@@ -95,10 +94,10 @@ def mail_params(
         params.append(b"SIZE=%d" % len(body))
     utf8 = not all(a.isascii() for a in addresses)
     if utf8:
-        if not supports("smtputf8"):
+        if "smtputf8" not in extensions:
             text = f"SMTPUTF8 is required, but was not offered by host {label}"
             return params, "utf-8", outcome("5.6.7", text)
         params.append(b"SMTPUTF8")
-    if not body.isascii() and supports("8bitmime"):
+    if not body.isascii() and "8bitmime" in extensions:
         params.append(b"BODY=8BITMIME")
     return params, "utf-8" if utf8 else "ascii", None

@@ -36,25 +36,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from postfleet.core.testing.peers import peer_binary, stop_process
 from postfleet.core.testing.ports import wait_port
 
 _QUERY = re.compile(r"query\[(\w+)\] (\S+) from ")
-
-
-def dnsmasq_binary() -> str:
-    found = shutil.which("dnsmasq") or (
-        "/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None
-    )
-    if not found:
-        raise RuntimeError("dnsmasq not found: run `make peers` (Debian package dnsmasq)")
-    return found
 
 
 def free_dns_port(host: str = "127.0.0.1") -> int:
@@ -143,7 +134,7 @@ class DnsServer:
         self._write_conf()
         out = open(self.workdir / "dnsmasq.out", "ab")
         self.proc = subprocess.Popen(
-            [dnsmasq_binary(), "--keep-in-foreground", f"--conf-file={self.conf}"],
+            [peer_binary("dnsmasq", "dnsmasq"), "--keep-in-foreground", f"--conf-file={self.conf}"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         out.close()
@@ -159,13 +150,7 @@ class DnsServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout=5)
         self.proc = None
 
     def restart(self, zone: Mapping[str, Any] | None = None) -> DnsServer:

@@ -154,6 +154,9 @@ async def own_postgres() -> AsyncIterator[Any]:
         yield cluster
     finally:
         cluster.remove()
+
+
+@pytest.fixture
 def no_system_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[SystemResolverGuard]:
     guard = SystemResolverGuard().install(monkeypatch)
     yield guard

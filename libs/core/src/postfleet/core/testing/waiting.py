@@ -1,11 +1,8 @@
-"""Deadlines for tests: wait for a condition instead of timing how long it took.
+"""Waiting in tests with a deadline, never a fixed sleep.
 
-    await eventually(lambda: len(ingress.listeners.sessions) == 0, timeout=2)
-
-Tests say what must happen and by when; how fast it happens is the
-benchmarks' business (bench/), since a loaded machine is slow but not wrong.
-
-Postfix parameters: none.
+Tests say what must happen and by when at the latest; how fast it happens
+is for the benchmarks. ``eventually`` polls a check until it holds and fails
+the test, naming what it waited for, once the deadline has passed.
 """
 
 from __future__ import annotations
@@ -13,26 +10,37 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
+
+__all__ = ["eventually"]
 
 T = TypeVar("T")
 
-POLL_SECONDS = 0.02
+POLL_S = 0.05
 
 
+@overload
 async def eventually(
-    check: Callable[[], T | Awaitable[T]], timeout: float = 5.0, what: str = ""
-) -> T:
-    """Poll ``check`` (plain or async) until it returns something truthy, and
-    return that; fail the test if it has not by ``timeout`` seconds."""
+    check: Callable[[], Awaitable[T]], timeout: float = ..., what: str = ...
+) -> T: ...
+
+
+@overload
+async def eventually(check: Callable[[], T], timeout: float = ..., what: str = ...) -> T: ...
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """The first truthy value ``check()`` returns (it may be a coroutine
+    function); AssertionError with the last value after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        value = check()
-        result = await value if inspect.isawaitable(value) else value
-        if result:
-            return result
-        if loop.time() >= deadline:
-            raise AssertionError(
-                f"{what or 'the condition'} not true within {timeout}s (last: {result!r})")
-        await asyncio.sleep(POLL_SECONDS)
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for "
+                                 f"{what or check}: last {last!r}")
+        await asyncio.sleep(POLL_S)

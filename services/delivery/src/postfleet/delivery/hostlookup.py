@@ -1,4 +1,7 @@
-"""From a nexthop to the addresses the smtp and lmtp clients try, in order.
+"""Host lookup for the smtp and lmtp clients: from a nexthop to the
+addresses to try, in order (Postfix's smtp_addr.c). Routing's resolver
+(postfleet.core.routing.resolver) comes before it and picks the
+transport:nexthop; this module only finds that nexthop's servers.
 
 The seam for DNS: ``Resolver`` is what the transports call.
 
@@ -61,6 +64,11 @@ LOOPS_BACK = "mail for {name} loops back to myself"
 NULL_MX = "Domain {name} does not accept mail (nullMX)"
 
 
+# The family of a UNIX-domain socket address (lmtp's unix:/path); -1 where
+# the platform has none.
+AF_UNIX: int = getattr(socket, "AF_UNIX", -1)
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """One server to try: the name it was found under and its IP (or, for a
@@ -79,7 +87,7 @@ class Address:
     @property
     def relay(self) -> str:
         """``host[ip]:port`` (``host[path]`` for a socket), the log's ``relay=``."""
-        if self.family == getattr(socket, "AF_UNIX", -1):
+        if self.family == AF_UNIX:
             return self.label
         return f"{self.label}:{self.port}"
 

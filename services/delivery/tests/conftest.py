@@ -81,9 +81,11 @@ async def queue_message(
             state="active", arrived_at=now, expires_at=now + timedelta(days=5)))
         ids = []
         for rcpt in rcpts:
+            # Claimed once, as qmgr does before dispatching attempt 1.
             res = await conn.execute(insert(Recipient).values(
                 queue_id=qid, address=rcpt, orig_rcpt=rcpt, status="pending",
-                transport="smtp", next_attempt_at=now).returning(Recipient.id))
+                transport="smtp", next_attempt_at=now, attempts=1,
+                lease_owner="q1").returning(Recipient.id))
             ids.append(int(res.scalar_one()))
     return Queued(qid, sender, list(zip(ids, rcpts, strict=True)))
 

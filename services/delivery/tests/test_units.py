@@ -77,7 +77,7 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "smtp_helo_name": "mx.univ.es", "smtp_helo_timeout": 300.0,
         "smtp_data_done_timeout": 600.0, "default_process_limit": 100,
         "smtp_connection_cache_time_limit": 2.0, "smtp_connection_reuse_time_limit": 300.0,
-        "delivery_ack_wait": 600.0,
+        "delivery_ack_wait": 30.0,
     }
     assert DeliverySettings().model_dump(include=set(expected)) == expected
     monkeypatch.setenv("POSTFLEET_TRANSPORTS", '["smtp"]')

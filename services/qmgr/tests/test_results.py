@@ -139,3 +139,21 @@ async def test_a_batch_of_many_results_applies_in_one_go(engine: AsyncEngine) ->
     msgs, rcpts, logs = await _rows(engine)
     assert len(msgs) == 5 and len(logs) == 10
     assert sorted(r.status for r in rcpts) == ["deferred"] * 5 + ["delivered"] * 5
+
+
+async def test_a_hold_result_puts_the_message_on_hold_and_frees_its_recipients(
+        engine: AsyncEngine) -> None:
+    qid = await queue_message(engine, ["a@y.test"])
+    claimed = await claim_due(engine, "q1", datetime.now(UTC), 60, 10)
+    res = _result(claimed, [("sent", "2.0.0", "unused")])
+    del res.recipients[:]
+    res.hold_reason = "stored content is str, not bytes"
+    applied = await apply_results(engine, [res], POLICY, "mx.test")
+    assert applied.held == 1
+    assert applied.log_lines == [
+        (qid, "hold: message content unreadable (stored content is str, not bytes)")]
+    msgs, rcpts, _ = await _rows(engine)
+    assert [(m.queue_id, m.state) for m in msgs] == [(qid, "hold")]
+    assert [(r.status, r.lease_owner) for r in rcpts] == [("pending", None)]
+    # Held: not claimed again until released.
+    assert await claim_due(engine, "q2", datetime.now(UTC), 60, 10) == []

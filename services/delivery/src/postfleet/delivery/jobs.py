@@ -9,7 +9,13 @@ job: reads the message, delivers it, publishes the result to
 and only once JetStream has acknowledged that publish, acks the job. A job
 whose result cannot be published stays unacknowledged and is redelivered
 after delivery_ack_wait (at-least-once: the recipient may see it twice, no
-recipient is lost). A job whose message is gone is a repeat: acked, no result.
+recipient is lost; a live job tells JetStream it is in progress every half
+delivery_ack_wait, so only a dead replica's jobs come back). A job speaks
+only for its recipients that are still open at its attempt: one whose
+message is gone, or that a newer attempt superseded (its qmgr died and the
+work was retaken), delivers nothing and publishes an empty result, which
+frees its destination slot. A message whose content cannot be read is put
+on hold through its result (``hold_reason``), never retried as is.
 
 Stopping (SIGTERM): no new fetches, the fetch in flight ends within
 delivery_fetch_timeout and whatever it brings is nak'ed for another replica;
@@ -33,6 +39,7 @@ from nats.js import JetStreamContext
 from postfleet.core.bus import subjects
 from postfleet.core.bus.connect import ensure_consumer
 from postfleet.core.bus.jobs import result_msg_id
+from postfleet.core.db.queue import UnreadableContent
 from postfleet.core.db.status import Outcome
 from postfleet.core.maillog import delivery_line, maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
@@ -133,16 +140,23 @@ class JobRunner:
     async def _run(self, msg: Msg, job: delivery_pb2.Job, name: str, started: float) -> str:
         extra = {"queue_id": job.queue_id, "trace_id": job.trace_id}
         try:
-            message = await self.store.load(job)
+            message, current = await self.store.load(job)
+        except UnreadableContent as exc:
+            log.error("message %s cannot be read (%s): it goes on hold", job.queue_id, exc,
+                      extra=extra)
+            return await self._finish(msg, job, _empty_result(job, name, started, str(exc)))
         except Exception:
             log.exception("cannot read message %s; retrying later", job.queue_id, extra=extra)
             await _quietly(msg.nak(delay=STORE_RETRY_DELAY_S))
             return "store_error"
         if message is None:
-            log.debug("message %s already left the queue; job dropped", job.queue_id,
-                      extra=extra)
-            await _quietly(msg.ack())
-            return "gone"
+            # Gone, or superseded by a newer attempt: deliver nothing, but
+            # say so, which frees the job's destination slot.
+            log.info("job %s speaks for no recipient any more; nothing sent", job.job_id,
+                     extra=extra)
+            return await self._finish(msg, job, _empty_result(job, name, started), "stale")
+        if len(current) < len(job.recipients):
+            job = _narrowed(job, current)
 
         transport = self.transports[name]
         try:
@@ -153,13 +167,17 @@ class JobRunner:
                                     outcome("4.3.0", "mail transport unavailable"))
         result = _result(job, name, delivery, started, time.time())
         _log_result(transport.program, job, result)
+        return await self._finish(msg, job, result)
 
+    async def _finish(self, msg: Msg, job: delivery_pb2.Job, result: delivery_pb2.Result,
+                      done: str = "done") -> str:
+        """Publish the result, then ack the job (at-least-once)."""
         if not await self._publish(job, result):
             log.warning("result of job %s not published; the job will be redelivered",
-                        job.job_id, extra=extra)
+                        job.job_id, extra={"queue_id": job.queue_id, "trace_id": job.trace_id})
             return "unpublished"
         await _quietly(msg.ack())
-        return "done"
+        return "hold" if result.hold_reason else done
 
     async def _publish(self, job: delivery_pb2.Job, result: delivery_pb2.Result) -> bool:
         payload = result.SerializeToString()
@@ -194,6 +212,24 @@ def _result(
             reply=out.reply, diagnostic=out.diagnostic,
         )
     return result
+
+
+def _empty_result(
+    job: delivery_pb2.Job, transport: str, started: float, hold_reason: str = ""
+) -> delivery_pb2.Result:
+    return delivery_pb2.Result(
+        job_id=job.job_id, queue_id=job.queue_id, attempt=job.attempt,
+        transport=job.transport or transport, nexthop=job.nexthop, started_at=started,
+        finished_at=time.time(), hold_reason=hold_reason)
+
+
+def _narrowed(job: delivery_pb2.Job, current: set[int]) -> delivery_pb2.Job:
+    """The job for only the recipients it still speaks for."""
+    narrow = delivery_pb2.Job()
+    narrow.CopyFrom(job)
+    del narrow.recipients[:]
+    narrow.recipients.extend(r for r in job.recipients if r.id in current)
+    return narrow
 
 
 def _log_result(program: str, job: delivery_pb2.Job, result: delivery_pb2.Result) -> None:

@@ -46,12 +46,14 @@ class DeliverySettings(CommonSettings):
     default_process_limit: int = 100
 
     # -- bus -------------------------------------------------------------------
-    # How long a fetched job may stay unacknowledged before JetStream hands it
-    # to another replica: longer than the slowest delivery (smtp_data_done_timeout).
-    delivery_ack_wait: Seconds = 600.0
+    # How long a fetched job may go without a word before JetStream hands it
+    # to another replica. A live replica says "in progress" every half of it
+    # however long the delivery takes, so this bounds only how long a dead
+    # replica's jobs wait to be redelivered.
+    delivery_ack_wait: Seconds = 30.0
     delivery_fetch_batch: int = 64
     # Long-poll of one fetch when the queue is idle; also bounds shutdown.
-    delivery_fetch_timeout: Seconds = 5.0
+    delivery_fetch_timeout: Seconds = 2.0
     # How long to keep retrying a result publish (NATS restarting) before
     # giving up on the job unacknowledged, so that it is redelivered.
     delivery_result_retry_time: Seconds = 30.0

@@ -1,11 +1,14 @@
-"""Reading a message's content from the queue store (``core.db.queue``).
+"""Reading what a job delivers from the queue store (``core.db.queue``).
 
-One indexed read per job (by queue id, the primary key); the envelope
-comes with the job. Delivery never writes the queue store: qmgr applies the
-results. A missing row means the message has already left the queue — the
-job is a repeat and is dropped.
+One connection per job: which of the job's recipients it still speaks for
+(open, and not claimed again since: a job left on the bus by a qmgr that
+died is superseded by the next attempt and must not deliver twice), then
+the content, by primary key. The envelope comes with the job. Delivery
+never writes the queue store: qmgr applies the results.
 
 The body is stored as it will be sent: CRLF line endings, not dot-stuffed.
+Content that cannot be read raises ``UnreadableContent``: the message goes
+on hold rather than being retried forever.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postfleet.core.db.queue import load_body
+from postfleet.core.db.queue import current_recipients, load_body
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 
 
@@ -31,7 +34,15 @@ class MessageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def load(self, job: delivery_pb2.Job) -> StoredMessage | None:
+    async def load(self, job: delivery_pb2.Job) -> tuple[StoredMessage | None, set[int]]:
+        """The message and the ids of the recipients the job still speaks
+        for; (None, empty) when it speaks for none (gone or superseded)."""
         async with self.engine.connect() as conn:
+            current = await current_recipients(
+                conn, job.queue_id, [r.id for r in job.recipients], job.attempt)
+            if not current:
+                return None, set()
             body = await load_body(conn, job.queue_id)
-        return None if body is None else StoredMessage(job.queue_id, job.sender, body)
+        if body is None:
+            return None, set()
+        return StoredMessage(job.queue_id, job.sender, body), current

@@ -45,6 +45,7 @@ class Applied:
     log_lines: list[tuple[str, str]] = field(default_factory=list)
     # (original queue id, notice queue id) per non-delivery notice queued.
     notices: list[tuple[str, str]] = field(default_factory=list)
+    held: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ async def apply_results(
     qids = {r.queue_id for r in results}
     async with engine.begin() as conn:
         messages = await queue.message_facts(conn, qids)
+        for res in results:
+            if res.hold_reason and res.queue_id in messages:
+                await queue.hold_message(conn, res.queue_id)
+                applied.held += 1
+                applied.log_lines.append(
+                    (res.queue_id, f"hold: message content unreadable ({res.hold_reason})"))
         batch = _sort(results, messages, policy, now)
         await queue.mark_delivered(conn, batch.delivered)
         await queue.mark_deferred(conn, batch.deferred)
@@ -89,8 +96,8 @@ async def apply_results(
                    if r["status"] == RecipientStatus.DEFERRED})
         removed = await queue.remove_finished(conn, qids)
         await queue.free_slots(conn, [r.job_id for r in results if r.job_id])
-    applied.log_lines = [(str(r["queue_id"]), _expired_line(r)) for r in batch.logs
-                         if r["status"] == RecipientStatus.EXPIRED]
+    applied.log_lines += [(str(r["queue_id"]), _expired_line(r)) for r in batch.logs
+                          if r["status"] == RecipientStatus.EXPIRED]
     applied.log_lines += [(qid, "removed") for qid in sorted(removed)]
     return applied
 

@@ -121,10 +121,22 @@ async def enqueue(conn: AsyncConnection, messages: Sequence[NewMessage]) -> None
 _LOAD_BODY = select(Message.body).where(Message.queue_id == bindparam("qid"))
 
 
+class UnreadableContent(Exception):
+    """A message's stored content cannot be read as a message: not a
+    database outage (that is retried), but a queue entry that never will
+    be deliverable as it is (Postfix's corrupt queue file)."""
+
+
 async def load_body(conn: AsyncConnection, queue_id: str) -> bytes | None:
-    """A message's content, or None when it has left the queue."""
+    """A message's content, or None when it has left the queue; raises
+    UnreadableContent when what is stored is not a message's bytes."""
     row = (await conn.execute(_LOAD_BODY, {"qid": queue_id})).first()
-    return None if row is None else bytes(row.body)
+    if row is None:
+        return None
+    body = row.body
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise UnreadableContent(f"stored content is {type(body).__name__}, not bytes")
+    return bytes(body)
 
 
 _CURRENT = (select(Recipient.id).where(
@@ -472,6 +484,18 @@ async def mark_failed(
     )
     found = changed.first()
     return None if found is None else Failed(row.id, found.orig_rcpt, found.orcpt, found.notify)
+
+
+async def hold_message(conn: AsyncConnection, queue_id: str) -> int:
+    """Put a message on hold (postsuper -h) and give up the leases on its
+    open recipients: nothing delivers it until an administrator releases it.
+    Returns how many open recipients it holds."""
+    await conn.execute(update(Message).where(Message.queue_id == queue_id)
+                       .values(state=MessageState.HOLD))
+    return (await conn.execute(
+        update(Recipient).where(Recipient.queue_id == queue_id, open_recipient())
+        .values(lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False))).rowcount
 
 
 async def log_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:

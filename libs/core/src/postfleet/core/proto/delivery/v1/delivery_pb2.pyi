@@ -171,6 +171,11 @@ Global___RecipientResult: _TypeAlias = RecipientResult  # noqa: Y015
 
 @_typing.final
 class Result(_message.Message):
+    """A job's result; a job that speaks for no recipient any more (its message
+    left the queue, or a newer attempt superseded it) has an empty list: it
+    only frees the job's destination slot.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -182,6 +187,7 @@ class Result(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     NEXTHOP_FIELD_NUMBER: _builtins.int
+    HOLD_REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     queue_id: _builtins.str
     attempt: _builtins.int
@@ -192,6 +198,11 @@ class Result(_message.Message):
     finished_at: _builtins.float
     nexthop: _builtins.str
     """the job's nexthop, kept with each recipient"""
+    hold_reason: _builtins.str
+    """Set when the message cannot be delivered as stored (its content cannot
+    be read): qmgr puts it on hold with this reason instead of retrying.
+    The result then carries no recipient outcomes.
+    """
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientResult]: ...
     def __init__(
@@ -206,10 +217,11 @@ class Result(_message.Message):
         finished_at: _builtins.float = ...,
         recipients: _abc.Iterable[Global___RecipientResult] | None = ...,
         nexthop: _builtins.str = ...,
+        hold_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "finished_at", b"finished_at", "job_id", b"job_id", "nexthop", b"nexthop", "queue_id", b"queue_id", "recipients", b"recipients", "relay", b"relay", "started_at", b"started_at", "transport", b"transport"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "finished_at", b"finished_at", "hold_reason", b"hold_reason", "job_id", b"job_id", "nexthop", b"nexthop", "queue_id", b"queue_id", "recipients", b"recipients", "relay", b"relay", "started_at", b"started_at", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

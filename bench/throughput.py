@@ -145,7 +145,7 @@ def main() -> int:
     try:
         wait_port(smtp_port)
         time.sleep(2)  # every role ready
-        qmgr_port = json.loads((work / "var" / "run.json").read_text())["http_ports"]["qmgr"]
+        qmgr_port = json.loads((work / "var" / "run.json").read_text())["http_ports"]["qmgr-1"]
         sampler.start()
         t0 = time.monotonic()
         src = subprocess.run(

@@ -70,8 +70,9 @@ async def test_run_all_serves_restarts_and_stops_cleanly(
         # kill -9 a role: the launcher restarts it, mail keeps flowing.
         (delivery,) = _children(launcher.pid, "postfleet.delivery")
         delivery.kill()
-        await eventually(lambda: b"delivery exited with status -9" in out.read_bytes(),
-                         what="the restart notice")
+        await eventually(
+            lambda: b"delivery-1 killed by signal 9; restarting now" in out.read_bytes(),
+            what="the restart notice")
         await eventually(lambda: len(_children(launcher.pid, "postfleet.delivery")) == 1,
                          what="a new delivery process")
         await send(port, "carol@example.test", subject="second")
@@ -79,6 +80,26 @@ async def test_run_all_serves_restarts_and_stops_cleanly(
 
         listing = await eventually(lambda: _queue_list(tmp_path), what="an empty queue")
         assert listing == "Mail queue is empty"
+
+        # Two ingress processes share the port: with one killed, every client
+        # is still served (by the other) while it comes back.
+        ingress = _children(launcher.pid, "postfleet.ingress_smtp")
+        assert len(ingress) == 2
+        ingress[0].kill()
+        for i in range(10):
+            await send(port, "dave@example.test", subject=f"while one smtpd is down {i}")
+        await smtp_sink.wait_for(12)
+        await eventually(lambda: len(_children(launcher.pid, "postfleet.ingress_smtp")) == 2,
+                         what="the killed ingress process back")
+
+        # qmgr keeps its slot's identity across a restart (its leases).
+        (qmgr,) = _children(launcher.pid, "postfleet.qmgr")
+        owner = qmgr.environ()["POSTFLEET_QMGR_OWNER"]
+        assert owner.endswith("-qmgr-1")
+        qmgr.kill()
+        again = await eventually(lambda: _restarted(launcher.pid, "postfleet.qmgr", qmgr.pid),
+                                 what="qmgr back")
+        assert again.environ()["POSTFLEET_QMGR_OWNER"] == owner
 
         children = psutil.Process(launcher.pid).children(recursive=True)
         launcher.send_signal(signal.SIGTERM)
@@ -91,6 +112,11 @@ async def test_run_all_serves_restarts_and_stops_cleanly(
         if launcher.poll() is None:
             launcher.kill()  # its roles get SIGTERM from the kernel (PDEATHSIG)
             launcher.wait(10)
+
+
+def _restarted(pid: int, module: str, old: int) -> psutil.Process | None:
+    fresh = [p for p in _children(pid, module) if p.pid != old and _running(p)]
+    return fresh[0] if len(fresh) == 1 else None
 
 
 def _queue_list(tmp_path: Path) -> str:

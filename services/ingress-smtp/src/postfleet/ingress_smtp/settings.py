@@ -227,6 +227,11 @@ class IngressSettings(CommonSettings, SmtpdParams):
     # "ip" or "ip:port" ("[ip6]:port"); empty: the system resolver
     # (getnameinfo/getaddrinfo: /etc/hosts, /etc/resolv.conf), like Postfix.
     dns_nameservers: PostfixList = Field(default_factory=list)
+    # postfleet's: bind the listeners with SO_REUSEPORT so several ingress
+    # processes serve the same ports (what master's shared listening socket
+    # gives Postfix's smtpd processes). `run all` turns it on for its ingress
+    # processes; off by default so two stray instances still collide loudly.
+    ingress_reuse_port: bool = False
 
     @field_validator("dns_nameservers")
     @classmethod

@@ -53,3 +53,27 @@ def test_the_head_constant_names_the_newest_migration() -> None:
     from alembic.script import ScriptDirectory
 
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
+
+
+def test_a_full_disk_is_told_apart_from_other_write_errors() -> None:
+    import errno
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from postfleet.core.db.errors import storage_full
+
+    full = OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+    assert storage_full(full)
+    assert storage_full(OSError(errno.ENOSPC, "No space left on device"))
+
+    class DiskFull(Exception):  # asyncpg's DiskFullError carries SQLSTATE 53100
+        sqlstate = "53100"
+
+    try:
+        raise RuntimeError("wrapped") from DiskFull("could not extend file")
+    except RuntimeError as exc:
+        assert storage_full(exc)
+    locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    assert not storage_full(locked)
+    assert not storage_full(ConnectionRefusedError("connection refused"))

@@ -38,6 +38,7 @@ from prometheus_client import Counter
 from postfleet.cleanup.headers import fix_up
 from postfleet.cleanup.queue_writer import QueueWriter
 from postfleet.cleanup.settings import CleanupSettings
+from postfleet.core.db.errors import storage_full
 from postfleet.core.db.queue import NewMessage, NewRecipient
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
@@ -94,6 +95,10 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         try:
             await self.writer.write(message)
         except Exception as exc:
+            if storage_full(exc):
+                # No room: 452 4.3.1, and the client tries again later.
+                log.warning("queue store full: %s", exc)
+                return _refuse("storage", replies.INSUFFICIENT_STORAGE)
             # Not a refusal: cleanup failed, the client tries again (451 4.3.0).
             FAILURES.labels("database").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"queue file write error: {exc}")

@@ -29,6 +29,15 @@ class Received:
     def message(self) -> Message:
         return message_from_bytes(self.data)
 
+    def header(self, name: str) -> str | None:
+        """One header's value, read from the header block only (cheap)."""
+        head = self.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+        prefix = name.lower() + ":"
+        for line in head.split("\r\n"):
+            if line.lower().startswith(prefix):
+                return line[len(prefix):].strip()
+        return None
+
 
 @dataclass
 class SinkHandler:

@@ -38,11 +38,12 @@ class RoleProcess:
     log_path: Path
     http_port: int
     proc: subprocess.Popen[bytes] | None = None
+    module: str = ""
 
     def start(self, wait: bool = True) -> RoleProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", ROLE_MODULES[self.name]],
+            [sys.executable, "-m", self.module or ROLE_MODULES[self.name]],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         if wait:
@@ -104,6 +105,7 @@ class Cluster:
     smtp_port: int = field(default_factory=free_port)
     cleanup_port: int = field(default_factory=free_port)
     roles: dict[str, RoleProcess] = field(default_factory=dict)
+    extra: dict[str, list[RoleProcess]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -154,10 +156,44 @@ class Cluster:
     def kill(self, *names: str) -> None:
         for name in names or CLUSTER_ROLES:
             self.roles[name].kill()
+        for replica in self._extra(names):
+            replica.kill()
 
     def stop(self, *names: str) -> None:
+        for replica in self._extra(names):
+            replica.stop()
         for name in names or CLUSTER_ROLES:
             self.roles[name].stop()
 
+    # -- replicas: a role scaled like a Deployment ------------------------------
+    def replicas(self, role: str) -> list[RoleProcess]:
+        """The role's running processes, the first one included."""
+        extra = self.extra.get(role, [])
+        return [p for p in [self.roles[role], *extra] if p.running]
+
+    def scale(self, role: str, count: int, grace: float = 30.0) -> None:
+        """Up: start replicas (each ready before it counts). Down as Kubernetes
+        does it: SIGTERM the newest, SIGKILL one that overstays ``grace``."""
+        extra = self.extra.setdefault(role, [])
+        while len(self.replicas(role)) < count:
+            n = len(extra) + 2
+            replica = RoleProcess(f"{role}-{n}", dict(self.roles[role].env),
+                                  self.workdir / f"{role}-{n}.log", free_port())
+            replica.env["POSTFLEET_HTTP_PORT"] = str(replica.http_port)
+            replica.module = ROLE_MODULES[role]
+            owner = replica.env.pop("POSTFLEET_QMGR_OWNER", "")
+            if owner:  # two live qmgrs never share a lease identity
+                replica.env["POSTFLEET_QMGR_OWNER"] = f"{owner}-{n}"
+            extra.append(replica.start())
+        for replica in reversed(self.replicas(role)):
+            if len(self.replicas(role)) <= count:
+                break
+            replica.stop(timeout=grace)
+
+    def _extra(self, names: tuple[str, ...]) -> list[RoleProcess]:
+        return [r for name in (names or CLUSTER_ROLES) for r in self.extra.get(name, [])]
+
     def logs(self) -> str:
-        return "\n".join(f"==== {n}\n{r.log()}" for n, r in self.roles.items())
+        every = [*self.roles.items(),
+                 *((r.name, r) for rs in self.extra.values() for r in rs)]
+        return "\n".join(f"==== {n}\n{r.log()}" for n, r in every)

@@ -47,6 +47,40 @@ class SinkHandler:
     # replies used for DATA, consumed in order; empty means "250 2.0.0 Ok"
     data_replies: list[str] = field(default_factory=list)
     arrived: asyncio.Event | None = None
+    # Seconds each DATA takes to answer (a slow next hop builds concurrency).
+    data_delay: float = 0.0
+    # Transactions (MAIL .. end of DATA / RSET / QUIT) open now and at most:
+    # how many deliveries the next hop sees at once.
+    in_transaction: int = 0
+    max_in_transaction: int = 0
+    _open: set[int] = field(default_factory=set)
+
+    def _begin(self, session: Any) -> None:
+        if id(session) not in self._open:
+            self._open.add(id(session))
+            self.in_transaction += 1
+            self.max_in_transaction = max(self.max_in_transaction, self.in_transaction)
+
+    def _end(self, session: Any) -> None:
+        if id(session) in self._open:
+            self._open.discard(id(session))
+            self.in_transaction -= 1
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        self._begin(session)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        self._end(session)
+        return "250 2.0.0 Ok"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        self._end(session)
+        return "221 2.0.0 Bye"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -58,6 +92,14 @@ class SinkHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        try:
+            return await self._data(session, envelope)
+        finally:
+            self._end(session)
+
+    async def _data(self, session: Any, envelope: Any) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         if self.data_replies:
             return self.data_replies.pop(0)
         self.messages.append(

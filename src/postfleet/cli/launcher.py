@@ -163,15 +163,23 @@ class Launcher:
         return 0
 
     async def wait_ready(self, child: Child, timeout: float = READY_TIMEOUT_S) -> None:
-        if await child.watch_ready(self.stopping, timeout):
-            say(f"{child.slot} ready")
-            return
-        if child.exited:
+        """Until the child is ready. One killed by a signal meanwhile is
+        started again; one that exits with a status stops `run all` with
+        the reason (a configuration error, like `postfix start` failing)."""
+        while not await child.watch_ready(self.stopping, timeout):
+            if self.stopping.is_set():
+                return
             code = child.proc.returncode if child.proc else None
-            raise SystemExit(f"{child.slot} exited with status {code} while starting; "
-                             "see its log above")
-        if not self.stopping.is_set():
-            raise SystemExit(f"{child.slot} not ready after {timeout:.0f}s; see its log above")
+            if code is None:
+                raise SystemExit(f"{child.slot} not ready after {timeout:.0f}s; "
+                                 "see its log above")
+            if code >= 0:
+                raise SystemExit(f"{child.slot} exited with status {code} while starting; "
+                                 "see its log above")
+            say(f"{child.slot} killed by signal {-code} while starting; starting it again")
+            child.restarts += 1
+            await child.start()
+        say(f"{child.slot} ready")
 
     def announce(self, cfg: dict[str, Any], env: dict[str, str]) -> None:
         listeners = (cfg.get("ingress_smtp") or {}).get("listeners") or [

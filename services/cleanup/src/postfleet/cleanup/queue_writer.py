@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postfleet.core.db.queue import NewMessage, enqueue
+from postfleet.core.db.queue import NewMessage, discard, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +85,12 @@ class QueueWriter:
             return
         async with self._engine.begin() as conn:
             await enqueue(conn, [item.message for item in live])
+            # A client that went away while we waited for the write lock or
+            # inserted (its smtpd died: the Submit was cancelled) never hears
+            # 250 and will send again: leave its message out of the commit,
+            # or the retry would be a duplicate. Only the COMMIT itself is
+            # left as the window in which that can still happen.
+            gone = [item.message.queue_id for item in live if item.done.cancelled()]
+            if gone:
+                await discard(conn, gone)
+                log.info("%d submission(s) cancelled before commit: not queued", len(gone))

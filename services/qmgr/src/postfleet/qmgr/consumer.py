@@ -36,7 +36,10 @@ from postfleet.qmgr.settings import QmgrSettings
 log = logging.getLogger(__name__)
 
 RESULTS = Counter("postfleet_qmgr_recipients_total", "Recipient outcomes applied", ["status"])
-RESULT_ACK_WAIT_S = 30.0
+# A batch fetched by a qmgr that died comes back this long after (applying a
+# batch takes milliseconds); a restarted qmgr waits for such results before
+# taking its old work back (qmgr_takeback_wait covers it).
+RESULT_ACK_WAIT_S = 10.0
 
 
 async def consume_results(

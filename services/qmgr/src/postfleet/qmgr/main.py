@@ -8,6 +8,7 @@ import contextlib
 import logging
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.bus import subjects
@@ -54,7 +55,7 @@ async def run(settings: QmgrSettings) -> None:
                 asyncio.create_task(LeaseKeeper(settings, engine, scheduler).run(svc.stopping),
                                     name="leases"),
             ]
-            await take_back_own_work(settings, engine, caught_up)
+            await take_back_own_work(settings, engine, js, caught_up)
             tasks.append(asyncio.create_task(scheduler.run(svc.stopping), name="scheduler"))
             svc.set_ready(True)
             log.info("qmgr %s running", settings.qmgr_owner)
@@ -67,18 +68,32 @@ async def run(settings: QmgrSettings) -> None:
 
 
 async def take_back_own_work(
-    settings: QmgrSettings, engine: AsyncEngine, caught_up: asyncio.Event
+    settings: QmgrSettings, engine: AsyncEngine, js: JetStreamContext, caught_up: asyncio.Event
 ) -> None:
     """What an earlier life of this qmgr (same qmgr_owner) held becomes
-    claimable now, once the results already on the bus are applied (or
-    qmgr_takeback_wait has passed): a job still in flight then wins over a
-    second attempt, and one still queued is recognised as stale by delivery."""
+    claimable now, once every result already on the bus is applied -- those
+    waiting, and those a dead process had fetched but not acked, which
+    JetStream hands out again after the results' ack wait -- or once
+    qmgr_takeback_wait has passed. A job that finished meanwhile then wins
+    over a second attempt, and one still queued is recognised as stale by
+    delivery. Usually that is at once: a qmgr killed between batches leaves
+    nothing unacked."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(caught_up.wait(), settings.qmgr_takeback_wait)
+        await asyncio.wait_for(_results_settled(js, caught_up), settings.qmgr_takeback_wait)
     taken = await queue.take_back(engine, settings.qmgr_owner)
     if taken:
         log.info("qmgr %s took back %d recipients from its previous run",
                  settings.qmgr_owner, taken)
+
+
+async def _results_settled(js: JetStreamContext, caught_up: asyncio.Event) -> None:
+    await caught_up.wait()
+    while True:
+        with contextlib.suppress(Exception):  # NATS away: ask again
+            info = await js.consumer_info(subjects.RESULTS_STREAM, subjects.RESULTS_CONSUMER)
+            if not info.num_ack_pending and not info.num_pending:
+                return
+        await asyncio.sleep(0.2)
 
 
 def main() -> None:

@@ -55,6 +55,7 @@ class QmgrSettings(CommonSettings):
     qmgr_inflight_timeout: Seconds = 900
     # This qmgr's identity in leases (no "/": it is part of job ids).
     qmgr_owner: str = Field(default_factory=_owner)
-    # At start-up, wait at most this long for the results of jobs still in
-    # flight before taking back the work a previous life of this qmgr held.
-    qmgr_takeback_wait: Seconds = 5
+    # At start-up, wait at most this long for the results already on the bus
+    # (and those a dead process held, back after the results' 10 s ack wait)
+    # before taking back the work a previous life of this qmgr held.
+    qmgr_takeback_wait: Seconds = 15

@@ -115,6 +115,13 @@ async def enqueue(conn: AsyncConnection, messages: Sequence[NewMessage]) -> None
     await conn.execute(insert(Recipient), [r for m in messages for r in m.recipient_rows()])
 
 
+async def discard(conn: AsyncConnection, queue_ids: Sequence[str]) -> None:
+    """Take messages out again in the transaction that enqueued them."""
+    if queue_ids:
+        await conn.execute(delete(Recipient).where(Recipient.queue_id.in_(queue_ids)))
+        await conn.execute(delete(Message).where(Message.queue_id.in_(queue_ids)))
+
+
 # -- content -------------------------------------------------------------------
 
 # Built once; SQLAlchemy caches its compiled form.

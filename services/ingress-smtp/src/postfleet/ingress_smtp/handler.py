@@ -7,7 +7,9 @@ Ok: queued as ID`` only once cleanup has committed it, and ``451 4.3.0`` (or
 cleanup's own refusal) otherwise -- never a 250 on failure (invariant 1).
 
 Postfix parameters: smtpd_recipient_limit, smtpd_relay_restrictions,
-smtpd_recipient_restrictions, smtpd_forbid_bare_newline_exclusions, mynetworks.
+smtpd_recipient_restrictions, smtpd_forbid_bare_newline_exclusions, mynetworks,
+smtpd_client_event_limit_exceptions, smtpd_tls_received_header,
+smtpd_sasl_authenticated_header.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
 from postfleet.ingress_smtp.grammar import reply_line
 from postfleet.ingress_smtp.metrics import ACCEPTED
-from postfleet.ingress_smtp.restrictions import Client, bare_newline_excluded, check_recipient
+from postfleet.ingress_smtp.restrictions import Client, check_recipient, client_listed
 from postfleet.ingress_smtp.session import IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
 from postfleet.ingress_smtp.submit import CleanupClient, ClientInfo, SubmitFailed
+from postfleet.ingress_smtp.tls import tls_received_comments
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,14 @@ class IngressHandler:
         self.cleanup = cleanup
 
     def bare_newline_exempt(self, ip: str) -> bool:
-        return bare_newline_excluded(
+        return client_listed(
             self.routing.snapshot, self.params.smtpd_forbid_bare_newline_exclusions, ip
+        )
+
+    def limits_exempt(self, ip: str) -> bool:
+        """smtpd_client_event_limit_exceptions: clients anvil never counts."""
+        return client_listed(
+            self.routing.snapshot, self.params.smtpd_client_event_limit_exceptions, ip
         )
 
     async def handle_MAIL(
@@ -90,7 +99,8 @@ class IngressHandler:
                 sender=envelope.mail_from,
                 recipients=list(envelope.rcpt_tos),
                 client=ClientInfo(name, session.client_ip, session.client_port, session.helo,
-                                  session.protocol),
+                                  session.protocol, session.sasl_username,
+                                  tuple(self._received_comments(session))),
                 body=envelope.original_content,
                 trace_id=trace_id,
                 body_type=_body_type(envelope.mail_options),
@@ -99,11 +109,22 @@ class IngressHandler:
             log.warning("message from %s not queued: %s", session.describe(), exc,
                         extra={"trace_id": trace_id})
             return reply_line(exc.reply)
-        maillog("smtpd", queue_id, f"client={session.describe()}")
+        sasl = (f", sasl_method={session.sasl_method}, sasl_username={session.sasl_username}"
+                if session.sasl_username else "")
+        maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
         ACCEPTED.labels(self.listener).inc()
         log.info("queued %d bytes for %d recipients", len(envelope.original_content),
                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
         return reply_line(replies.queued_as(queue_id))
+
+    def _received_comments(self, session: IngressSession) -> list[str]:
+        """smtpd_tls_received_header, smtpd_sasl_authenticated_header."""
+        comments: list[str] = []
+        if self.params.smtpd_tls_received_header and session.ssl is not None:
+            comments += tls_received_comments(session.ssl)
+        if self.params.smtpd_sasl_authenticated_header and session.sasl_username:
+            comments.append(f"(Authenticated sender: {session.sasl_username})")
+        return comments
 
     async def handle_PROXY(
         self, server: Any, session: IngressSession, envelope: Any, proxy: ProxyData

@@ -226,8 +226,9 @@ def _error_reply(nexthop: str, recipient: str) -> SmtpReply:
     return replies.recipient_rejected(SmtpReply(550, status, text), recipient)
 
 
-def bare_newline_excluded(snapshot: RoutingSnapshot, exclusions: Sequence[str], ip: str) -> bool:
-    """smtpd_forbid_bare_newline_exclusions: ``$mynetworks`` or CIDR patterns."""
+def client_listed(snapshot: RoutingSnapshot, exclusions: Sequence[str], ip: str) -> bool:
+    """A client list (smtpd_forbid_bare_newline_exclusions,
+    smtpd_client_event_limit_exceptions): ``$mynetworks`` or CIDR patterns."""
     if not ip:
         return False
     for entry in exclusions:

@@ -174,8 +174,8 @@ async def test_brute_force_across_two_ingress_processes(tmp_path, nats_server):
         for proc in procs:
             assert await _auth(proc.smtp_port, "the real one") == (
                 "450 4.7.1 Error: too many AUTH commands from 127.0.0.1")
-        assert "warning: AUTH command rate limit exceeded: 11 from unknown[127.0.0.1]" in (
-            procs[0].log() + procs[1].log())
+        assert ("warning: AUTH command rate limit exceeded: 52 from unknown[127.0.0.1] "
+                "for service smtp") in procs[0].log() + procs[1].log()
     finally:
         for proc in procs:
             proc.stop()

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 
+from postfleet.core.nameservers import dns_client
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
 from postfleet.ingress_smtp.anvil import FleetAnvil
@@ -39,6 +40,7 @@ from postfleet.ingress_smtp.peername import client_name_lookup
 from postfleet.ingress_smtp.protocol import IngressSMTP, Sessions
 from postfleet.ingress_smtp.sasl import SaslBackend, sasl_backend
 from postfleet.ingress_smtp.settings import IngressSettings, Listener, SmtpdParams
+from postfleet.ingress_smtp.smtpd_check import DNS_TIMEOUT, Checks
 from postfleet.ingress_smtp.submit import CleanupClient
 from postfleet.ingress_smtp.tls import ServerTls
 
@@ -57,6 +59,10 @@ class Listeners:
         self.sessions = Sessions()
         # smtpd_peername_lookup's resolver: the system's, or dns_nameservers.
         self.name_lookup = client_name_lookup(settings.dns_nameservers)
+        # The restrictions' DNS (DNS lists, unknown domains): dns_nameservers, or
+        # None for the system's resolver.
+        self.resolver = (dns_client(settings.dns_nameservers, DNS_TIMEOUT)
+                         if settings.dns_nameservers else None)
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
         self._tls: dict[tuple[str, str, str], ServerTls] = {}
@@ -74,7 +80,8 @@ class Listeners:
         loop = asyncio.get_running_loop()
         params = self.settings.params_for(listener)
         handler = IngressHandler(
-            listener=listener.name, params=params, routing=self.routing, cleanup=self.cleanup
+            listener=listener.name, params=params, routing=self.routing, cleanup=self.cleanup,
+            checks=Checks(params, self.routing, self.resolver),
         )
         myhostname = self.settings.myhostname
         tls = self._server_tls(params)

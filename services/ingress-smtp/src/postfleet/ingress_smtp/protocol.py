@@ -41,6 +41,14 @@ counted against smtpd_client_message_rate_limit, _recipient_rate_limit and
 _auth_rate_limit (``450 4.7.1 Error: too much mail from IP``, ...). Clients in
 smtpd_client_event_limit_exceptions are never counted.
 
+Restrictions (``smtpd_check.py``, through the handler): with
+``smtpd_delay_reject = no`` the client list answers instead of the banner
+(and every later command but QUIT hears ``503 5.7.0 Error: access denied
+for NAME[IP]``), the HELO list answers HELO/EHLO, the sender list MAIL;
+smtpd_data_restrictions answer DATA before the 354. Input waiting behind a
+command where pipelining is not allowed flags the session for
+reject_unauth_pipelining, as smtpd_flag_ill_pipelining does.
+
 PROXY protocol (``smtpd_upstream_proxy_protocol = haproxy``): aiosmtpd reads
 the v1/v2 header within ``smtpd_upstream_proxy_timeout`` before anything is
 said (a missing or garbled header closes the connection without a word) and
@@ -104,6 +112,8 @@ _TIMER_RESET_EVERY = 1.0  # seconds between idle-timer resets while DATA streams
 # Postfix's commands without SMTPD_CMD_FLAG_PRE_TLS that this server knows:
 # refused with 530 5.7.0 before STARTTLS at smtpd_tls_security_level = encrypt.
 _NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "RSET", "VRFY", "AUTH"})
+# Postfix's SMTPD_CMD_FLAG_LAST: nothing may be pipelined behind these.
+_LAST_IN_GROUP = frozenset({"HELO", "EHLO", "STARTTLS", "AUTH", "DATA", "NOOP", "VRFY", "QUIT"})
 
 
 class IngressSMTP(SMTP):
@@ -227,6 +237,10 @@ class IngressSMTP(SMTP):
             if not await self._admit():
                 return
             text = f"220 {self._banner}"
+            refusal = await self.event_handler.check_connect(self.smtpd_session())
+            if refusal is not None:  # smtpd_delay_reject = no: instead of the banner
+                self.smtpd_session().access_denied = refusal
+                text = reply_line(refusal)
         text = postfix_text(text)
         code, final = text[:3], text[3:4] != "-"
         failing = code[:1] in ("4", "5")
@@ -387,9 +401,14 @@ class IngressSMTP(SMTP):
             if self.draining and name != "QUIT" and not self.in_transaction:
                 self.hang_up(replies.SHUTTING_DOWN)
                 return
+            session = self.smtpd_session()
+            if session.access_denied is not None and name != "QUIT":
+                await self.reply(about(replies.ACCESS_DENIED, session.describe()))
+                return
             if name in _NEED_TLS and self._tls_missing():
                 await self.reply(MUST_STARTTLS)
                 return
+            self._flag_pipelining(name)
             self._busy = True
             try:
                 await method(arg)
@@ -400,12 +419,29 @@ class IngressSMTP(SMTP):
 
         return run
 
+    def _flag_pipelining(self, name: str) -> None:
+        """reject_unauth_pipelining's flag (smtpd_flag_ill_pipelining): input
+        already waiting behind a command of a client that did not say EHLO, or
+        behind a command that must end a pipelined group."""
+        session = self.smtpd_session()
+        if session.pipelined or not (not session.extended_smtp or name in _LAST_IN_GROUP):
+            return
+        waiting: bytearray = self._reader._buffer  # type: ignore[attr-defined]
+        if waiting:
+            session.pipelined = True
+            log.info("improper command pipelining after %s from %s: %r", name,
+                     session.describe(), bytes(waiting[:100]))
+
     # -- commands ----------------------------------------------------------------
     async def _hello(self, hostname: str | None, *, extended: bool) -> bool:
         """What HELO and EHLO share: the syntax check, then a new transaction
         and the client's name; False when the command was refused."""
         if not hostname:
             await self.reply(replies.EHLO_SYNTAX if extended else replies.HELO_SYNTAX)
+            return False
+        refusal = await self.event_handler.check_helo(self.smtpd_session(), hostname)
+        if refusal is not None:
+            await self.reply(refusal)
             return False
         self._set_rset_state()
         session = self.smtpd_session()
@@ -517,6 +553,10 @@ class IngressSMTP(SMTP):
             return
         if arg:
             await self.reply(replies.DATA_SYNTAX)
+            return
+        refusal = await self.event_handler.check_data(self.smtpd_session(), self.transaction())
+        if refusal is not None:
+            await self.reply(refusal)
             return
         await self.reply(replies.DATA_GO)
         result = await self._read_content()

@@ -5,8 +5,11 @@ smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
 smtpd_banner, mail_name, smtpd_hard_error_limit, smtpd_soft_error_limit,
 smtpd_error_sleep_time, line_length_limit, smtpd_forbid_bare_newline,
 smtpd_forbid_bare_newline_exclusions, smtpd_helo_required,
-smtpd_peername_lookup, smtpd_relay_restrictions,
-smtpd_recipient_restrictions, smtpd_tls_security_level, smtpd_tls_cert_file,
+smtpd_peername_lookup, smtpd_client_restrictions, smtpd_helo_restrictions,
+smtpd_sender_restrictions, smtpd_relay_restrictions,
+smtpd_recipient_restrictions, smtpd_data_restrictions,
+smtpd_end_of_data_restrictions, smtpd_delay_reject, smtpd_sender_login_maps,
+smtpd_tls_security_level, smtpd_tls_cert_file,
 smtpd_tls_key_file, smtpd_tls_protocols, smtpd_tls_mandatory_protocols,
 smtpd_tls_wrappermode, smtpd_starttls_timeout, smtpd_upstream_proxy_protocol,
 smtpd_upstream_proxy_timeout, smtpd_sasl_auth_enable, smtpd_sasl_type,
@@ -52,9 +55,9 @@ from postfleet.ingress_smtp.restrictions import (
     DEFAULT_RELAY_RESTRICTIONS,
     check_no_open_relay,
     parse_network,
-    validate_restrictions,
 )
 from postfleet.ingress_smtp.sasl import parse_dovecot_path
+from postfleet.ingress_smtp.smtpd_check import LIST_PARAMETERS, validate
 from postfleet.ingress_smtp.tls import protocol_range
 
 MAIL_NAME = "postfleet"
@@ -109,6 +112,16 @@ class SmtpdParams(BaseModel):
         default_factory=lambda: list(DEFAULT_RELAY_RESTRICTIONS)
     )
     smtpd_recipient_restrictions: PostfixList = Field(default_factory=list)
+    # The other restriction lists (smtpd_check.py), Postfix's defaults (empty).
+    smtpd_client_restrictions: PostfixList = Field(default_factory=list)
+    smtpd_helo_restrictions: PostfixList = Field(default_factory=list)
+    smtpd_sender_restrictions: PostfixList = Field(default_factory=list)
+    smtpd_data_restrictions: PostfixList = Field(default_factory=list)
+    smtpd_end_of_data_restrictions: PostfixList = Field(default_factory=list)
+    # Client, HELO and sender restrictions wait for RCPT TO.
+    smtpd_delay_reject: bool = True
+    # sender address -> the SASL login names that may use it (lookup tables).
+    smtpd_sender_login_maps: PostfixList = Field(default_factory=list)
     # TLS (tls.py). "" = none, as in Postfix: a certificate alone enables nothing.
     smtpd_tls_security_level: TlsLevel = ""
     smtpd_tls_cert_file: str = ""
@@ -151,10 +164,18 @@ class SmtpdParams(BaseModel):
     # 1 and more: the mail log says which TLS protocol and cipher each session used.
     smtpd_tls_loglevel: int = Field(default=0, ge=0, le=4)
 
-    @field_validator("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+    @field_validator(*LIST_PARAMETERS)
     @classmethod
     def _known(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        return validate_restrictions(info.field_name or "restrictions", value)
+        return validate(info.field_name or "restrictions", value)
+
+    @field_validator("smtpd_sender_login_maps")
+    @classmethod
+    def _tables(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            if ":" not in spec:
+                raise ValueError(f"{spec!r} is not a lookup table (type:name)")
+        return value
 
     @field_validator("smtpd_forbid_bare_newline_exclusions",
                      "smtpd_client_event_limit_exceptions")

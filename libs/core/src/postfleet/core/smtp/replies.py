@@ -132,6 +132,8 @@ AUTH_IN_TRANSACTION = SmtpReply(503, "5.5.1", "Error: MAIL transaction in progre
 ALREADY_AUTHENTICATED = SmtpReply(503, "5.5.1", "Error: already authenticated")
 SASL_RESPONSE_TOO_LONG = SmtpReply(500, "5.5.6", "SASL response limit exceeded")
 MULTIPLE_AUTH_PARAM = SmtpReply(503, "5.5.4", "Error: multiple AUTH= options")
+# smtpd_client_restrictions refused the client (smtpd_delay_reject = no): + " name[ip]".
+ACCESS_DENIED = SmtpReply(503, "5.7.0", "Error: access denied for")
 # anvil limits (smtpd.c): the text ends with the client's address.
 TOO_MUCH_MAIL = SmtpReply(450, "4.7.1", "Error: too much mail from")
 TOO_MANY_RCPTS_FROM = SmtpReply(450, "4.7.1", "Error: too many recipients from")

@@ -327,6 +327,56 @@ def test_ingress_env_is_what_the_role_reads(chart, monkeypatch):
     assert all(p.smtpd_upstream_proxy_protocol == "haproxy" for p in params.values())
 
 
+def test_submission_and_smtps_require_auth_with_tls_and_sasl(chart, monkeypatch):
+    """Postfix's master.cf submission and smtps services as the chart's defaults."""
+    from postfleet.ingress_smtp.settings import IngressSettings
+
+    deployments = chart.objects(
+        "default", "Deployment", "--set", "ingressSmtp.tls.secretName=mx-tls",
+        "--set", "ingressSmtp.sasl.usersSecret.name=smtp-users")
+    ingress = deployments["ingress-smtp"]
+    env = env_of(ingress)
+    listeners = {x["name"]: x for x in json.loads(env["POSTFLEET_LISTENERS"]["value"])}
+    relay = "permit_sasl_authenticated, reject"
+    assert listeners["submission"]["overrides"] == {
+        "smtpd_tls_security_level": "encrypt", "smtpd_sasl_auth_enable": True,
+        "smtpd_relay_restrictions": relay}
+    assert listeners["smtps"]["overrides"] == {
+        "smtpd_tls_wrappermode": True, "smtpd_sasl_auth_enable": True,
+        "smtpd_relay_restrictions": relay}
+    assert "overrides" not in listeners["smtp"]  # port 25 stays as it was
+    assert env["POSTFLEET_SMTPD_SASL_TYPE"]["value"] == "builtin"
+    path = env["POSTFLEET_SMTPD_SASL_PATH"]["value"]
+    mount = next(m for m in container(ingress)["volumeMounts"]
+                 if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in ingress["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == mount["name"])
+    assert mount["readOnly"] and volume["secret"]["secretName"] == "smtp-users"
+    assert volume["secret"]["items"] == [{"key": "users", "path": Path(path).name}]
+    # ... and the role reads them as meant.
+    for name in [n for n in os.environ if n.startswith("POSTFLEET_")]:
+        monkeypatch.delenv(name)
+    for entry in container(ingress)["env"]:
+        if "value" in entry:
+            monkeypatch.setenv(entry["name"], entry["value"])
+    settings = IngressSettings()
+    params = {x.name: settings.params_for(x) for x in settings.listeners}
+    assert params["submission"].auth_needs_tls() and params["smtps"].smtpd_tls_wrappermode
+    assert not params["smtp"].smtpd_sasl_auth_enable
+    assert params["submission"].smtpd_relay_restrictions == ["permit_sasl_authenticated", "reject"]
+
+    dovecot = chart.objects(
+        "default", "Deployment", "--set", "ingressSmtp.tls.secretName=mx-tls",
+        "--set", "ingressSmtp.sasl.type=dovecot",
+        "--set", "ingressSmtp.sasl.dovecotPath=inet:dovecot-auth:12345")
+    env = env_of(dovecot["ingress-smtp"])
+    assert env["POSTFLEET_SMTPD_SASL_PATH"]["value"] == "inet:dovecot-auth:12345"
+    # Without SASL (or TLS) the submission ports are left as they were.
+    plain = chart.objects("default", "Deployment", "--set", "ingressSmtp.tls.secretName=mx-tls")
+    listeners = json.loads(env_value(plain["ingress-smtp"], "POSTFLEET_LISTENERS"))
+    assert not any("smtpd_sasl_auth_enable" in x.get("overrides", {}) for x in listeners)
+
+
 def test_listener_overrides_reach_the_role(chart):
     deployments = chart.objects(
         "default", "Deployment", "--set",

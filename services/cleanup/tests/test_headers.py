@@ -37,3 +37,17 @@ def test_folded_headers_stay_in_the_header_block() -> None:
     raw = b"Subject: a\r\n  folded\r\nX: y\r\n\r\nb\r\n"
     end, blank = header_block_end(raw)
     assert blank and raw[end:] == b"\r\nb\r\n"
+
+
+def test_smtpd_comments_sit_between_from_and_by() -> None:
+    out = fix_up(b"Subject: s\r\n\r\nb\r\n", recipients=["a@b"], comments=[
+        "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))",
+        "(No client certificate requested)",
+        "(Authenticated sender: we(ird\x07)", "unbalanced) (", ], **KW)
+    assert out.startswith(
+        b"Received: from client.test (unknown [127.0.0.1])\r\n"
+        b"\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n"
+        b"\t(No client certificate requested)\r\n"
+        b"\t(Authenticated sender: we(ird?))\r\n"
+        b"\t(unbalanced? ())\r\n"
+        b"\tby mx.test (postfleet) with ESMTP id QID1\r\n")

@@ -25,6 +25,7 @@ from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp.replies import SmtpReply
 from postfleet.core.testing.resolver_guard import SystemResolverGuard
+from postfleet.ingress_smtp.anvil import FleetAnvil
 from postfleet.ingress_smtp.listeners import Listeners
 from postfleet.ingress_smtp.settings import IngressSettings, Listener
 from postfleet.ingress_smtp.submit import CleanupClient
@@ -125,13 +126,15 @@ MakeIngress = Callable[..., Awaitable[Ingress]]
 
 @pytest.fixture
 async def make_ingress(cleanup: CleanupServer) -> AsyncIterator[MakeIngress]:
-    """Start the listeners in-process: make_ingress(snapshot=..., overrides={...}, **settings)."""
+    """Start the listeners in-process: make_ingress(snapshot=..., overrides={...},
+    anvil=..., **settings); without an anvil no client limits apply."""
     started: list[tuple[Listeners, Any]] = []
 
     async def make(
         snapshot: RoutingSnapshot | None = None,
         overrides: dict[str, Any] | None = None,
         cleanup_address: str | None = None,
+        anvil: FleetAnvil | None = None,
         **values: Any,
     ) -> Ingress:
         values.setdefault("smtpd_peername_lookup", False)
@@ -145,7 +148,8 @@ async def make_ingress(cleanup: CleanupServer) -> AsyncIterator[MakeIngress]:
         )
         routing = RoutingView(snapshot)
         channel = grpc.aio.insecure_channel(settings.cleanup_address)
-        listeners = Listeners(settings, routing, CleanupClient(channel, settings.cleanup_timeout))
+        listeners = Listeners(settings, routing, CleanupClient(channel, settings.cleanup_timeout),
+                              anvil)
         await listeners.start()
         started.append((listeners, channel))
         return Ingress(listeners, routing, settings)

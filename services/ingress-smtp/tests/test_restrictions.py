@@ -8,8 +8,8 @@ from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.ingress_smtp.restrictions import (
     DEFAULT_RELAY_RESTRICTIONS,
     Client,
-    bare_newline_excluded,
     check_recipient,
+    client_listed,
     normalize_ip,
 )
 
@@ -70,9 +70,9 @@ def test_defer_and_reject_variants() -> None:
 def test_ipv4_mapped_client_matches_mynetworks() -> None:
     assert normalize_ip("::ffff:10.1.2.3") == "10.1.2.3"
     snapshot = RoutingSnapshot(mynetworks=["10.0.0.0/8"])
-    assert bare_newline_excluded(snapshot, ["$mynetworks"], "10.1.2.3")
-    assert not bare_newline_excluded(snapshot, ["$mynetworks"], "192.0.2.1")
-    assert bare_newline_excluded(snapshot, ["192.0.2.0/24"], "192.0.2.1")
+    assert client_listed(snapshot, ["$mynetworks"], "10.1.2.3")
+    assert not client_listed(snapshot, ["$mynetworks"], "192.0.2.1")
+    assert client_listed(snapshot, ["192.0.2.0/24"], "192.0.2.1")
 
 
 # -- recipient tables at RCPT time (reject_unlisted_recipient) -----------------------

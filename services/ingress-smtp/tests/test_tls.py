@@ -312,3 +312,38 @@ def test_protocol_range(value: str, expected: tuple[str, str]) -> None:
 def test_protocol_range_refuses(value: str) -> None:
     with pytest.raises(ValueError):
         tls.protocol_range(value)
+
+
+async def test_tls_facts_in_the_mail_log_and_received(
+    make_ingress, dialogs, cleanup, pki, smtp_transaction, caplog
+) -> None:
+    ingress = await make_ingress(smtpd_tls_loglevel=1, smtpd_tls_received_header=True,
+                                 **tls_values(pki))
+    d = await dialogs(ingress.port())
+    await d.cmd("EHLO client.test")
+    await d.cmd("STARTTLS")
+    with caplog.at_level(logging.INFO, logger="postfleet.maillog"):
+        await d.start_tls(pki.client_context())
+        assert (await smtp_transaction(d, "a@b.example", ["c@d.example"], BODY)).startswith(
+            "250 2.0.0 Ok: queued as")
+    [line] = [r.getMessage() for r in caplog.records if "TLS connection" in r.getMessage()]
+    assert line.endswith("Anonymous TLS connection established from unknown[127.0.0.1]: "
+                         "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"), line
+    assert line.startswith("postfleet/smtpd[")
+    [got] = cleanup.servicer.submitted
+    assert list(got.envelope.client.received_comments) == [
+        "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))",
+        "(No client certificate requested)"]
+
+
+async def test_no_tls_facts_by_default(make_ingress, dialogs, cleanup, pki, smtp_transaction,
+                                       caplog) -> None:
+    ingress = await make_ingress(**tls_values(pki))  # smtpd_tls_loglevel = 0, header = no
+    d = await dialogs(ingress.port())
+    await d.cmd("EHLO client.test")
+    await d.cmd("STARTTLS")
+    with caplog.at_level(logging.INFO, logger="postfleet.maillog"):
+        await d.start_tls(pki.client_context())
+        await smtp_transaction(d, "a@b.example", ["c@d.example"], BODY)
+    assert not [r for r in caplog.records if "TLS connection" in r.getMessage()]
+    assert list(cleanup.servicer.submitted[0].envelope.client.received_comments) == []

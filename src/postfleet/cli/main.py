@@ -27,6 +27,9 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
                                       config and MailDomain/Transport resources
   postfleet queue list|show|flush|hold|release|requeue|delete
                                       mailq / postqueue / postsuper
+  postfleet user add|del|list [NAME] --file FILE
+                                      the built-in SASL user table
+                                      (smtpd_sasl_type = builtin)
 """
 
 
@@ -83,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
                        "var/run.json written by `run all`)")
     queue.add_argument("--var-dir", type=Path, default=Path("var"))
     queue.add_argument("--json", action="store_true", help="print the API's JSON")
+
+    user = sub.add_parser(
+        "user", help="manage the built-in SASL user table (smtpd_sasl_type = builtin)",
+        description="Add (or change the password of), delete or list the users of the "
+        "built-in SASL table: a Dovecot passwd-file with Argon2id hashes, which "
+        "ingress-smtp reads as smtpd_sasl_path. add asks for the password twice on a "
+        "terminal, or reads one line from standard input with --password-stdin.")
+    user.add_argument("action", choices=["add", "del", "list"])
+    user.add_argument("name", nargs="?", help="the login name (add, del)")
+    user.add_argument("--file", type=Path, default=os.environ.get("POSTFLEET_SMTPD_SASL_PATH"),
+                      help="the table (default: POSTFLEET_SMTPD_SASL_PATH)")
+    user.add_argument("--password-stdin", action="store_true",
+                      help="read the password from the first line of standard input")
     return p
 
 
@@ -186,10 +202,18 @@ def _queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user(args: argparse.Namespace) -> int:
+    from postfleet.cli.users import manage_users
+
+    if not args.file:
+        raise SystemExit("which user table? pass --file or set POSTFLEET_SMTPD_SASL_PATH")
+    return manage_users(args.action, args.name, Path(args.file), args.password_stdin)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "routes": _routes, "route": _route, "queue": _queue,
-                "import-postfix": _import_postfix}
+                "import-postfix": _import_postfix, "user": _user}
     return handlers[args.command](args)
 
 

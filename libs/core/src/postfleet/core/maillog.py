@@ -23,6 +23,12 @@ def maillog(program: str, queue_id: str, text: str) -> None:
     )
 
 
+def maillog_event(program: str, text: str, *, level: int = logging.INFO) -> None:
+    """A line that belongs to no queue file: ``postfleet/smtpd[pid]: text``
+    (TLS sessions, SASL failures, anvil limits; warnings start "warning: ")."""
+    log.log(level, "postfleet/%s[%d]: %s", program, os.getpid(), text)
+
+
 def delivery_line(
     *, address: str, orig: str = "", relay: str, delay: float, dsn: str, status: str,
     reply: str,

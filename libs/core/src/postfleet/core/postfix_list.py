@@ -18,12 +18,14 @@ from typing import Annotated
 from pydantic import BeforeValidator
 from pydantic_settings import NoDecode
 
-_SPLIT = re.compile(r"[,\s]+")
+# A word, where "{...}" (braces may nest) stays one piece with its spaces, as
+# Postfix's mystrtokq: "check_client_access inline:{ a=OK, b=REJECT }".
+_WORD = re.compile(r"(?:[^,\s{]|\{(?:[^{}]|\{[^{}]*\})*\})+")
 
 
 def split_list(text: str) -> list[str]:
-    """ "a, b c" -> ["a", "b", "c"] """
-    return [v for v in _SPLIT.split(text.strip()) if v]
+    """ "a, b c" -> ["a", "b", "c"]; "x:{ a=1, b=2 }" stays one value."""
+    return _WORD.findall(text)
 
 
 def postfix_list(value: object) -> object:

@@ -1,6 +1,10 @@
 """Header fix-ups, as Postfix's cleanup does them: prepend Received, add
 Message-ID and Date when missing.
 
+The Received: header is smtpd's in Postfix; here cleanup writes it from what
+ingress-smtp sends, including the comment lines smtpd chose (TLS session,
+authenticated sender) between the "from" and the "by" lines.
+
 Postfix parameters: myhostname (in Received and Message-ID).
 The header block is scanned by hand, not with the email package: the body
 must pass through byte for byte (no re-folding, no charset games), and only
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from email.utils import formatdate
 
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
@@ -43,13 +48,33 @@ def header_names(headers: bytes) -> set[str]:
     return names
 
 
+def _comment(text: str) -> str:
+    """One comment line as smtpd's comment_sanitize leaves it: printable ASCII,
+    balanced parentheses (anything else becomes '?')."""
+    clean = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    inner = clean[1:-1] if clean.startswith("(") and clean.endswith(")") else clean
+    depth = 0
+    kept = []
+    for ch in inner:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            if depth == 0:
+                ch = "?"
+            else:
+                depth -= 1
+        kept.append(ch)
+    return "(" + "".join(kept) + ")" * (depth + 1)
+
+
 def received_header(
     *, queue_id: str, myhostname: str, helo: str, client_name: str, client_addr: str,
-    protocol: str, recipients: list[str], now: float,
+    protocol: str, recipients: list[str], now: float, comments: Sequence[str] = (),
 ) -> bytes:
     """Postfix's Received: header, folded as Postfix folds it."""
+    notes = "".join(f"\t{_comment(c)}\r\n" for c in comments)
     text = (
-        f"Received: from {helo or client_name} ({client_name} [{client_addr}])\r\n"
+        f"Received: from {helo or client_name} ({client_name} [{client_addr}])\r\n{notes}"
         f"\tby {myhostname} (postfleet) with {protocol or 'ESMTP'} id {queue_id}"
         if client_addr
         else f"Received: by {myhostname} (postfleet) with {protocol or 'ESMTP'} id {queue_id}"
@@ -64,6 +89,7 @@ def received_header(
 def fix_up(
     body: bytes, *, queue_id: str, myhostname: str, helo: str, client_name: str,
     client_addr: str, protocol: str, recipients: list[str], now: float | None = None,
+    comments: Sequence[str] = (),
 ) -> bytes:
     """Return the message with Received prepended and Message-ID/Date added."""
     now = time.time() if now is None else now
@@ -81,5 +107,6 @@ def fix_up(
     received = received_header(
         queue_id=queue_id, myhostname=myhostname, helo=helo, client_name=client_name,
         client_addr=client_addr, protocol=protocol, recipients=recipients, now=now,
+        comments=comments,
     )
     return received + body[:end] + added + separator + body[end:]

@@ -119,7 +119,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             raw, queue_id=queue_id, myhostname=self.settings.myhostname, helo=client.helo,
             client_name=client.name or "unknown", client_addr=client.address,
             protocol=client.protocol, recipients=[r.address for r in env.recipients],
-            now=now_ts,
+            now=now_ts, comments=list(client.received_comments),
         )
         lifetime = (self.settings.bounce_queue_lifetime if not env.sender
                     else self.settings.maximal_queue_lifetime)

@@ -1,13 +1,19 @@
 """ingress-smtp: the aiosmtpd handler -- smtpd's policy and its hand-off to cleanup.
 
-RCPT: smtpd_recipient_limit, then the relay decision (``restrictions.py``)
-on the routing snapshot in force at that moment (it changes live, DESIGN
-invariant 6). DATA: the message goes to cleanup; the client hears ``250 2.0.0
-Ok: queued as ID`` only once cleanup has committed it, and ``451 4.3.0`` (or
-cleanup's own refusal) otherwise -- never a 250 on failure (invariant 1).
+RCPT: smtpd_recipient_limit, then the restriction lists (``smtpd_check.py``:
+client, HELO and sender lists too with smtpd_delay_reject, then relay and
+recipient lists and reject_unlisted_recipient) on the routing snapshot in
+force at that moment (it changes live, DESIGN invariant 6). The protocol asks
+the handler for the other stages: connect, HELO and MAIL (without
+smtpd_delay_reject), DATA, and end-of-data before the message goes out.
+DATA: the message goes to cleanup; the client hears ``250 2.0.0 Ok: queued
+as ID`` only once cleanup has committed it, and ``451 4.3.0`` (or cleanup's
+own refusal) otherwise -- never a 250 on failure (invariant 1).
 
-Postfix parameters: smtpd_recipient_limit, smtpd_relay_restrictions,
-smtpd_recipient_restrictions, smtpd_forbid_bare_newline_exclusions, mynetworks.
+Postfix parameters: smtpd_recipient_limit, smtpd_delay_reject (the
+restriction lists themselves: smtpd_check.py), smtpd_forbid_bare_newline_exclusions, mynetworks,
+smtpd_client_event_limit_exceptions, smtpd_tls_received_header,
+smtpd_sasl_authenticated_header.
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ from aiosmtpd.proxy_protocol import ProxyData
 from postfleet.core.maillog import maillog
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
+from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp.grammar import reply_line
 from postfleet.ingress_smtp.metrics import ACCEPTED
-from postfleet.ingress_smtp.restrictions import Client, bare_newline_excluded, check_recipient
+from postfleet.ingress_smtp.restrictions import client_listed
 from postfleet.ingress_smtp.session import IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
+from postfleet.ingress_smtp.smtpd_check import Checks, Facts
 from postfleet.ingress_smtp.submit import CleanupClient, ClientInfo, SubmitFailed
+from postfleet.ingress_smtp.tls import tls_received_comments
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +44,74 @@ class IngressHandler:
     """One per listener (its parameters may differ, like master.cf -o)."""
 
     def __init__(
-        self, *, listener: str, params: SmtpdParams, routing: RoutingView, cleanup: CleanupClient
+        self, *, listener: str, params: SmtpdParams, routing: RoutingView, cleanup: CleanupClient,
+        checks: Checks,
     ) -> None:
         self.listener = listener
         self.params = params
         self.routing = routing
         self.cleanup = cleanup
+        self.checks = checks
+
+    # -- restriction stages -------------------------------------------------------------
+    async def facts(self, session: IngressSession, sender: str | None = None,
+                    recipient: str | None = None) -> Facts:
+        return Facts(session.client_ip, await session.resolved_name(), session.helo, sender,
+                     recipient, session.sasl_username, session.pipelined)
+
+    async def check_connect(self, session: IngressSession) -> SmtpReply | None:
+        """smtpd_client_restrictions when smtpd_delay_reject = no."""
+        if self.checks.delay_reject:
+            return None
+        return self._logged(await self.checks.client(await self.facts(session)), "CONNECT",
+                            session)
+
+    async def check_helo(self, session: IngressSession, helo: str) -> SmtpReply | None:
+        if self.checks.delay_reject:
+            return None
+        facts = await self.facts(session)
+        facts.helo = helo
+        return self._logged(await self.checks.helo(facts), "HELO", session)
+
+    async def check_data(self, session: IngressSession, envelope: Any) -> SmtpReply | None:
+        facts = await self.facts(session, envelope.mail_from,
+                                 envelope.rcpt_tos[0] if envelope.rcpt_tos else None)
+        return self._logged(await self.checks.data(facts, len(envelope.rcpt_tos)), "DATA",
+                            session, envelope)
+
+    def _logged(self, refusal: SmtpReply | None, where: str, session: IngressSession,
+                envelope: Any = None, recipient: str = "") -> SmtpReply | None:
+        """Postfix's "NOQUEUE: reject: RCPT from name[ip]: 554 ...; from=<> to=<>" line."""
+        if refusal is not None:
+            sender = "" if envelope is None else f" from=<{envelope.mail_from}>"
+            to = f" to=<{recipient}>" if recipient else ""
+            maillog("smtpd", "NOQUEUE",
+                    f"reject: {where} from {session.describe()}: {reply_line(refusal)};"
+                    f"{sender}{to} proto={session.protocol} helo=<{session.helo}>")
+        return refusal
 
     def bare_newline_exempt(self, ip: str) -> bool:
-        return bare_newline_excluded(
+        return client_listed(
             self.routing.snapshot, self.params.smtpd_forbid_bare_newline_exclusions, ip
+        )
+
+    def limits_exempt(self, ip: str) -> bool:
+        """smtpd_client_event_limit_exceptions: clients anvil never counts."""
+        return client_listed(
+            self.routing.snapshot, self.params.smtpd_client_event_limit_exceptions, ip
         )
 
     async def handle_MAIL(
         self, server: Any, session: IngressSession, envelope: Any, address: str,
         options: list[str],
     ) -> str:
+        if not self.checks.delay_reject:
+            refusal = await self.checks.sender(await self.facts(session, address))
+            if refusal is not None:
+                envelope.mail_from = address
+                self._logged(refusal, "MAIL", session, envelope)
+                envelope.mail_from = None
+                return reply_line(refusal)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return reply_line(replies.SENDER_OK)
@@ -63,26 +124,21 @@ class IngressHandler:
         if limit and len(envelope.rcpt_tos) >= limit:
             session.rcpt_overshoot += 1
             return reply_line(replies.TOO_MANY_RECIPIENTS)
-        refusal = check_recipient(
-            self.routing.snapshot,
-            Client(session.client_ip, session.sasl_username),
-            address,
-            relay_restrictions=self.params.smtpd_relay_restrictions,
-            recipient_restrictions=self.params.smtpd_recipient_restrictions,
-        )
+        refusal = await self.checks.recipient(
+            await self.facts(session, envelope.mail_from, address))
         if refusal is not None:
-            await session.resolved_name()
-            maillog(
-                "smtpd", "NOQUEUE",
-                f"reject: RCPT from {session.describe()}: {reply_line(refusal)}; "
-                f"from=<{envelope.mail_from}> to=<{address}> proto={session.protocol} "
-                f"helo=<{session.helo}>",
-            )
+            self._logged(refusal, "RCPT", session, envelope, address)
             return reply_line(refusal)
         envelope.rcpt_tos.append(address)
         return reply_line(replies.RCPT_OK)
 
     async def handle_DATA(self, server: Any, session: IngressSession, envelope: Any) -> str:
+        facts = await self.facts(session, envelope.mail_from,
+                                 envelope.rcpt_tos[0] if envelope.rcpt_tos else None)
+        refusal = self._logged(await self.checks.end_of_data(facts, len(envelope.rcpt_tos)),
+                               "END-OF-MESSAGE", session, envelope)
+        if refusal is not None:
+            return reply_line(refusal)
         trace_id = uuid.uuid4().hex
         name = await session.resolved_name()
         try:
@@ -90,7 +146,8 @@ class IngressHandler:
                 sender=envelope.mail_from,
                 recipients=list(envelope.rcpt_tos),
                 client=ClientInfo(name, session.client_ip, session.client_port, session.helo,
-                                  session.protocol),
+                                  session.protocol, session.sasl_username,
+                                  tuple(self._received_comments(session))),
                 body=envelope.original_content,
                 trace_id=trace_id,
                 body_type=_body_type(envelope.mail_options),
@@ -99,11 +156,22 @@ class IngressHandler:
             log.warning("message from %s not queued: %s", session.describe(), exc,
                         extra={"trace_id": trace_id})
             return reply_line(exc.reply)
-        maillog("smtpd", queue_id, f"client={session.describe()}")
+        sasl = (f", sasl_method={session.sasl_method}, sasl_username={session.sasl_username}"
+                if session.sasl_username else "")
+        maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
         ACCEPTED.labels(self.listener).inc()
         log.info("queued %d bytes for %d recipients", len(envelope.original_content),
                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
         return reply_line(replies.queued_as(queue_id))
+
+    def _received_comments(self, session: IngressSession) -> list[str]:
+        """smtpd_tls_received_header, smtpd_sasl_authenticated_header."""
+        comments: list[str] = []
+        if self.params.smtpd_tls_received_header and session.ssl is not None:
+            comments += tls_received_comments(session.ssl)
+        if self.params.smtpd_sasl_authenticated_header and session.sasl_username:
+            comments.append(f"(Authenticated sender: {session.sasl_username})")
+        return comments
 
     async def handle_PROXY(
         self, server: Any, session: IngressSession, envelope: Any, proxy: ProxyData

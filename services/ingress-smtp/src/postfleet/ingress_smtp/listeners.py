@@ -8,6 +8,11 @@ is left after ``drain_timeout`` is closed with the same 421. A client that
 hears 421 retries elsewhere, so nothing acknowledged is lost and nothing
 unacknowledged is kept.
 
+SASL: listeners with smtpd_sasl_auth_enable share one backend per
+smtpd_sasl_type, smtpd_sasl_path and smtpd_sasl_service. anvil: one
+FleetAnvil (NATS KV) for all listeners, or None (no limits, as Postfix's
+smtpd without anvil) when the caller has no bus.
+
 TLS: each listener whose smtpd_tls_security_level is not none (or that is
 in wrapper mode) gets its certificate loaded at start -- a missing or broken
 one stops the role -- and listeners with the same certificate and protocol
@@ -15,7 +20,8 @@ range share one ``ServerTls`` (one reload check).
 
 Postfix parameters: the per-listener overrides of every smtpd parameter;
 smtpd_tls_cert_file, smtpd_tls_key_file, smtpd_tls_protocols,
-smtpd_tls_mandatory_protocols. postfleet's own: dns_nameservers (the
+smtpd_tls_mandatory_protocols, smtpd_sasl_auth_enable, smtpd_sasl_type,
+smtpd_sasl_path, smtpd_sasl_service. postfleet's own: dns_nameservers (the
 resolver of smtpd_peername_lookup, one for every listener),
 ingress_reuse_port (several processes on the same ports).
 """
@@ -26,12 +32,16 @@ import asyncio
 import contextlib
 import logging
 
+from postfleet.core.nameservers import dns_client
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
+from postfleet.ingress_smtp.anvil import FleetAnvil
 from postfleet.ingress_smtp.handler import IngressHandler
 from postfleet.ingress_smtp.peername import client_name_lookup
 from postfleet.ingress_smtp.protocol import IngressSMTP, Sessions
+from postfleet.ingress_smtp.sasl import SaslBackend, sasl_backend
 from postfleet.ingress_smtp.settings import IngressSettings, Listener, SmtpdParams
+from postfleet.ingress_smtp.smtpd_check import DNS_TIMEOUT, Checks
 from postfleet.ingress_smtp.submit import CleanupClient
 from postfleet.ingress_smtp.tls import ServerTls
 
@@ -40,17 +50,24 @@ log = logging.getLogger(__name__)
 
 class Listeners:
     def __init__(
-        self, settings: IngressSettings, routing: RoutingView, cleanup: CleanupClient
+        self, settings: IngressSettings, routing: RoutingView, cleanup: CleanupClient,
+        anvil: FleetAnvil | None = None,
     ) -> None:
         self.settings = settings
+        self.anvil = anvil
         self.routing = routing
         self.cleanup = cleanup
         self.sessions = Sessions()
         # smtpd_peername_lookup's resolver: the system's, or dns_nameservers.
         self.name_lookup = client_name_lookup(settings.dns_nameservers)
+        # The restrictions' DNS (DNS lists, unknown domains): dns_nameservers, or
+        # None for the system's resolver.
+        self.resolver = (dns_client(settings.dns_nameservers, DNS_TIMEOUT)
+                         if settings.dns_nameservers else None)
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
         self._tls: dict[tuple[str, str, str], ServerTls] = {}
+        self._sasl: dict[tuple[str, str, str], SaslBackend] = {}
 
     async def start(self) -> None:
         try:
@@ -64,16 +81,19 @@ class Listeners:
         loop = asyncio.get_running_loop()
         params = self.settings.params_for(listener)
         handler = IngressHandler(
-            listener=listener.name, params=params, routing=self.routing, cleanup=self.cleanup
+            listener=listener.name, params=params, routing=self.routing, cleanup=self.cleanup,
+            checks=Checks(params, self.routing, self.resolver),
         )
         myhostname = self.settings.myhostname
         tls = self._server_tls(params)
+        sasl = self._sasl_backend(params)
 
         def session() -> IngressSMTP:
             return IngressSMTP(
                 handler, params=params, myhostname=myhostname, listener=listener.name,
                 sessions=self.sessions, bare_newline_exempt=handler.bare_newline_exempt,
-                tls=tls, name_lookup=self.name_lookup, loop=loop,
+                tls=tls, name_lookup=self.name_lookup, sasl=sasl, anvil=self.anvil,
+                limits_exempt=handler.limits_exempt, loop=loop,
             )
 
         server = await loop.create_server(
@@ -97,6 +117,15 @@ class Listeners:
         if key not in self._tls:
             self._tls[key] = ServerTls(*key)
         return self._tls[key]
+
+    def _sasl_backend(self, params: SmtpdParams) -> SaslBackend | None:
+        """smtpd_sasl_type/path/service: one backend per distinct triple."""
+        if not params.smtpd_sasl_auth_enable:
+            return None
+        key = (params.smtpd_sasl_type, params.smtpd_sasl_path, params.smtpd_sasl_service)
+        if key not in self._sasl:
+            self._sasl[key] = sasl_backend(*key)
+        return self._sasl[key]
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let sessions finish up to ``timeout``, close the rest."""

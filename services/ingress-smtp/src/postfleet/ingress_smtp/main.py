@@ -1,6 +1,6 @@
 """ingress-smtp (Postfix smtpd) wiring: the cleanup channel, the listeners,
-health and drain on the shared runtime (bus and routing view; smtpd never
-touches the queue store). Nothing else lives here."""
+the fleet's anvil on the bus, health and drain on the shared runtime (bus and
+routing view; smtpd never touches the queue store). Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import grpc
 
 from postfleet.core.runtime import role_runtime, run_role
 from postfleet.core.service import Service
+from postfleet.ingress_smtp.anvil import FleetAnvil
 from postfleet.ingress_smtp.listeners import Listeners
 from postfleet.ingress_smtp.settings import IngressSettings
 from postfleet.ingress_smtp.submit import CleanupClient
@@ -19,14 +20,18 @@ async def run(settings: IngressSettings) -> None:
     async with role_runtime(ROLE, settings, database=False, routing=True) as rt:
         channel = grpc.aio.insecure_channel(settings.cleanup_address)
         try:
-            async with Service(ROLE, settings) as service:
-                cleanup = CleanupClient(channel, settings.cleanup_timeout)
-                listeners = Listeners(settings, rt.routes(), cleanup)
-                await listeners.start()
-                service.set_ready(True)
-                await service.stopping.wait()
-                service.set_ready(False)
-                await listeners.drain(settings.drain_timeout)
+            anvil = await FleetAnvil(rt.js, settings.anvil_rate_time_unit).start()
+            try:
+                async with Service(ROLE, settings) as service:
+                    cleanup = CleanupClient(channel, settings.cleanup_timeout)
+                    listeners = Listeners(settings, rt.routes(), cleanup, anvil)
+                    await listeners.start()
+                    service.set_ready(True)
+                    await service.stopping.wait()
+                    service.set_ready(False)
+                    await listeners.drain(settings.drain_timeout)
+            finally:
+                await anvil.stop()
         finally:
             await channel.close()
 

@@ -25,6 +25,30 @@ protocol recorded for Received: becomes ESMTPS. The handshake is StreamWriter
 ``start_tls`` (asyncio's public API) rather than aiosmtpd's own STARTTLS,
 which only exists after a 220 and re-creates the session.
 
+SMTP AUTH (``smtpd_sasl_auth_enable``, backends in ``sasl.py``): EHLO
+announces ``AUTH PLAIN LOGIN`` (the backend's mechanisms) unless AUTH needs
+TLS (``smtpd_tls_auth_only``, implied by level ``encrypt``) and there is none
+yet; AUTH runs the exchange with ``334`` challenges, ``*`` aborts it, and the
+replies and their order of checks are smtpd_sasl_proto.c's. A session that
+authenticated is ``permit_sasl_authenticated`` and its Received protocol
+gains the "A" (ESMTPSA). ``AUTH=`` on MAIL FROM is accepted (once), as
+Postfix does, and not used further.
+
+anvil (``anvil.py``): a new connection is counted before the banner and gets
+``421 4.7.0 HOST Error: too many connections from IP`` over
+smtpd_client_connection_count_limit or _rate_limit; MAIL, RCPT and AUTH are
+counted against smtpd_client_message_rate_limit, _recipient_rate_limit and
+_auth_rate_limit (``450 4.7.1 Error: too much mail from IP``, ...). Clients in
+smtpd_client_event_limit_exceptions are never counted.
+
+Restrictions (``smtpd_check.py``, through the handler): with
+``smtpd_delay_reject = no`` the client list answers instead of the banner
+(and every later command but QUIT hears ``503 5.7.0 Error: access denied
+for NAME[IP]``), the HELO list answers HELO/EHLO, the sender list MAIL;
+smtpd_data_restrictions answer DATA before the 354. Input waiting behind a
+command where pipelining is not allowed flags the session for
+reject_unauth_pipelining, as smtpd_flag_ill_pipelining does.
+
 PROXY protocol (``smtpd_upstream_proxy_protocol = haproxy``): aiosmtpd reads
 the v1/v2 header within ``smtpd_upstream_proxy_timeout`` before anything is
 said (a missing or garbled header closes the connection without a word) and
@@ -36,7 +60,11 @@ smtpd_banner, smtpd_hard_error_limit, smtpd_soft_error_limit,
 smtpd_error_sleep_time, smtpd_recipient_overshoot_limit,
 smtpd_forbid_bare_newline, smtpd_helo_required, smtpd_peername_lookup,
 smtpd_tls_security_level, smtpd_tls_wrappermode, smtpd_starttls_timeout,
-smtpd_upstream_proxy_protocol, smtpd_upstream_proxy_timeout.
+smtpd_upstream_proxy_protocol, smtpd_upstream_proxy_timeout,
+smtpd_sasl_auth_enable, smtpd_tls_auth_only, smtpd_client_connection_count_limit,
+smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
+smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
+smtpd_tls_loglevel.
 
 Relies on aiosmtpd 1.4.x internals (``_smtp_methods``, ``_handler_coroutine``,
 ``_timeout_handle``, ``_reader``, ``_writer``); pin the minor version.
@@ -53,8 +81,10 @@ from typing import Any, Literal
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
+from postfleet.core.maillog import maillog_event
 from postfleet.core.smtp import replies
-from postfleet.core.smtp.replies import SmtpReply
+from postfleet.core.smtp.replies import SmtpReply, about
+from postfleet.ingress_smtp.anvil import Event, FleetAnvil
 from postfleet.ingress_smtp.grammar import (
     envelope_path,
     postfix_text,
@@ -63,6 +93,7 @@ from postfleet.ingress_smtp.grammar import (
 )
 from postfleet.ingress_smtp.metrics import CONNECTIONS, REJECTS, SESSIONS
 from postfleet.ingress_smtp.peername import NameLookup, system_client_name
+from postfleet.ingress_smtp.sasl import SaslBackend, Step
 from postfleet.ingress_smtp.session import IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
 from postfleet.ingress_smtp.tls import (
@@ -71,6 +102,7 @@ from postfleet.ingress_smtp.tls import (
     STARTTLS_SYNTAX,
     TLS_ALREADY_ACTIVE,
     ServerTls,
+    tls_facts,
     tls_summary,
 )
 
@@ -80,6 +112,8 @@ _TIMER_RESET_EVERY = 1.0  # seconds between idle-timer resets while DATA streams
 # Postfix's commands without SMTPD_CMD_FLAG_PRE_TLS that this server knows:
 # refused with 530 5.7.0 before STARTTLS at smtpd_tls_security_level = encrypt.
 _NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "RSET", "VRFY", "AUTH"})
+# Postfix's SMTPD_CMD_FLAG_LAST: nothing may be pipelined behind these.
+_LAST_IN_GROUP = frozenset({"HELO", "EHLO", "STARTTLS", "AUTH", "DATA", "NOOP", "VRFY", "QUIT"})
 
 
 class IngressSMTP(SMTP):
@@ -96,6 +130,9 @@ class IngressSMTP(SMTP):
         bare_newline_exempt: Callable[[str], bool] = lambda ip: False,
         tls: ServerTls | None = None,
         name_lookup: NameLookup = system_client_name,
+        sasl: SaslBackend | None = None,
+        anvil: FleetAnvil | None = None,
+        limits_exempt: Callable[[str], bool] = lambda ip: False,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         limit = params.line_length_limit
@@ -115,6 +152,11 @@ class IngressSMTP(SMTP):
         self._busy = False
         # The listener's certificate; None when TLS is off (level none).
         self.tls = tls
+        # SMTP AUTH's backend; None when smtpd_sasl_auth_enable = no.
+        self.sasl = sasl if params.smtpd_sasl_auth_enable else None
+        self.anvil = anvil
+        self._limits_exempt = limits_exempt
+        self._anvil_client = ""  # the address anvil counted this connection for
         self._handshaking = False
         self._lost = False
         super().__init__(
@@ -168,6 +210,10 @@ class IngressSMTP(SMTP):
         if self in self._sessions:
             self._sessions.discard(self)
             SESSIONS.labels(self.listener).dec()
+        if self.anvil is not None and self._anvil_client:
+            self.loop.create_task(self.anvil.disconnect(self.listener, self._anvil_client),
+                                  name="anvil-disconnect")
+            self._anvil_client = ""
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
@@ -188,7 +234,13 @@ class IngressSMTP(SMTP):
             self._greeted = True
             if self.params.smtpd_tls_wrappermode and not await self._wrapper_handshake():
                 return
+            if not await self._admit():
+                return
             text = f"220 {self._banner}"
+            refusal = await self.event_handler.check_connect(self.smtpd_session())
+            if refusal is not None:  # smtpd_delay_reject = no: instead of the banner
+                self.smtpd_session().access_denied = refusal
+                text = reply_line(refusal)
         text = postfix_text(text)
         code, final = text[:3], text[3:4] != "-"
         failing = code[:1] in ("4", "5")
@@ -203,6 +255,46 @@ class IngressSMTP(SMTP):
         if failing and code != "421" and session.error_count >= self.params.smtpd_hard_error_limit:
             log.info("too many errors from %s", session.describe())
             self.hang_up(replies.TOO_MANY_ERRORS)
+
+    # -- anvil -------------------------------------------------------------------------
+    def _counted(self, ip: str) -> bool:
+        return self.anvil is not None and bool(ip) and not self._limits_exempt(ip)
+
+    async def _admit(self) -> bool:
+        """Count the connection; False (421 sent, session closing) over a limit."""
+        ip = self.smtpd_session().client_ip
+        if self.anvil is None or not self._counted(ip):
+            return True
+        self._anvil_client = ip
+        counted = await self.anvil.connect(self.listener, ip)
+        if counted is None:
+            return True
+        count, rate = counted
+        for what, value, limit in (
+                ("concurrency", count, self.params.smtpd_client_connection_count_limit),
+                ("rate", rate, self.params.smtpd_client_connection_rate_limit)):
+            if limit and value > limit:
+                maillog_event("smtpd", f"warning: Connection {what} limit exceeded: {value} "
+                              f"from {self.smtpd_session().describe()} for service "
+                              f"{self.listener}", level=logging.WARNING)
+                self.hang_up(about(replies.TOO_MANY_CONNECTIONS, ip))
+                return False
+        return True
+
+    async def _over_rate(self, event: Event, limit: int, refusal: SmtpReply,
+                         what: str) -> bool:
+        """Count a MAIL, RCPT or AUTH; True (and the 450 sent) over its limit."""
+        ip = self.smtpd_session().client_ip
+        if not limit or self.anvil is None or not self._counted(ip):
+            return False
+        rate = await self.anvil.event(event, self.listener, ip)
+        if rate is None or rate <= limit:
+            return False
+        maillog_event("smtpd", f"warning: {what} rate limit exceeded: {rate} from "
+                      f"{self.smtpd_session().describe()} for service {self.listener}",
+                      level=logging.WARNING)
+        await self.reply(about(refusal, ip))
+        return True
 
     def _counts_as_error(self, text: str) -> bool:
         if text.startswith("421") or text.startswith(reply_line(replies.QUEUE_UNAVAILABLE)):
@@ -281,9 +373,9 @@ class IngressSMTP(SMTP):
         self.transport = writer.transport
         session.ssl = tls_summary(writer.get_extra_info("ssl_object"))
         self._reset_timeout()
-        log.info("Anonymous TLS connection established from %s: %s with cipher %s "
-                 "(%s/%s bits)", session.describe(), session.ssl.get("protocol"),
-                 session.ssl.get("cipher"), session.ssl.get("bits"), session.ssl.get("bits"))
+        if self.params.smtpd_tls_loglevel >= 1:
+            maillog_event("smtpd", f"Anonymous TLS connection established from "
+                          f"{session.describe()}: {tls_facts(session.ssl)}")
         return True
 
     def _discard_pipelined(self, command: str) -> None:
@@ -309,9 +401,14 @@ class IngressSMTP(SMTP):
             if self.draining and name != "QUIT" and not self.in_transaction:
                 self.hang_up(replies.SHUTTING_DOWN)
                 return
+            session = self.smtpd_session()
+            if session.access_denied is not None and name != "QUIT":
+                await self.reply(about(replies.ACCESS_DENIED, session.describe()))
+                return
             if name in _NEED_TLS and self._tls_missing():
                 await self.reply(MUST_STARTTLS)
                 return
+            self._flag_pipelining(name)
             self._busy = True
             try:
                 await method(arg)
@@ -322,12 +419,29 @@ class IngressSMTP(SMTP):
 
         return run
 
+    def _flag_pipelining(self, name: str) -> None:
+        """reject_unauth_pipelining's flag (smtpd_flag_ill_pipelining): input
+        already waiting behind a command of a client that did not say EHLO, or
+        behind a command that must end a pipelined group."""
+        session = self.smtpd_session()
+        if session.pipelined or not (not session.extended_smtp or name in _LAST_IN_GROUP):
+            return
+        waiting: bytearray = self._reader._buffer  # type: ignore[attr-defined]
+        if waiting:
+            session.pipelined = True
+            log.info("improper command pipelining after %s from %s: %r", name,
+                     session.describe(), bytes(waiting[:100]))
+
     # -- commands ----------------------------------------------------------------
     async def _hello(self, hostname: str | None, *, extended: bool) -> bool:
         """What HELO and EHLO share: the syntax check, then a new transaction
         and the client's name; False when the command was refused."""
         if not hostname:
             await self.reply(replies.EHLO_SYNTAX if extended else replies.HELO_SYNTAX)
+            return False
+        refusal = await self.event_handler.check_helo(self.smtpd_session(), hostname)
+        if refusal is not None:
+            await self.reply(refusal)
             return False
         self._set_rset_state()
         session = self.smtpd_session()
@@ -346,6 +460,7 @@ class IngressSMTP(SMTP):
         lines = [
             self.myhostname, "PIPELINING", f"SIZE {limit}" if limit else "SIZE", "VRFY",
             *(["STARTTLS"] if self._offers_starttls() else []),
+            *await self._auth_keyword(),
             "ENHANCEDSTATUSCODES", "8BITMIME",
         ]
         for line in lines[:-1]:
@@ -358,6 +473,9 @@ class IngressSMTP(SMTP):
             return
         if self.in_transaction:
             await self.reply(replies.NESTED_MAIL)
+            return
+        if await self._over_rate("mail", self.params.smtpd_client_message_rate_limit,
+                                 replies.TOO_MUCH_MAIL, "Message delivery request"):
             return
         path = await self._envelope_argument(arg, "MAIL")
         if path is None:
@@ -390,6 +508,7 @@ class IngressSMTP(SMTP):
         """MAIL takes SIZE= and BODY=; RCPT takes no parameter (no DSN here)."""
         if command == "RCPT":
             return unsupported(params[0]) if params else None
+        seen_auth = False
         for param in params:
             key, _, value = param.partition("=")
             key = key.upper()
@@ -402,6 +521,10 @@ class IngressSMTP(SMTP):
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
                     return replies.BAD_BODY_SYNTAX
+            elif key == "AUTH":  # RFC 4954 5: accepted, as Postfix, and not trusted
+                if seen_auth:
+                    return replies.MULTIPLE_AUTH_PARAM
+                seen_auth = True
             else:
                 return unsupported(param)
         return None
@@ -409,6 +532,9 @@ class IngressSMTP(SMTP):
     async def smtp_RCPT(self, arg: str | None) -> None:
         if not self.in_transaction:
             await self.reply(replies.NEED_MAIL)
+            return
+        if await self._over_rate("rcpt", self.params.smtpd_client_recipient_rate_limit,
+                                 replies.TOO_MANY_RCPTS_FROM, "Recipient address"):
             return
         path = await self._envelope_argument(arg, "RCPT")
         if path is None:
@@ -427,6 +553,10 @@ class IngressSMTP(SMTP):
             return
         if arg:
             await self.reply(replies.DATA_SYNTAX)
+            return
+        refusal = await self.event_handler.check_data(self.smtpd_session(), self.transaction())
+        if refusal is not None:
+            await self.reply(refusal)
             return
         await self.reply(replies.DATA_GO)
         result = await self._read_content()
@@ -525,8 +655,107 @@ class IngressSMTP(SMTP):
     async def smtp_EXPN(self, arg: str | None) -> None:
         await self.reply(replies.UNKNOWN_COMMAND)
 
+    # -- SMTP AUTH ------------------------------------------------------------------
+    def _sasl_active(self) -> bool:
+        """Postfix's smtpd_sasl_is_active: enabled, and TLS on if AUTH needs it."""
+        return self.sasl is not None and (
+            self.smtpd_session().ssl is not None or not self.params.auth_needs_tls())
+
+    async def _auth_keyword(self) -> list[str]:
+        if self.sasl is None or not self._sasl_active():
+            return []
+        mechanisms = await self.sasl.mechanisms()
+        return [f"AUTH {' '.join(mechanisms)}"] if mechanisms else []
+
     async def smtp_AUTH(self, arg: str | None) -> None:
-        await self.reply(replies.AUTH_NOT_ENABLED)
+        session = self.smtpd_session()
+        if await self._over_rate("auth", self.params.smtpd_client_auth_rate_limit,
+                                 replies.TOO_MANY_AUTH, "AUTH command"):
+            return
+        if self.params.smtpd_helo_required and not session.host_name:
+            refusal = replies.NEED_HELO
+        elif self.sasl is None or not self._sasl_active():
+            refusal = replies.AUTH_NOT_ENABLED
+        elif self.in_transaction:
+            refusal = replies.AUTH_IN_TRANSACTION
+        elif session.sasl_username:
+            refusal = replies.ALREADY_AUTHENTICATED
+        elif not arg or len(arg.split()) > 2:
+            refusal = replies.AUTH_SYNTAX
+        else:
+            mechanism, *initial = arg.split()
+            await self._sasl_exchange(self.sasl, mechanism, initial[0] if initial else None)
+            return
+        await self.reply(refusal)
+
+    async def _sasl_exchange(
+        self, sasl: SaslBackend, mechanism: str, initial: str | None
+    ) -> None:
+        session = self.smtpd_session()
+        server_ip = ""
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        if isinstance(sockname, tuple) and sockname:
+            server_ip = str(sockname[0])
+        exchange = sasl.exchange(client_ip=session.client_ip, server_ip=server_ip,
+                                 secured=session.ssl is not None)
+        try:
+            step = await exchange.first(mechanism, initial)
+            while step.status == "more":
+                await self.push(f"334 {step.text}")
+                response = await self._sasl_response()
+                if response is None:
+                    return  # the session is gone
+                if isinstance(response, SmtpReply):
+                    await self.reply(response)
+                    return
+                if response == "*":
+                    maillog_event("smtpd", f"warning: {session.describe()}: SASL {mechanism} "
+                                  "authentication aborted", level=logging.WARNING)
+                    await self.reply(replies.AUTH_ABORTED)
+                    return
+                step = await exchange.next(response)
+        finally:
+            await exchange.close()
+        await self._auth_outcome(mechanism, step)
+
+    async def _auth_outcome(self, mechanism: str, step: Step) -> None:
+        session = self.smtpd_session()
+        if step.status == "done":
+            session.sasl_username = step.username
+            session.sasl_method = mechanism.upper()
+            await self.reply(replies.AUTH_OK)
+            return
+        reason = step.text or "(reason unavailable)"
+        maillog_event("smtpd", f"warning: {session.describe()}: SASL {mechanism.upper()} "
+                      f"authentication failed: {reason}, sasl_username="
+                      f"{step.username or '(unavailable)'}", level=logging.WARNING)
+        base = replies.AUTH_TEMPFAIL if step.status == "temp" else replies.AUTH_FAILED
+        await self.reply(about(base, reason, ": "))
+
+    async def _sasl_response(self) -> str | SmtpReply | None:
+        """One line of the client's SASL exchange; a refusal when it is too
+        long; None when the client is gone."""
+        reader = self._reader
+        too_long = False
+        try:
+            async with asyncio.timeout(self.params.smtpd_timeout):
+                while True:
+                    try:
+                        raw: bytes = await reader.readuntil(b"\n")
+                        break
+                    except asyncio.LimitOverrunError as exc:
+                        too_long = True
+                        await reader.read(exc.consumed)  # skip to the line's end
+        except TimeoutError:
+            self.hang_up(replies.TIMEOUT_EXCEEDED)
+            return None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.hang_up(None)
+            return None
+        self._reset_timeout()
+        if too_long:
+            return replies.SASL_RESPONSE_TOO_LONG
+        return raw.decode("ascii", "replace").rstrip("\r\n")
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         session = self.smtpd_session()

@@ -29,6 +29,11 @@ class IngressSession(Session):
         self.error_count = 0
         self.rcpt_overshoot = 0
         self.sasl_username = ""
+        self.sasl_method = ""
+        # reject_unauth_pipelining: the client sent commands ahead of time.
+        self.pipelined = False
+        # smtpd_client_restrictions' refusal at connect (smtpd_delay_reject = no).
+        self.access_denied: object = None
         self.client_name = UNKNOWN  # verified reverse name, once looked up
         # The client a PROXY header named: (address, port); None = the socket's peer.
         self.proxied: tuple[str, int] | None = None
@@ -74,7 +79,7 @@ class IngressSession(Session):
         """RFC 3207 4.2: after STARTTLS the client starts over with EHLO."""
         self.host_name = None
         self.extended_smtp = False
-        self.sasl_username = ""
+        self.sasl_username = self.sasl_method = ""
 
     @property
     def helo(self) -> str:

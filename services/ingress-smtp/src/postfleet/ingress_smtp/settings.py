@@ -5,11 +5,20 @@ smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
 smtpd_banner, mail_name, smtpd_hard_error_limit, smtpd_soft_error_limit,
 smtpd_error_sleep_time, line_length_limit, smtpd_forbid_bare_newline,
 smtpd_forbid_bare_newline_exclusions, smtpd_helo_required,
-smtpd_peername_lookup, smtpd_relay_restrictions,
-smtpd_recipient_restrictions, smtpd_tls_security_level, smtpd_tls_cert_file,
+smtpd_peername_lookup, smtpd_client_restrictions, smtpd_helo_restrictions,
+smtpd_sender_restrictions, smtpd_relay_restrictions,
+smtpd_recipient_restrictions, smtpd_data_restrictions,
+smtpd_end_of_data_restrictions, smtpd_delay_reject, smtpd_sender_login_maps,
+smtpd_tls_security_level, smtpd_tls_cert_file,
 smtpd_tls_key_file, smtpd_tls_protocols, smtpd_tls_mandatory_protocols,
 smtpd_tls_wrappermode, smtpd_starttls_timeout, smtpd_upstream_proxy_protocol,
-smtpd_upstream_proxy_timeout; postfleet's own: cleanup_timeout,
+smtpd_upstream_proxy_timeout, smtpd_sasl_auth_enable, smtpd_sasl_type,
+smtpd_sasl_path, smtpd_sasl_service, smtpd_tls_auth_only,
+smtpd_sasl_authenticated_header, smtpd_client_connection_count_limit,
+smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
+smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
+smtpd_client_event_limit_exceptions, anvil_rate_time_unit,
+smtpd_tls_received_header, smtpd_tls_loglevel; postfleet's own: cleanup_timeout,
 drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
 empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
 entry per smtpd service, each with ``overrides`` playing the part of ``-o
@@ -46,8 +55,9 @@ from postfleet.ingress_smtp.restrictions import (
     DEFAULT_RELAY_RESTRICTIONS,
     check_no_open_relay,
     parse_network,
-    validate_restrictions,
 )
+from postfleet.ingress_smtp.sasl import parse_dovecot_path
+from postfleet.ingress_smtp.smtpd_check import LIST_PARAMETERS, validate
 from postfleet.ingress_smtp.tls import protocol_range
 
 MAIL_NAME = "postfleet"
@@ -67,6 +77,9 @@ BareNewline = Annotated[
     Literal["normalize", "reject", "no"], BeforeValidator(_bare_newline)
 ]
 TlsLevel = Annotated[Literal["", "none", "may", "encrypt"], BeforeValidator(_lower)]
+# Postfix's default is "cyrus", which postfleet does not have; "builtin" is
+# postfleet's own user table (postfleet.core.sasl_users).
+SaslType = Annotated[Literal["builtin", "dovecot"], BeforeValidator(_lower)]
 ProxyProtocol = Annotated[Literal["", "haproxy"], BeforeValidator(_lower)]
 KEY_FILE_DEFAULT = "$smtpd_tls_cert_file"
 
@@ -99,6 +112,16 @@ class SmtpdParams(BaseModel):
         default_factory=lambda: list(DEFAULT_RELAY_RESTRICTIONS)
     )
     smtpd_recipient_restrictions: PostfixList = Field(default_factory=list)
+    # The other restriction lists (smtpd_check.py), Postfix's defaults (empty).
+    smtpd_client_restrictions: PostfixList = Field(default_factory=list)
+    smtpd_helo_restrictions: PostfixList = Field(default_factory=list)
+    smtpd_sender_restrictions: PostfixList = Field(default_factory=list)
+    smtpd_data_restrictions: PostfixList = Field(default_factory=list)
+    smtpd_end_of_data_restrictions: PostfixList = Field(default_factory=list)
+    # Client, HELO and sender restrictions wait for RCPT TO.
+    smtpd_delay_reject: bool = True
+    # sender address -> the SASL login names that may use it (lookup tables).
+    smtpd_sender_login_maps: PostfixList = Field(default_factory=list)
     # TLS (tls.py). "" = none, as in Postfix: a certificate alone enables nothing.
     smtpd_tls_security_level: TlsLevel = ""
     smtpd_tls_cert_file: str = ""
@@ -115,13 +138,47 @@ class SmtpdParams(BaseModel):
     # real client (a load balancer in front); it must arrive within the timeout.
     smtpd_upstream_proxy_protocol: ProxyProtocol = ""
     smtpd_upstream_proxy_timeout: Seconds = 5.0
+    # SMTP AUTH (sasl.py). smtpd_sasl_path: for dovecot a UNIX socket path or
+    # inet:host:port (Dovecot's auth inet_listener); for builtin the user table
+    # file. Postfix's default "smtpd" names a Cyrus configuration: no default here.
+    smtpd_sasl_auth_enable: bool = False
+    smtpd_sasl_type: SaslType = "builtin"
+    smtpd_sasl_path: str = ""
+    smtpd_sasl_service: str = "smtp"
+    # AUTH only under TLS; implied by smtpd_tls_security_level = encrypt (as Postfix).
+    smtpd_tls_auth_only: bool = False
+    # Received: gets "(Authenticated sender: NAME)".
+    smtpd_sasl_authenticated_header: bool = False
+    # anvil limits (anvil.py), per client and service; 0 = no limit. Postfix's
+    # connection count default is half of default_process_limit (100).
+    smtpd_client_connection_count_limit: int = Field(default=50, ge=0)
+    smtpd_client_connection_rate_limit: int = Field(default=0, ge=0)
+    smtpd_client_message_rate_limit: int = Field(default=0, ge=0)
+    smtpd_client_recipient_rate_limit: int = Field(default=0, ge=0)
+    smtpd_client_auth_rate_limit: int = Field(default=0, ge=0)
+    smtpd_client_event_limit_exceptions: PostfixList = Field(
+        default_factory=lambda: ["$mynetworks"]
+    )
+    # Received: gets "(using TLSv1.3 with cipher ... (256/256 bits))".
+    smtpd_tls_received_header: bool = False
+    # 1 and more: the mail log says which TLS protocol and cipher each session used.
+    smtpd_tls_loglevel: int = Field(default=0, ge=0, le=4)
 
-    @field_validator("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+    @field_validator(*LIST_PARAMETERS)
     @classmethod
     def _known(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        return validate_restrictions(info.field_name or "restrictions", value)
+        return validate(info.field_name or "restrictions", value)
 
-    @field_validator("smtpd_forbid_bare_newline_exclusions")
+    @field_validator("smtpd_sender_login_maps")
+    @classmethod
+    def _tables(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            if ":" not in spec:
+                raise ValueError(f"{spec!r} is not a lookup table (type:name)")
+        return value
+
+    @field_validator("smtpd_forbid_bare_newline_exclusions",
+                     "smtpd_client_event_limit_exceptions")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for entry in value:
@@ -154,6 +211,22 @@ class SmtpdParams(BaseModel):
                    else f"smtpd_tls_security_level = {self.smtpd_tls_security_level}")
             raise ValueError(f"{why} needs smtpd_tls_cert_file (and smtpd_tls_key_file)")
         return self
+
+    @model_validator(mode="after")
+    def _sasl_has_a_backend(self) -> SmtpdParams:
+        if self.smtpd_sasl_auth_enable:
+            if not self.smtpd_sasl_path:
+                raise ValueError(
+                    "smtpd_sasl_auth_enable = yes needs smtpd_sasl_path ("
+                    + ("Dovecot's auth socket or inet:host:port"
+                       if self.smtpd_sasl_type == "dovecot" else "the user table file") + ")")
+            if self.smtpd_sasl_type == "dovecot":
+                parse_dovecot_path(self.smtpd_sasl_path)
+        return self
+
+    def auth_needs_tls(self) -> bool:
+        """smtpd_tls_auth_only, which smtpd_tls_security_level = encrypt implies."""
+        return self.smtpd_tls_auth_only or self.tls_level() == "encrypt"
 
     def tls_level(self) -> Literal["none", "may", "encrypt"]:
         """Postfix's effective level: wrapper mode enforces TLS; "" means none."""
@@ -232,6 +305,8 @@ class IngressSettings(CommonSettings, SmtpdParams):
     # gives Postfix's smtpd processes). `run all` turns it on for its ingress
     # processes; off by default so two stray instances still collide loudly.
     ingress_reuse_port: bool = False
+    # anvil's rate window (all listeners): events per this many seconds.
+    anvil_rate_time_unit: Seconds = 60.0
 
     @field_validator("dns_nameservers")
     @classmethod

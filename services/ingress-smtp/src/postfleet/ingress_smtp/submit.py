@@ -36,7 +36,10 @@ class ClientInfo:
     address: str
     port: int
     helo: str
-    protocol: str  # SMTP or ESMTP
+    protocol: str  # SMTP, ESMTP, ESMTPS, ESMTPSA, ...
+    sasl_username: str = ""
+    # smtpd's Received: comment lines (TLS session, authenticated sender).
+    received_comments: tuple[str, ...] = ()
 
 
 class SubmitFailed(Exception):
@@ -73,6 +76,8 @@ class CleanupClient:
             client=cleanup_pb2.ClientInfo(
                 name=client.name, address=client.address, port=client.port,
                 helo=client.helo, protocol=client.protocol,
+                sasl_username=client.sasl_username,
+                received_comments=list(client.received_comments),
             ),
             trace_id=trace_id,
             body_type=body_type,

@@ -149,10 +149,25 @@ class ServerTls:
         return self._context
 
 
+def tls_facts(summary: dict[str, object]) -> str:
+    """Postfix's words for a session: "TLSv1.3 with cipher X (256/256 bits)"."""
+    bits = summary.get("bits")
+    return (f"{summary.get('protocol')} with cipher {summary.get('cipher')} "
+            f"({bits}/{summary.get('alg_bits', bits)} bits)")
+
+
+def tls_received_comments(summary: dict[str, object]) -> list[str]:
+    """smtpd_tls_received_header: the Received: comments of a TLS session
+    (smtpd.c; no client certificate is ever requested here)."""
+    return [f"(using {tls_facts(summary)})", "(No client certificate requested)"]
+
+
 def tls_summary(ssl_object: ssl.SSLObject | None) -> dict[str, object]:
     """The negotiated protocol and cipher, as Postfix logs them."""
     if ssl_object is None:
         return {}
     cipher = ssl_object.cipher()
     name, bits = (cipher[0], cipher[2]) if cipher else ("unknown", 0)
-    return {"protocol": ssl_object.version() or "unknown", "cipher": name, "bits": bits}
+    # Postfix logs used/algorithm bits; OpenSSL's are equal for today's ciphers.
+    return {"protocol": ssl_object.version() or "unknown", "cipher": name, "bits": bits,
+            "alg_bits": bits}

@@ -29,6 +29,9 @@ RESULTS_CONSUMER = "qmgr"
 ROUTING_BUCKET = "postfleet-routing"
 ROUTING_KEY = "snapshot"
 
+# NATS KV bucket of smtpd's anvil counters, shared by every ingress replica.
+ANVIL_BUCKET = "postfleet-anvil"
+
 
 def delivery_subject(transport: str) -> str:
     return f"{PREFIX}.delivery.{transport}"

@@ -115,34 +115,42 @@ def check_no_open_relay(relay: Sequence[str], recipient: Sequence[str]) -> None:
         )
 
 
+def decide(
+    name: str, snapshot: RoutingSnapshot, client: Client, recipient: str
+) -> SmtpReply | bool | None:
+    """One restriction of this module's: True = permit, a reply = refuse,
+    None = no decision (DUNNO). ingress-smtp's full restriction lists hand
+    these names here, so that `postfleet route` and the server agree."""
+    if name == PERMIT_MYNETWORKS:
+        return True if client.address and client_in_mynetworks(snapshot, client.address) else None
+    if name == PERMIT_SASL_AUTHENTICATED:
+        return True if client.sasl_username else None
+    if name == PERMIT_AUTH_DESTINATION:
+        return True if authorized_destination(snapshot, recipient) else None
+    if name in (REJECT_UNAUTH_DESTINATION, DEFER_UNAUTH_DESTINATION):
+        if authorized_destination(snapshot, recipient):
+            return None
+        base = (replies.RELAY_DENIED if name == REJECT_UNAUTH_DESTINATION
+                else replies.RELAY_DEFERRED)
+        return base.with_text(f"<{recipient}>: {base.text}")
+    if name == REJECT_UNLISTED_RECIPIENT:
+        return unlisted_recipient(snapshot, recipient)
+    if name == PERMIT:
+        return True
+    if name in (REJECT, DEFER):
+        base = replies.RCPT_ACCESS_DENIED if name == REJECT else replies.RCPT_ACCESS_DEFERRED
+        return base.with_text(f"<{recipient}>: {base.text}")
+    raise ValueError(f"not a recipient restriction: {name}")
+
+
 def _evaluate(
     restrictions: Sequence[str], snapshot: RoutingSnapshot, client: Client, recipient: str
 ) -> SmtpReply | bool | None:
     """True = permit, a reply = refuse, None = no decision (DUNNO)."""
     for name in restrictions:
-        if name == PERMIT_MYNETWORKS:
-            if client.address and client_in_mynetworks(snapshot, client.address):
-                return True
-        elif name == PERMIT_SASL_AUTHENTICATED:
-            if client.sasl_username:
-                return True
-        elif name == PERMIT_AUTH_DESTINATION:
-            if authorized_destination(snapshot, recipient):
-                return True
-        elif name in (REJECT_UNAUTH_DESTINATION, DEFER_UNAUTH_DESTINATION):
-            if not authorized_destination(snapshot, recipient):
-                base = (replies.RELAY_DENIED if name == REJECT_UNAUTH_DESTINATION
-                        else replies.RELAY_DEFERRED)
-                return base.with_text(f"<{recipient}>: {base.text}")
-        elif name == REJECT_UNLISTED_RECIPIENT:
-            refusal = unlisted_recipient(snapshot, recipient)
-            if refusal is not None:
-                return refusal
-        elif name == PERMIT:
-            return True
-        elif name in (REJECT, DEFER):
-            base = replies.RCPT_ACCESS_DENIED if name == REJECT else replies.RCPT_ACCESS_DEFERRED
-            return base.with_text(f"<{recipient}>: {base.text}")
+        decision = decide(name, snapshot, client, recipient)
+        if decision is not None:
+            return decision
     return None
 
 
@@ -226,8 +234,9 @@ def _error_reply(nexthop: str, recipient: str) -> SmtpReply:
     return replies.recipient_rejected(SmtpReply(550, status, text), recipient)
 
 
-def bare_newline_excluded(snapshot: RoutingSnapshot, exclusions: Sequence[str], ip: str) -> bool:
-    """smtpd_forbid_bare_newline_exclusions: ``$mynetworks`` or CIDR patterns."""
+def client_listed(snapshot: RoutingSnapshot, exclusions: Sequence[str], ip: str) -> bool:
+    """A client list (smtpd_forbid_bare_newline_exclusions,
+    smtpd_client_event_limit_exceptions): ``$mynetworks`` or CIDR patterns."""
     if not ip:
         return False
     for entry in exclusions:

@@ -74,6 +74,11 @@ BAD_ADDRESS_SYNTAX = SmtpReply(501, "5.1.3", "Bad recipient address syntax")
 BAD_SENDER_SYNTAX = SmtpReply(501, "5.1.7", "Bad sender address syntax")
 
 
+def about(reply: SmtpReply, what: str, sep: str = " ") -> SmtpReply:
+    """``reply`` with ``what`` appended: "... from 192.0.2.1", "...: reason"."""
+    return reply.with_text(f"{reply.text}{sep}{what}")
+
+
 def queued_as(queue_id: str) -> SmtpReply:
     """Postfix's answer to end-of-data once the message is in the queue."""
     return SmtpReply(250, "2.0.0", f"Ok: queued as {queue_id}")
@@ -118,7 +123,24 @@ RELAY_DEFERRED = SmtpReply(454, "4.7.1", "Relay access denied")
 RCPT_ACCESS_DENIED = SmtpReply(554, "5.7.1", "Recipient address rejected: Access denied")
 RCPT_ACCESS_DEFERRED = SmtpReply(450, "4.7.1", "Recipient address rejected: Access denied")
 CONFIG_ERROR = SmtpReply(451, "4.3.5", "Server configuration error")
+# SMTP AUTH (smtpd_sasl_proto.c, smtpd_sasl_glue.c). Failures end in ": REASON".
+AUTH_OK = SmtpReply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = SmtpReply(535, "5.7.8", "Error: authentication failed")
+AUTH_TEMPFAIL = SmtpReply(454, "4.7.0", "Temporary authentication failure")
+AUTH_ABORTED = SmtpReply(501, "5.7.0", "Authentication aborted")
+AUTH_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: AUTH mechanism")
+AUTH_IN_TRANSACTION = SmtpReply(503, "5.5.1", "Error: MAIL transaction in progress")
+ALREADY_AUTHENTICATED = SmtpReply(503, "5.5.1", "Error: already authenticated")
+SASL_RESPONSE_TOO_LONG = SmtpReply(500, "5.5.6", "SASL response limit exceeded")
+MULTIPLE_AUTH_PARAM = SmtpReply(503, "5.5.4", "Error: multiple AUTH= options")
+# smtpd_client_restrictions refused the client (smtpd_delay_reject = no): + " name[ip]".
+ACCESS_DENIED = SmtpReply(503, "5.7.0", "Error: access denied for")
+# anvil limits (smtpd.c): the text ends with the client's address.
+TOO_MUCH_MAIL = SmtpReply(450, "4.7.1", "Error: too much mail from")
+TOO_MANY_RCPTS_FROM = SmtpReply(450, "4.7.1", "Error: too many recipients from")
+TOO_MANY_AUTH = SmtpReply(450, "4.7.1", "Error: too many AUTH commands from")
 # 421 replies name the server first: with_text(f"{myhostname} {r.text}").
+TOO_MANY_CONNECTIONS = SmtpReply(421, "4.7.0", "Error: too many connections from")
 TOO_MANY_ERRORS = SmtpReply(421, "4.7.0", "Error: too many errors")
 TIMEOUT_EXCEEDED = SmtpReply(421, "4.4.2", "Error: timeout exceeded")
 SHUTTING_DOWN = SmtpReply(421, "4.3.2", "Service shutting down, closing transmission channel")

@@ -8,6 +8,9 @@
 - ``make_dns``: ``make_dns(zone)`` starts dnsmasq serving that zone on a free
   loopback port (see testing/dns.py); ``.nameserver`` is "127.0.0.1:PORT".
 - ``own_postgres``: a PostgreSQL server of the test's own, to stop and start.
+- ``make_dovecot_auth``: ``make_dovecot_auth(users_file)`` starts Dovecot's
+  auth service on that passwd-file (testing/dovecot_auth.py); ``.sasl_path``
+  is the smtpd_sasl_path value.
 - ``no_system_resolver``: the test fails if it asked the machine's resolver
   (testing/resolver_guard.py); a suite's conftest may make it autouse.
 
@@ -29,12 +32,14 @@ import pytest
 from postfleet.core.testing.cluster import Cluster
 from postfleet.core.testing.databases import fresh_postgres, sqlite_url
 from postfleet.core.testing.dns import DnsServer
+from postfleet.core.testing.dovecot_auth import DovecotAuth
 from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.core.testing.sink import SmtpSink
 
 # Fixtures that start a process (directly or through another fixture).
-PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres"}
+PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres",
+                    "make_dovecot_auth"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -130,6 +135,20 @@ def make_dns(tmp_path: Path) -> Iterator[Callable[..., DnsServer]]:
 
     def make(zone: dict[str, Any] | None = None) -> DnsServer:
         server = DnsServer(tmp_path / f"dns{len(started)}", zone or {})
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def make_dovecot_auth(tmp_path: Path) -> Iterator[Callable[[Path], DovecotAuth]]:
+    started: list[DovecotAuth] = []
+
+    def make(users_file: Path) -> DovecotAuth:
+        server = DovecotAuth(tmp_path / f"dovecot-auth{len(started)}", users_file)
         started.append(server)
         return server.start()
 

@@ -85,6 +85,7 @@ class ClientInfo(_message.Message):
     HELO_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
     SASL_USERNAME_FIELD_NUMBER: _builtins.int
+    RECEIVED_COMMENTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """reverse name, "unknown" when none"""
     address: _builtins.str
@@ -94,6 +95,15 @@ class ClientInfo(_message.Message):
     protocol: _builtins.str
     """SMTP, ESMTP, ESMTPS, ..."""
     sasl_username: _builtins.str
+    @_builtins.property
+    def received_comments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Comments smtpd puts into its Received: header between the "from" and
+        the "by" lines, each complete with its parentheses: "(using TLSv1.3 with
+        cipher ... (256/256 bits))", "(No client certificate requested)",
+        "(Authenticated sender: NAME)" (smtpd_tls_received_header,
+        smtpd_sasl_authenticated_header).
+        """
+
     def __init__(
         self,
         *,
@@ -103,10 +113,11 @@ class ClientInfo(_message.Message):
         helo: _builtins.str = ...,
         protocol: _builtins.str = ...,
         sasl_username: _builtins.str = ...,
+        received_comments: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "helo", b"helo", "name", b"name", "port", b"port", "protocol", b"protocol", "sasl_username", b"sasl_username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "helo", b"helo", "name", b"name", "port", b"port", "protocol", b"protocol", "received_comments", b"received_comments", "sasl_username", b"sasl_username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

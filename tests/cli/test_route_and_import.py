@@ -18,9 +18,9 @@ from postfleet.cli.postfix_import import (
     ROLE_PARAMETERS,
     import_postfix,
     parse_main_cf,
-    parse_table,
 )
 from postfleet.cli.routes import describe, route_context
+from postfleet.core.postmap import parse_table
 from postfleet.core.routing.nexthop import describe_nexthop
 
 KEYS = ["address", "class", "rewritten", "transport", "nexthop", "port", "mx", "reject"]

@@ -22,9 +22,14 @@ from postfleet.core.db.engine import create_engine
 from postfleet.core.db.models import Message, Recipient
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.queueid import new_queue_id
+from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.testing.nats import NatsServer
 from postfleet.delivery.agent import DeliveryAgent
+from postfleet.delivery.outcome import Delivery
+from postfleet.delivery.pool import SessionPool
 from postfleet.delivery.settings import DeliverySettings
+from postfleet.delivery.smtp import SmtpTransport
+from postfleet.delivery.store import StoredMessage
 
 from .dovecot import Dovecot
 
@@ -173,6 +178,24 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     await b.nc.close()
 
 
+async def send(
+    settings: DeliverySettings, nexthop: str, rcpts: tuple[str, ...] = ("bob@dest.test",),
+    routing: RoutingSnapshot | None = None,
+) -> Delivery:
+    """One job straight to a new smtp transport (no bus, no queue store);
+    ``routing``: the snapshot in force (smtp_tls_policy_maps)."""
+    pool = SessionPool(cache_time_limit=0, reuse_time_limit=0)
+    transport = SmtpTransport(settings, pool, routing=(lambda: routing) if routing else None)
+    job = delivery_pb2.Job(queue_id="4F2A1", transport="smtp", nexthop=nexthop)
+    for number, rcpt in enumerate(rcpts, 1):
+        job.recipients.add(id=number, address=rcpt)
+    try:
+        return await transport.deliver(job, StoredMessage("4F2A1", "alice@origin.test", BODY))
+    finally:
+        await pool.close()
+        await transport.close()
+
+
 def delivery_settings(database_url: str, nats_url: str, **overrides: Any) -> DeliverySettings:
     values: dict[str, Any] = dict(
         database_url=database_url, nats_url=nats_url, myhostname="mx.postfleet.test",
@@ -196,11 +219,13 @@ async def start_agent(
     """Run the delivery role in-process: ``agent = await start_agent(**settings)``."""
     started: list[tuple[DeliveryAgent, Client, AsyncEngine]] = []
 
-    async def start(**overrides: Any) -> DeliveryAgent:
+    async def start(
+        routing: Callable[[], RoutingSnapshot] | None = None, **overrides: Any
+    ) -> DeliveryAgent:
         settings = delivery_settings(database_url, nats_server.url, **overrides)
         nc = await connect(settings.nats_url, "delivery")
         engine = create_engine(settings.database_url, writer=False)
-        agent = DeliveryAgent(settings, nc.jetstream(), engine)
+        agent = DeliveryAgent(settings, nc.jetstream(), engine, routing=routing)
         await agent.start()
         started.append((agent, nc, engine))
         return agent

@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from postfleet.core.postmap import INDEXED_TYPES, parse_table
 from postfleet.core.routing.snapshot import TABLE_PARAMETERS, RoutingSnapshot
 
 ROUTING_STRINGS = frozenset({
@@ -98,7 +99,6 @@ IGNORED = {
     "alias_database": "only newaliases(1) reads it; alias_maps is imported",
     "compatibility_level": "postfleet always applies compatibility_level 3.6 defaults",
 }
-INDEXED_TYPES = frozenset({"hash", "btree", "texthash", "lmdb", "cdb", "dbm", "sdbm"})
 LATEST_LEVEL = (3, 6)
 
 _REF = re.compile(r"\$(?:\{(\w+)(?:[?:][^}]*)?\}|(\w+))")
@@ -142,30 +142,6 @@ def parse_main_cf(text: str, warn: list[str] | None = None) -> dict[str, str]:
         params[name] = value.strip()
         current = name
     return params
-
-
-def parse_table(text: str, fmt: str) -> dict[str, str]:
-    """A postmap(1) / postalias(1) source: ``key value`` or ``name: value``."""
-    entries: dict[str, str] = {}
-    logical: list[str] = []
-    for raw in text.splitlines():
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if raw[0].isspace() and logical:
-            logical[-1] += " " + stripped
-        else:
-            logical.append(stripped)
-    for line in logical:
-        if fmt == "aliases":
-            key, _, value = line.partition(":")
-        else:
-            parts = line.split(None, 1)
-            key, value = parts[0], parts[1] if len(parts) > 1 else ""
-        key = key.strip().lower()
-        if key and key not in entries:  # postmap keeps the first of duplicates
-            entries[key] = value.strip()
-    return entries
 
 
 def _refs(value: str) -> list[str]:

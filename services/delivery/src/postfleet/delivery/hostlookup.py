@@ -384,6 +384,17 @@ class DnsResolver:
             out.extend(x[i] for x in (first, second) if i < len(x))
         return out
 
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records of ``name``, each record's strings joined; [] when
+        there are none; ResolveError (4.4.3) when DNS cannot tell."""
+        try:
+            answer = await self._query(name, "TXT")
+        except _Lookup as failure:
+            if failure.kind == "again":
+                raise failure.error() from None
+            return []
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
         try:
             return await self.client.resolve(name, rdtype, search=False)

@@ -8,6 +8,8 @@
 - ``make_dns``: ``make_dns(zone)`` starts dnsmasq serving that zone on a free
   loopback port (see testing/dns.py); ``.nameserver`` is "127.0.0.1:PORT".
 - ``own_postgres``: a PostgreSQL server of the test's own, to stop and start.
+- ``test_ca``: a certificate authority of the test's own (testing/pki.py),
+  to issue server certificates with the names a TLS test needs.
 - ``no_system_resolver``: the test fails if it asked the machine's resolver
   (testing/resolver_guard.py); a suite's conftest may make it autouse.
 
@@ -30,11 +32,12 @@ from postfleet.core.testing.cluster import Cluster
 from postfleet.core.testing.databases import fresh_postgres, sqlite_url
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.nats import NatsServer
+from postfleet.core.testing.pki import TestCa
 from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.core.testing.sink import SmtpSink
 
 # Fixtures that start a process (directly or through another fixture).
-PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres"}
+PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres", "test_ca"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -154,6 +157,11 @@ async def own_postgres() -> AsyncIterator[Any]:
         yield cluster
     finally:
         cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
+    return TestCa(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture

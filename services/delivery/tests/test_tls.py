@@ -6,11 +6,9 @@ routing snapshot, and the TLS facts in the mail log."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,8 +18,6 @@ from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.pki import TestCa
 from postfleet.core.testing.scripted import scripted_server
 from postfleet.core.testing.sink import SmtpSink
-from postfleet.delivery.outcome import Delivery
-from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.tls import (
     PolicyError,
     TlsPolicy,
@@ -32,105 +28,46 @@ from postfleet.delivery.tls import (
     policy_keys,
 )
 
-from .conftest import send
-
-ZONE: dict[str, Any] = {
-    "mx": {"tls.test": [(10, "mx.tls.test")]},
-    "hosts": {"mx.tls.test": "127.0.0.1"},
-}
-MAILLOG = "postfleet.maillog"
-
-
-@pytest.fixture(scope="module")
-def certs(test_ca: TestCa) -> dict[str, tuple[Path, Path]]:
-    return {
-        "good": test_ca.issue("mx", dns=["mx.tls.test"]),
-        "wrong": test_ca.issue("other", dns=["other.test"]),
-    }
-
-
-@pytest.fixture
-def dns(make_dns: Callable[..., DnsServer]) -> DnsServer:
-    return make_dns(ZONE)
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., SmtpSink]]:
-    """Start sinks: ``serve(cert)`` offers STARTTLS with that certificate."""
-    started: list[SmtpSink] = []
-
-    def start(cert: tuple[Path, Path] | None = None, maximum: ssl.TLSVersion | None = None,
-              **kwargs: Any) -> SmtpSink:
-        context = TestCa.server_context(*cert, maximum=maximum) if cert else None
-        sink = SmtpSink(tls_context=context, **kwargs).start()
-        started.append(sink)
-        return sink
-
-    yield start
-    for sink in started:
-        sink.stop()
-
-
-def settings(dns: DnsServer, **overrides: Any) -> DeliverySettings:
-    values: dict[str, Any] = dict(
-        myhostname="client.postfleet.test", smtp_connect_timeout=5.0, smtp_helo_timeout=5.0,
-        smtp_starttls_timeout=5.0, dns_nameservers=[dns.nameserver], dns_timeout=2.0)
-    values.update(overrides)
-    return DeliverySettings(**values)
-
-
-def only(delivery: Delivery) -> tuple[str, str, str]:
-    (result,) = delivery.outcomes
-    return result.status, result.dsn, result.reply
-
-
-def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == MAILLOG]
-
-
-@pytest.fixture(autouse=True)
-def _maillog(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger=MAILLOG)
-
+from .conftest import only, send, tls_settings
 
 # -- may ------------------------------------------------------------------------------
 
 
 async def test_may_goes_over_tls_and_logs_the_session(
-    dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
-    caplog: pytest.LogCaptureFixture,
+    tls_dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
+    maillog: Callable[[], list[str]],
 ) -> None:
     sink = serve(certs["wrong"])  # not checked at "may"
-    delivery = await send(settings(dns, smtp_tls_security_level="may"),
+    delivery = await send(tls_settings(tls_dns, smtp_tls_security_level="may"),
                           f"[mx.tls.test]:{sink.port}")
     assert only(delivery)[:2] == ("sent", "2.0.0")
     assert sink.messages[0].tls
     relay = f"mx.tls.test[127.0.0.1]:{sink.port}"
     assert any(line.endswith(f"Untrusted TLS connection established to {relay}: TLSv1.3 "
                              "with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)")
-               for line in lines(caplog)), lines(caplog)
+               for line in maillog()), maillog()
 
 
 async def test_may_falls_back_to_clear_text_when_the_handshake_fails(
-    dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
-    caplog: pytest.LogCaptureFixture,
+    tls_dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
+    maillog: Callable[[], list[str]],
 ) -> None:
     # The server speaks TLS 1.2 at most; this client wants 1.3.
     sink = serve(certs["good"], maximum=ssl.TLSVersion.TLSv1_2)
     delivery = await send(
-        settings(dns, smtp_tls_security_level="may", smtp_tls_protocols=">=TLSv1.3"),
+        tls_settings(tls_dns, smtp_tls_security_level="may", smtp_tls_protocols=">=TLSv1.3"),
         f"[mx.tls.test]:{sink.port}")
     assert only(delivery)[:2] == ("sent", "2.0.0")
     assert [m.tls for m in sink.messages] == [False]
     assert any("Cannot start TLS: handshake failure with mx.tls.test[127.0.0.1]" in line
-               and "trying again without TLS" in line for line in lines(caplog))
+               and "trying again without TLS" in line for line in maillog())
 
 
 async def test_none_never_starts_tls(
-    dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
+    tls_dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
 ) -> None:
     sink = serve(certs["good"])
-    delivery = await send(settings(dns), f"[mx.tls.test]:{sink.port}")  # default: none
+    delivery = await send(tls_settings(tls_dns), f"[mx.tls.test]:{sink.port}")  # default: none
     assert only(delivery)[:2] == ("sent", "2.0.0")
     assert [m.tls for m in sink.messages] == [False]
 
@@ -139,11 +76,11 @@ async def test_none_never_starts_tls(
 
 
 async def test_encrypt_defers_on_a_handshake_failure(
-    dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
+    tls_dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
 ) -> None:
     sink = serve(certs["good"], maximum=ssl.TLSVersion.TLSv1_2)
     delivery = await send(
-        settings(dns, smtp_tls_security_level="encrypt",
+        tls_settings(tls_dns, smtp_tls_security_level="encrypt",
                  smtp_tls_mandatory_protocols=">=TLSv1.3"),
         f"[mx.tls.test]:{sink.port}")
     assert only(delivery) == ("deferred", "4.7.5", "Cannot start TLS: handshake failure")
@@ -152,10 +89,10 @@ async def test_encrypt_defers_on_a_handshake_failure(
 
 
 async def test_encrypt_defers_when_starttls_is_not_offered(
-    dns: DnsServer, serve: Callable[..., SmtpSink],
+    tls_dns: DnsServer, serve: Callable[..., SmtpSink],
 ) -> None:
     sink = serve()  # no TLS at all
-    delivery = await send(settings(dns, smtp_tls_security_level="encrypt"),
+    delivery = await send(tls_settings(tls_dns, smtp_tls_security_level="encrypt"),
                           f"[mx.tls.test]:{sink.port}")
     assert only(delivery) == (
         "deferred", "4.7.4", "TLS is required, but was not offered by host "
@@ -163,7 +100,7 @@ async def test_encrypt_defers_when_starttls_is_not_offered(
     assert sink.messages == []
 
 
-async def test_encrypt_defers_when_starttls_is_refused(dns: DnsServer) -> None:
+async def test_encrypt_defers_when_starttls_is_refused(tls_dns: DnsServer) -> None:
     async def refuses_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 refuser.test ESMTP\r\n")
         await reader.readline()  # EHLO
@@ -174,7 +111,7 @@ async def test_encrypt_defers_when_starttls_is_refused(dns: DnsServer) -> None:
         await reader.readline()  # QUIT, or the client hangs up
 
     async with scripted_server(refuses_tls) as server:
-        delivery = await send(settings(dns, smtp_tls_security_level="encrypt"),
+        delivery = await send(tls_settings(tls_dns, smtp_tls_security_level="encrypt"),
                               f"[mx.tls.test]:{server.port}")
     assert only(delivery) == (
         "deferred", "4.7.0", "TLS is required, but host mx.tls.test[127.0.0.1] refused to "
@@ -185,17 +122,17 @@ async def test_encrypt_defers_when_starttls_is_refused(dns: DnsServer) -> None:
 
 
 async def test_verify_delivers_when_the_certificate_matches(
-    dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
-    test_ca: TestCa, caplog: pytest.LogCaptureFixture,
+    tls_dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
+    test_ca: TestCa, maillog: Callable[[], list[str]],
 ) -> None:
     sink = serve(certs["good"])
-    delivery = await send(
-        settings(dns, smtp_tls_security_level="verify", smtp_tls_CAfile=str(test_ca.ca_file)),
-        f"[mx.tls.test]:{sink.port}")
+    verify = tls_settings(tls_dns, smtp_tls_security_level="verify",
+                          smtp_tls_CAfile=str(test_ca.ca_file))
+    delivery = await send(verify, f"[mx.tls.test]:{sink.port}")
     assert only(delivery)[:2] == ("sent", "2.0.0")
     assert sink.messages[0].tls
     assert any(f"Verified TLS connection established to mx.tls.test[127.0.0.1]:{sink.port}: "
-               "TLSv1.3 with cipher " in line for line in lines(caplog)), lines(caplog)
+               "TLSv1.3 with cipher " in line for line in maillog()), maillog()
 
 
 @pytest.mark.parametrize(("cert", "trusted", "logged"), [
@@ -203,33 +140,34 @@ async def test_verify_delivers_when_the_certificate_matches(
     ("good", False, "unable to get local issuer certificate"),  # an untrusted chain
 ])
 async def test_verify_defers_when_the_certificate_does_not_do(
-    dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
-    test_ca: TestCa, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tls_dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
+    test_ca: TestCa, tmp_path: Path, maillog: Callable[[], list[str]],
     cert: str, trusted: bool, logged: str,
 ) -> None:
     ca = test_ca if trusted else TestCa(tmp_path / "other-ca", "another CA")
     sink = serve(certs[cert])
     delivery = await send(
-        settings(dns, smtp_tls_security_level="verify", smtp_tls_CAfile=str(ca.ca_file)),
+        tls_settings(tls_dns, smtp_tls_security_level="verify", smtp_tls_CAfile=str(ca.ca_file)),
         f"[mx.tls.test]:{sink.port}")
     assert only(delivery) == ("deferred", "4.7.5", "Server certificate not verified")
     assert sink.messages == []
     assert any("server certificate verification failed for mx.tls.test[127.0.0.1]" in line
-               and logged in line for line in lines(caplog)), lines(caplog)
+               and logged in line for line in maillog()), maillog()
 
 
 async def test_secure_matches_the_nexthop_domain_of_an_mx_delivery(
-    dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
+    tls_dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
     test_ca: TestCa,
 ) -> None:
     # secure: nexthop, dot-nexthop -- mx.tls.test is under tls.test.
     sink = serve(certs["good"])
     values = dict(smtp_tls_security_level="secure", smtp_tls_CAfile=str(test_ca.ca_file))
-    assert only(await send(settings(dns, **values), f"tls.test:{sink.port}"))[0] == "sent"
+    secure = tls_settings(tls_dns, **values)
+    assert only(await send(secure, f"tls.test:{sink.port}"))[0] == "sent"
     # The same server named by its own [host]: mx.tls.test is the next hop itself.
-    assert only(await send(settings(dns, **values), f"[mx.tls.test]:{sink.port}"))[0] == "sent"
+    assert only(await send(secure, f"[mx.tls.test]:{sink.port}"))[0] == "sent"
     # A next hop the certificate does not name.
-    strict = settings(dns, **values, smtp_tls_secure_cert_match=["nexthop"])
+    strict = tls_settings(tls_dns, **values, smtp_tls_secure_cert_match=["nexthop"])
     assert only(await send(strict, f"tls.test:{sink.port}"))[1] == "4.7.5"
 
 
@@ -237,12 +175,12 @@ async def test_secure_matches_the_nexthop_domain_of_an_mx_delivery(
 
 
 async def test_policy_maps_from_the_routing_snapshot(
-    dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
+    tls_dns: DnsServer, serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]],
     test_ca: TestCa,
 ) -> None:
     sink = serve(certs["wrong"])
     nexthop = f"[mx.tls.test]:{sink.port}"
-    base = settings(dns, smtp_tls_CAfile=str(test_ca.ca_file))  # level none
+    base = tls_settings(tls_dns, smtp_tls_CAfile=str(test_ca.ca_file))  # level none
 
     def routing(policy: str) -> RoutingSnapshot:
         return RoutingSnapshot(smtp_tls_policy_maps={nexthop: policy})

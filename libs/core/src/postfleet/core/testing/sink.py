@@ -75,12 +75,13 @@ class Users:
 
     def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str,
                  auth_data: Any) -> AuthResult:
+        # handled=False: aiosmtpd then answers a failure itself (535 5.7.8).
         if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False)
+            return AuthResult(success=False, handled=False)
         user = auth_data.login.decode()
         self.attempts.append((mechanism, user))
         ok = self.passwords.get(user) == auth_data.password.decode()
-        return AuthResult(success=ok, auth_data=user if ok else None)
+        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
 
 class SmtpSink:

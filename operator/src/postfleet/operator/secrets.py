@@ -26,7 +26,9 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
 
 TABLE_KEY = "sasl_passwd"
 
@@ -91,3 +93,17 @@ class KubernetesSecrets:
             raise SecretError(
                 f"writing Secret {self.namespace}/{self.name}: {exc.status} {exc.reason}"
             ) from None
+
+
+async def api_client() -> k8s.ApiClient | None:
+    """An API client as kopf logs in: the pod's service account, else
+    $KUBECONFIG or ~/.kube/config; None when there is neither."""
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except ConfigException:
+        try:
+            await k8s_config.load_kube_config(client_configuration=configuration)
+        except (ConfigException, OSError):
+            return None
+    return k8s.ApiClient(configuration)

@@ -59,6 +59,7 @@ TABLE_FORMATS = {
     "transport_maps": "single", "virtual_alias_maps": "list", "virtual_mailbox_maps": "single",
     "canonical_maps": "single", "sender_canonical_maps": "single",
     "recipient_canonical_maps": "single", "relocated_maps": "single", "alias_maps": "aliases",
+    "smtp_tls_policy_maps": "single",
 }
 RENAMED = {"virtual_maps": "virtual_alias_maps"}  # Postfix < 2.0 names
 
@@ -91,6 +92,12 @@ ROLE_PARAMETERS = frozenset({
     "lmtp_rcpt_timeout", "lmtp_data_init_timeout", "lmtp_data_done_timeout",
     "lmtp_quit_timeout", "lmtp_tcp_port", "mailbox_size_limit", "proxy_interfaces",
     "virtual_mailbox_base", "virtual_mailbox_limit",
+    # delivery: outbound TLS and client SASL (smtp_tls_policy_maps is a routing table)
+    "smtp_tls_security_level", "smtp_tls_CAfile", "smtp_tls_protocols",
+    "smtp_tls_mandatory_protocols", "smtp_tls_verify_cert_match", "smtp_tls_secure_cert_match",
+    "smtp_tls_loglevel", "smtp_starttls_timeout", "smtp_sasl_auth_enable",
+    "smtp_sasl_password_maps", "smtp_sasl_security_options", "smtp_sasl_tls_security_options",
+    "smtp_sasl_mechanism_filter", "smtp_sasl_auth_soft_bounce",
 })
 # Parameters that also belong to a role, besides the routing snapshot.
 SHARED_WITH_ROLES = frozenset({"myhostname", "recipient_delimiter"})

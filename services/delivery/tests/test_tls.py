@@ -11,13 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postfleet.core.db.status import Outcome
 from postfleet.core.routing.nexthop import parse_nexthop
 from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.routing.store import RoutingView, publish_snapshot
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.pki import TestCa
 from postfleet.core.testing.scripted import scripted_server
 from postfleet.core.testing.sink import SmtpSink
+from postfleet.core.testing.waiting import eventually
 from postfleet.delivery.tls import (
     PolicyError,
     TlsPolicy,
@@ -28,7 +32,7 @@ from postfleet.delivery.tls import (
     policy_keys,
 )
 
-from .conftest import only, send, tls_settings
+from .conftest import Bus, StartAgent, make_job, only, queue_message, send, tls_settings
 
 # -- may ------------------------------------------------------------------------------
 
@@ -235,3 +239,41 @@ def test_certificate_names_and_mx_patterns() -> None:
     assert not name_matches("example.org", ".example.org")
     assert mx_listed("mx1.example.org.", ("*.example.org",))
     assert not mx_listed("mx1.evil.test", ("*.example.org", "mx.example.org"))
+
+
+# -- the delivery role, with the policy from NATS KV --------------------------------------
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_the_role_follows_the_policy_in_the_routing_snapshot(
+    engine: AsyncEngine, bus: Bus, start_agent: StartAgent, tls_dns: DnsServer,
+    serve: Callable[..., SmtpSink], certs: dict[str, tuple[Path, Path]], test_ca: TestCa,
+) -> None:
+    """Published as the operator publishes a Transport's spec.tls, applied
+    by a running delivery process, changed live."""
+    sink = serve(certs["wrong"])
+    nexthop = f"[mx.tls.test]:{sink.port}"
+    view = RoutingView()
+    await view.start(bus.js)
+    try:
+        await start_agent(routing=lambda: view.snapshot, dns_nameservers=[tls_dns.nameserver],
+                          smtp_tls_CAfile=str(test_ca.ca_file))
+
+        async def deliver(policy: str) -> tuple[str, str]:
+            stored = await publish_snapshot(
+                bus.js, RoutingSnapshot(smtp_tls_policy_maps={nexthop: policy}))
+            await eventually(lambda: view.snapshot.version == stored.version,
+                             what=f"snapshot {stored.version} in force")
+            job = make_job(await queue_message(engine, ["bob@dest.test"]), nexthop)
+            await bus.publish_job(job)
+            result = next(r for r in await bus.results(len(bus.seen) + 1)
+                      if r.job_id == job.job_id)
+            rcpt = result.recipients[0]
+            return Outcome.from_proto(rcpt.outcome), rcpt.dsn
+
+        assert await deliver("verify") == ("deferred", "4.7.5")
+        assert sink.messages == []
+        assert await deliver("verify match=other.test") == ("sent", "2.0.0")
+        assert [m.tls for m in sink.messages] == [True]
+    finally:
+        await view.stop()

@@ -23,7 +23,8 @@ The seam for DNS: ``Resolver`` is what the transports call.
   (smtp_host_lookup = dns / native / dns, native).
 
 With DNS disabled (smtp_dns_support_level = disabled, or disable_dns_lookups
-= yes) there is no MX lookup and every host is looked up natively.
+= yes) there is no MX lookup and every host is looked up natively (and no
+MTA-STS, whose TXT records ``DnsResolver.txt`` asks for).
 
 Failures carry Postfix's texts: a name that does not exist is bounced 5.4.4
 ("Host or domain name not found. Name service error for name=… type=MX: Host

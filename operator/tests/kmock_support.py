@@ -190,6 +190,10 @@ def declare_cluster(
     emulator.resources["v1/events"] = kmock.ResourceInfo(
         kind="Event", singular="event", namespaced=True, verbs=ALL_VERBS
     )
+    # Secrets: Transport.spec.authSecretRef, and the password table the operator writes.
+    emulator.resources["v1/secrets"] = kmock.ResourceInfo(
+        kind="Secret", singular="secret", namespaced=True, verbs=ALL_VERBS
+    )
     emulator.resources[CRD_RESOURCE] = kmock.ResourceInfo(
         kind="CustomResourceDefinition",
         singular="customresourcedefinition",

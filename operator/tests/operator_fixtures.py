@@ -25,6 +25,8 @@ from operator_testkit import NAMESPACE, ThreadedOperator
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.testing.nats import NatsServer
 
+StartOperator = Callable[..., Awaitable[ThreadedOperator]]
+
 
 @pytest.fixture(scope="session")
 def crds() -> list[dict[str, Any]]:

@@ -13,12 +13,14 @@ import kmock
 import kopf
 import nats
 from kmock_support import KopfEmulator
+from kubernetes_asyncio import client as k8s
 from nats.js import JetStreamContext
 
 from postfleet.core.bus.connect import routing_bucket
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import read_snapshot
 from postfleet.operator.handlers import RoutingOperator, kopf_settings
+from postfleet.operator.secrets import KubernetesSecrets
 
 NAMESPACE = "default"
 API = f"/apis/postfleet.io/v1alpha1/namespaces/{NAMESPACE}"
@@ -35,6 +37,8 @@ class ThreadedOperator:
 
     def __init__(self, url: str, nats_url: str, base: RoutingSnapshot | None) -> None:
         self.url = url.rstrip("/")
+        # Where the operator writes smtp_sasl_password_maps (as the chart names it).
+        self.sasl_secret = (NAMESPACE, "postfleet-sasl-passwords")
         self.nats_url = nats_url
         self.base = base
         self.thread: threading.Thread | None = None
@@ -70,12 +74,17 @@ class ThreadedOperator:
 
     async def _main(self) -> None:
         nc = await nats.connect(self.nats_url)
+        stack = contextlib.AsyncExitStack()
         try:
             js = nc.jetstream()
             # As main does: the first request starts nats-py's reply task before kopf
             # (kopf waits for, then cancels, tasks born while it ran).
             await routing_bucket(js)
-            state = RoutingOperator(js, self.base, status_interval=0.3, retry_delay=0.5)
+            api = k8s.ApiClient(k8s.Configuration(host=self.url))
+            stack.push_async_callback(api.close)
+            secrets = KubernetesSecrets(api, *self.sasl_secret)
+            state = RoutingOperator(js, self.base, status_interval=0.3, retry_delay=0.5,
+                                    secrets=secrets)
             registry = state.register(kopf.OperatorRegistry())
 
             def login(**_: Any) -> kopf.ConnectionInfo:
@@ -97,6 +106,7 @@ class ThreadedOperator:
                     ready_flag=self._ready,
                 )
         finally:
+            await stack.aclose()
             await nc.close()
 
 

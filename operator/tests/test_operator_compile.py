@@ -256,27 +256,80 @@ def test_transport_routes_resolve_like_postfix() -> None:
     assert (route.transport, route.nexthop) == ("lmtp", "[dovecot.univ.es]:24")
 
 
-def test_unsupported_fields_are_accepted_with_a_note() -> None:
-    compiled = build(
-        tr(
-            "t",
-            {
-                "match": "x.example",
-                "transport": "smtp",
-                "tls": "encrypt",
-                "authSecretRef": {"name": "relay-auth"},
-                "concurrencyLimit": 5,
-            },
-        )
-    )
+def test_a_concurrency_limit_without_a_next_hop_is_accepted_with_a_note() -> None:
+    compiled = build(tr("t", {"match": "x.example", "transport": "smtp", "concurrencyLimit": 5}))
     outcome = compiled.outcomes[("Transport", "mail", "t")]
     assert outcome.ok
     assert outcome.notes == (
         "spec.concurrencyLimit needs spec.nexthop; default_destination_concurrency_limit applies",
-        "spec.tls is not carried by the routing snapshot yet",
-        "spec.authSecretRef is not carried by the routing snapshot yet",
     )
     assert compiled.snapshot.destination_concurrency_limits == {}
+
+
+RELAY = {"host": "smtp.isp.example", "port": 587, "mx": False}
+SECRETS = {("mail", "relay-auth"): {"password": "univ-relay:s3cret", "other": "x"},
+           ("mail", "broken"): {"password": "no colon here"}}
+
+
+def test_tls_and_credentials_are_carried_for_their_next_hop() -> None:
+    compiled = compile_routing([
+        tr("relay", {"match": "*", "transport": "smtp", "nexthop": RELAY, "tls": "verify",
+                     "authSecretRef": {"name": "relay-auth"}}),
+        tr("partner", {"match": ".partner.example", "transport": "smtp", "tls": "secure"}),
+        tr("same", {"match": "x.example", "transport": "relay", "nexthop": RELAY,
+                    "tls": "verify"}),  # the same policy for the same next hop: shared
+    ], BASE, SECRETS)
+    assert all(o.ok and not o.notes for o in compiled.outcomes.values()), compiled.outcomes
+    assert compiled.snapshot.smtp_tls_policy_maps == {
+        "[smtp.isp.example]:587": "verify", ".partner.example": "secure"}
+    assert compiled.sasl_passwords == {"[smtp.isp.example]:587": "univ-relay:s3cret"}
+    assert "s3cret" not in compiled.snapshot.to_json().decode()
+
+
+def test_base_tls_policies_are_kept() -> None:
+    base = BASE.model_copy(update={"smtp_tls_policy_maps": {"[mx.base.example]": "encrypt"}})
+    compiled = build(tr("t", {"match": "a.example", "transport": "smtp", "tls": "may"}),
+                     base=base)
+    assert compiled.snapshot.smtp_tls_policy_maps == {
+        "[mx.base.example]": "encrypt", "a.example": "may"}
+
+
+@pytest.mark.parametrize(("spec", "error"), [
+    ({"tls": "dane"}, 'spec.tls "dane" is not enforced by the smtp client '
+                      "(it does none, may, encrypt, verify, secure)"),
+    ({"match": "*", "tls": "verify"}, 'spec.tls needs spec.nexthop when spec.match is "*"'),
+    ({"transport": "lmtp", "nexthop": {"host": "d.example"}, "tls": "verify"},
+     "spec.tls applies to SMTP transports only, not lmtp"),
+    ({"authSecretRef": {"name": "missing"}, "nexthop": RELAY},
+     "Secret mail/missing (spec.authSecretRef) not found"),
+    ({"authSecretRef": {"name": "relay-auth", "key": "nope"}, "nexthop": RELAY},
+     'Secret mail/relay-auth has no key "nope"'),
+    ({"authSecretRef": {"name": "broken"}, "nexthop": RELAY},
+     'Secret mail/broken key "password" must hold one line username:password'),
+    ({"match": "u@x.example", "authSecretRef": {"name": "relay-auth"}},
+     'spec.authSecretRef needs spec.nexthop when spec.match is "u@x.example"'),
+])
+def test_tls_and_credential_errors(spec: dict[str, Any], error: str) -> None:
+    full = {"match": "x.example", "transport": "smtp", **spec}
+    compiled = compile_routing([tr("t", full)], BASE, SECRETS)
+    assert compiled.outcomes[("Transport", "mail", "t")].error == error
+    assert compiled.sasl_passwords == {}
+    assert compiled.snapshot.smtp_tls_policy_maps == {}
+
+
+def test_conflicting_tls_and_credentials_for_one_next_hop() -> None:
+    first = tr("a", {"match": "a.example", "transport": "smtp", "nexthop": RELAY,
+                     "tls": "verify", "authSecretRef": {"name": "relay-auth"}}, "1")
+    tls = tr("b", {"match": "b.example", "transport": "smtp", "nexthop": RELAY,
+                   "tls": "may"}, "2")
+    auth = tr("c", {"match": "c.example", "transport": "smtp", "nexthop": RELAY,
+                    "authSecretRef": {"name": "relay-auth", "key": "other"}}, "3")
+    compiled = compile_routing([first, tls, auth], BASE, {
+        ("mail", "relay-auth"): {"password": "u:p", "other": "v:q"}})
+    assert compiled.outcomes[tls.key].error == (
+        'the TLS policy for "[smtp.isp.example]:587" is already set by Transport mail/a')
+    assert compiled.outcomes[auth.key].error == (
+        'SMTP AUTH for "[smtp.isp.example]:587" is already set by Transport mail/a')
 
 
 def test_a_concurrency_limit_is_carried_for_its_next_hop() -> None:

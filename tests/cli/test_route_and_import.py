@@ -18,9 +18,9 @@ from postfleet.cli.postfix_import import (
     ROLE_PARAMETERS,
     import_postfix,
     parse_main_cf,
-    parse_table,
 )
 from postfleet.cli.routes import describe, route_context
+from postfleet.core.postmap import parse_table
 from postfleet.core.routing.nexthop import describe_nexthop
 
 KEYS = ["address", "class", "rewritten", "transport", "nexthop", "port", "mx", "reject"]
@@ -233,3 +233,21 @@ def test_virtual_domain_lines_and_default_domain_list(tmp_path: Path) -> None:
                               "aliases": {"info@example.com": ["ann@x.example"]}}
     info = describe(route_context(result.config), "info@example.com")
     assert (info["class"], info["rewritten"]) == ("virtual_alias", ["ann@x.example"])
+
+
+def test_outbound_tls_and_sasl_are_imported(tmp_path: Path) -> None:
+    (tmp_path / "main.cf").write_text(
+        "compatibility_level = 3.6\nmyhostname = relay.univ.es\n"
+        "relayhost = [smtp.isp.example]:587\n"
+        "smtp_tls_security_level = may\nsmtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt\n"
+        "smtp_tls_policy_maps = hash:/etc/postfix/tls_policy\n"
+        "smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = hash:/etc/postfix/sasl_passwd\n"
+        "smtp_sasl_security_options = noanonymous\n")
+    (tmp_path / "tls_policy").write_text("[smtp.isp.example]:587  secure match=smtp.isp.example\n"
+                                         ".partner.example  verify\n")
+    result = import_postfix(tmp_path)
+    assert result.warnings == []
+    assert result.config["routing"]["smtp_tls_policy_maps"] == {
+        "[smtp.isp.example]:587": "secure match=smtp.isp.example", ".partner.example": "verify"}
+    assert result.config["smtp_tls_security_level"] == "may"
+    assert result.config["smtp_sasl_password_maps"] == "hash:/etc/postfix/sasl_passwd"

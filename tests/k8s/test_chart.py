@@ -309,6 +309,32 @@ def test_tls_secret_defaults_the_level_and_keeps_overrides(chart):
     assert levels == ["encrypt"]
 
 
+def test_delivery_mounts_the_operators_password_table(chart, monkeypatch):
+    deployments = chart.objects("default", "Deployment")
+    delivery, operator = deployments["delivery"], deployments["operator"]
+    secret = env_of(operator)["POSTFLEET_SASL_SECRET_NAME"]["value"]
+    assert env_of(operator)["POSTFLEET_SASL_SECRET_NAMESPACE"]["value"] == "postfleet"
+    pod = delivery["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "sasl"]
+    assert volume["secret"] == {"secretName": secret, "optional": True, "defaultMode": 0o440}
+    assert {"name": "sasl", "mountPath": "/etc/postfleet/sasl", "readOnly": True} in (
+        container(delivery)["volumeMounts"])
+    env = env_of(delivery)
+    from postfleet.delivery.settings import DeliverySettings
+    for name in ("POSTFLEET_SMTP_SASL_AUTH_ENABLE", "POSTFLEET_SMTP_SASL_PASSWORD_MAPS"):
+        monkeypatch.setenv(name, env[name]["value"])
+    settings = DeliverySettings()
+    assert settings.smtp_sasl_auth_enable
+    assert settings.smtp_sasl_password_maps == "texthash:/etc/postfleet/sasl/sasl_passwd"
+    # A site's own table wins; without the operator there is nothing to mount.
+    for extra, maps in ((("--set", "delivery.config.smtp_sasl_password_maps=texthash:/x"),
+                         ["texthash:/x"]), (("--set", "operator.enabled=false"), [])):
+        other = chart.objects("default", "Deployment", *extra)["delivery"]
+        assert [e["value"] for e in container(other)["env"]
+                if e["name"] == "POSTFLEET_SMTP_SASL_PASSWORD_MAPS"] == maps
+        assert "sasl" not in [v["name"] for v in other["spec"]["template"]["spec"]["volumes"]]
+
+
 def test_ingress_env_is_what_the_role_reads(chart, monkeypatch):
     """The production env, fed to the role's own settings: names and values parse."""
     from postfleet.ingress_smtp.settings import IngressSettings
@@ -468,7 +494,10 @@ def test_operator_rbac_is_what_kopf_needs(chart, variant):
 
     cluster_wide = variant == "production"  # operator.watchAllNamespaces
     roles = chart.objects(variant, "Role")
-    assert bool(roles) is not cluster_wide
+    # Namespaced: the custom resources and the password table's Secret;
+    # cluster-wide: only that Secret.
+    assert len(roles) == 1
+    assert ("maildomains" in roles["operator"]["rules"][0]["resources"]) is not cluster_wide
     granted: dict[tuple[str, str], set[str]] = {}
     for kind in ("Role", "ClusterRole"):
         for rule in _rules(chart, variant, kind):
@@ -481,6 +510,7 @@ def test_operator_rbac_is_what_kopf_needs(chart, variant):
         ("postfleet.io", "maildomains/status"): {"get", "patch"},
         ("postfleet.io", "transports/status"): {"get", "patch"},
         ("", "events"): {"create"},
+        ("", "secrets"): {"get", "create", "patch"},  # authSecretRef, the password table
         ("", "namespaces"): {"list", "watch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     }
@@ -490,7 +520,7 @@ def test_operator_rbac_is_what_kopf_needs(chart, variant):
 
     bindings = [*chart.objects(variant, "RoleBinding").values(),
                 *chart.objects(variant, "ClusterRoleBinding").values()]
-    assert len(bindings) == (1 if cluster_wide else 2)
+    assert len(bindings) == 2
     subject = {"kind": "ServiceAccount", "name": account["metadata"]["name"],
                "namespace": "postfleet"}
     for binding in bindings:

@@ -1,13 +1,18 @@
 """Fixtures for the delivery role's tests: a queue store with messages in it,
-a NATS with the streams, the role running in-process, and a results reader."""
+a NATS with the streams, the role running in-process, and a results reader;
+for the TLS, SASL and MTA-STS tests, certificates from the test's own CA,
+SMTP servers with STARTTLS and AUTH, a dnsmasq naming them, the mail log."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +27,17 @@ from postfleet.core.db.engine import create_engine
 from postfleet.core.db.models import Message, Recipient
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.queueid import new_queue_id
+from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.nats import NatsServer
+from postfleet.core.testing.pki import TestCa
+from postfleet.core.testing.sink import SmtpSink
 from postfleet.delivery.agent import DeliveryAgent
+from postfleet.delivery.outcome import Delivery
+from postfleet.delivery.pool import SessionPool
 from postfleet.delivery.settings import DeliverySettings
+from postfleet.delivery.smtp import SmtpTransport
+from postfleet.delivery.store import StoredMessage
 
 from .dovecot import Dovecot
 
@@ -173,6 +186,24 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     await b.nc.close()
 
 
+async def send(
+    settings: DeliverySettings, nexthop: str, rcpts: tuple[str, ...] = ("bob@dest.test",),
+    routing: RoutingSnapshot | None = None,
+) -> Delivery:
+    """One job straight to a new smtp transport (no bus, no queue store);
+    ``routing``: the snapshot in force (smtp_tls_policy_maps)."""
+    pool = SessionPool(cache_time_limit=0, reuse_time_limit=0)
+    transport = SmtpTransport(settings, pool, routing=(lambda: routing) if routing else None)
+    job = delivery_pb2.Job(queue_id="4F2A1", transport="smtp", nexthop=nexthop)
+    for number, rcpt in enumerate(rcpts, 1):
+        job.recipients.add(id=number, address=rcpt)
+    try:
+        return await transport.deliver(job, StoredMessage("4F2A1", "alice@origin.test", BODY))
+    finally:
+        await pool.close()
+        await transport.close()
+
+
 def delivery_settings(database_url: str, nats_url: str, **overrides: Any) -> DeliverySettings:
     values: dict[str, Any] = dict(
         database_url=database_url, nats_url=nats_url, myhostname="mx.postfleet.test",
@@ -196,11 +227,13 @@ async def start_agent(
     """Run the delivery role in-process: ``agent = await start_agent(**settings)``."""
     started: list[tuple[DeliveryAgent, Client, AsyncEngine]] = []
 
-    async def start(**overrides: Any) -> DeliveryAgent:
+    async def start(
+        routing: Callable[[], RoutingSnapshot] | None = None, **overrides: Any
+    ) -> DeliveryAgent:
         settings = delivery_settings(database_url, nats_server.url, **overrides)
         nc = await connect(settings.nats_url, "delivery")
         engine = create_engine(settings.database_url, writer=False)
-        agent = DeliveryAgent(settings, nc.jetstream(), engine)
+        agent = DeliveryAgent(settings, nc.jetstream(), engine, routing=routing)
         await agent.start()
         started.append((agent, nc, engine))
         return agent
@@ -210,3 +243,65 @@ async def start_agent(
         await agent.drain(2.0)
         await nc.close()
         await engine.dispose()
+
+
+# -- TLS, SASL and MTA-STS peers ---------------------------------------------------------
+
+TLS_ZONE: dict[str, Any] = {
+    "mx": {"tls.test": [(10, "mx.tls.test")]},
+    "hosts": {"mx.tls.test": "127.0.0.1"},
+}
+MAILLOG = "postfleet.maillog"
+
+
+@pytest.fixture(scope="session")
+def certs(test_ca: TestCa) -> dict[str, tuple[Path, Path]]:
+    """Server certificates: "good" names mx.tls.test, "wrong" another host."""
+    return {
+        "good": test_ca.issue("mx", dns=["mx.tls.test"]),
+        "wrong": test_ca.issue("other", dns=["other.test"]),
+    }
+
+
+@pytest.fixture
+def tls_dns(make_dns: Callable[..., DnsServer]) -> DnsServer:
+    return make_dns(TLS_ZONE)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., SmtpSink]]:
+    """Start sinks: ``serve(cert)`` offers STARTTLS with that certificate,
+    ``serve(users={...})`` requires AUTH."""
+    started: list[SmtpSink] = []
+
+    def start(cert: tuple[Path, Path] | None = None, maximum: ssl.TLSVersion | None = None,
+              **kwargs: Any) -> SmtpSink:
+        context = TestCa.server_context(*cert, maximum=maximum) if cert else None
+        sink = SmtpSink(tls_context=context, **kwargs).start()
+        started.append(sink)
+        return sink
+
+    yield start
+    for sink in started:
+        sink.stop()
+
+
+def tls_settings(dns: DnsServer, **overrides: Any) -> DeliverySettings:
+    values: dict[str, Any] = dict(
+        myhostname="client.postfleet.test", smtp_connect_timeout=5.0, smtp_helo_timeout=5.0,
+        smtp_starttls_timeout=5.0, dns_nameservers=[dns.nameserver], dns_timeout=2.0)
+    values.update(overrides)
+    return DeliverySettings(**values)
+
+
+def only(delivery: Delivery) -> tuple[str, str, str]:
+    """(status, dsn, reply) of a one-recipient delivery."""
+    (result,) = delivery.outcomes
+    return result.status, result.dsn, result.reply
+
+
+@pytest.fixture
+def maillog(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
+    """The mail log lines so far."""
+    caplog.set_level(logging.INFO, logger=MAILLOG)
+    return lambda: [r.getMessage() for r in caplog.records if r.name == MAILLOG]

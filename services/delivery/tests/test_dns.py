@@ -14,19 +14,15 @@ from typing import Any
 
 import pytest
 
-from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import parse_nexthop
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.scripted import scripted_server
 from postfleet.core.testing.sink import SmtpSink
 from postfleet.delivery.hostlookup import DnsPolicy, DnsResolver, make_dns_client
 from postfleet.delivery.outcome import Delivery
-from postfleet.delivery.pool import SessionPool
 from postfleet.delivery.settings import DeliverySettings
-from postfleet.delivery.smtp import SmtpTransport
-from postfleet.delivery.store import StoredMessage
 
-from .conftest import BODY, NO_DNS
+from .conftest import BODY, NO_DNS, send
 
 MYHOSTNAME = "mx.postfleet.test"
 
@@ -104,20 +100,6 @@ def settings_for(dns: DnsServer | None, **overrides: Any) -> DeliverySettings:
     )
     values.update(overrides)
     return DeliverySettings(**values)
-
-
-async def send(
-    settings: DeliverySettings, nexthop: str, rcpts: tuple[str, ...] = ("bob@dest.test",)
-) -> Delivery:
-    pool = SessionPool(cache_time_limit=0, reuse_time_limit=0)
-    transport = SmtpTransport(settings, pool)
-    job = delivery_pb2.Job(queue_id="4F2A1", transport="smtp", nexthop=nexthop)
-    for number, rcpt in enumerate(rcpts, 1):
-        job.recipients.add(id=number, address=rcpt)
-    try:
-        return await transport.deliver(job, StoredMessage("4F2A1", "alice@origin.test", BODY))
-    finally:
-        await pool.close()
 
 
 def sent_to(sinks: dict[str, SmtpSink]) -> list[str]:

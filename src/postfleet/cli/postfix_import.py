@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from postfleet.core.dicts import parse_table
+from postfleet.core.postmap import INDEXED_TYPES
 from postfleet.core.routing.snapshot import TABLE_PARAMETERS, RoutingSnapshot
 
 ROUTING_STRINGS = frozenset({
@@ -59,6 +60,7 @@ TABLE_FORMATS = {
     "transport_maps": "single", "virtual_alias_maps": "list", "virtual_mailbox_maps": "single",
     "canonical_maps": "single", "sender_canonical_maps": "single",
     "recipient_canonical_maps": "single", "relocated_maps": "single", "alias_maps": "aliases",
+    "smtp_tls_policy_maps": "single",
 }
 RENAMED = {"virtual_maps": "virtual_alias_maps"}  # Postfix < 2.0 names
 
@@ -91,6 +93,12 @@ ROLE_PARAMETERS = frozenset({
     "lmtp_rcpt_timeout", "lmtp_data_init_timeout", "lmtp_data_done_timeout",
     "lmtp_quit_timeout", "lmtp_tcp_port", "mailbox_size_limit", "proxy_interfaces",
     "virtual_mailbox_base", "virtual_mailbox_limit",
+    # delivery: outbound TLS and client SASL (smtp_tls_policy_maps is a routing table)
+    "smtp_tls_security_level", "smtp_tls_CAfile", "smtp_tls_protocols",
+    "smtp_tls_mandatory_protocols", "smtp_tls_verify_cert_match", "smtp_tls_secure_cert_match",
+    "smtp_tls_loglevel", "smtp_starttls_timeout", "smtp_sasl_auth_enable",
+    "smtp_sasl_password_maps", "smtp_sasl_security_options", "smtp_sasl_tls_security_options",
+    "smtp_sasl_mechanism_filter", "smtp_sasl_auth_soft_bounce",
 })
 # Parameters that also belong to a role, besides the routing snapshot.
 SHARED_WITH_ROLES = frozenset({"myhostname", "recipient_delimiter"})
@@ -99,7 +107,6 @@ IGNORED = {
     "alias_database": "only newaliases(1) reads it; alias_maps is imported",
     "compatibility_level": "postfleet always applies compatibility_level 3.6 defaults",
 }
-INDEXED_TYPES = frozenset({"hash", "btree", "texthash", "lmdb", "cdb", "dbm", "sdbm"})
 LATEST_LEVEL = (3, 6)
 
 _REF = re.compile(r"\$(?:\{(\w+)(?:[?:][^}]*)?\}|(\w+))")

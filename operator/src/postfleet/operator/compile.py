@@ -20,6 +20,19 @@ whose entries count as claimed). ``includeSubdomains`` adds Postfix's
 ``.domain`` form to mydestination / virtual_*_domains; relay_domains already
 matches subdomains (parent_domain_matches_subdomains), so a relay domain is
 listed once either way.
+
+A Transport's ``tls`` is its next hop's smtp_tls_policy_maps entry (the level;
+dane, dane-only and fingerprint are refused: the smtp client does not do
+them, and a resource is Ready only when what it asks for is enforced). Its
+``authSecretRef`` names a Secret whose key (``password`` by default) holds
+``username:password``: that becomes the next hop's smtp_sasl_password_maps
+entry, which is NOT put in the snapshot (the snapshot travels over NATS and
+every role reads it) but returned apart (``Compiled.sasl_passwords``) for the
+operator to write into the Secret the delivery role mounts. Both are keyed
+as the smtp client looks them up: the next hop as written in transport_maps
+(``[mail.example.org]:587``), or, without a nexthop, the matched domain
+(``example.org``, ``.example.org``). The Secrets' contents are read by the
+caller and passed in, so compiling stays pure.
 """
 
 from __future__ import annotations
@@ -61,6 +74,11 @@ _TRANSPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _LOCAL_PART = re.compile(r"^[^\s@,:;<>()\[\]\\\"]+$")
 
 ResourceKey = tuple[str, str, str]  # (kind, namespace, name)
+SecretKey = tuple[str, str]  # (namespace, name)
+SecretData = Mapping[str, str] | str | None  # decoded data, a read error, or not found
+# The TLS levels the smtp client enforces (CRD enum minus dane, dane-only, fingerprint).
+TLS_LEVELS = ("none", "may", "encrypt", "verify", "secure")
+DEFAULT_SECRET_KEY = "password"
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,9 @@ class Outcome:
 class Compiled:
     snapshot: RoutingSnapshot
     outcomes: dict[ResourceKey, Outcome] = field(default_factory=dict)
+    # smtp_sasl_password_maps entries (next hop -> username:password): never
+    # in the snapshot.
+    sasl_passwords: dict[str, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> dict[ResourceKey, str]:
@@ -108,9 +129,14 @@ class Invalid(ValueError):
     """One resource is wrong; the message is what its status shows."""
 
 
-def compile_routing(resources: Iterable[Resource], base: RoutingSnapshot | None = None) -> Compiled:
-    """Build the snapshot from ``base`` plus every acceptable resource."""
-    tables = _Tables(base or RoutingSnapshot())
+def compile_routing(
+    resources: Iterable[Resource], base: RoutingSnapshot | None = None,
+    secrets: Mapping[SecretKey, SecretData] | None = None,
+) -> Compiled:
+    """Build the snapshot from ``base`` plus every acceptable resource.
+    ``secrets``: the decoded data of the Secrets that Transports reference
+    (None or absent: not found; a string: why it could not be read)."""
+    tables = _Tables(base or RoutingSnapshot(), secrets or {})
     # MailDomains first: Transports' loop checks need the local domains.
     ordered = sorted(
         resources,
@@ -131,7 +157,7 @@ def compile_routing(resources: Iterable[Resource], base: RoutingSnapshot | None 
             outcomes[res.key] = Outcome(error=str(exc))
         else:
             outcomes[res.key] = Outcome(notes=tuple(notes))
-    return Compiled(tables.snapshot(), outcomes)
+    return Compiled(tables.snapshot(), outcomes, dict(sorted(tables.passwords.items())))
 
 
 # -- validation helpers -------------------------------------------------------
@@ -262,8 +288,15 @@ def _find_alias_loop(aliases: Mapping[str, list[str]], starts: Iterable[str]) ->
 class _Tables:
     """The tables under construction and who claimed each entry."""
 
-    def __init__(self, base: RoutingSnapshot) -> None:
+    def __init__(
+        self, base: RoutingSnapshot, secrets: Mapping[SecretKey, SecretData]
+    ) -> None:
         self.base = base
+        self.secrets = secrets
+        self.tls: dict[str, str] = dict(base.smtp_tls_policy_maps)
+        self.tls_owner: dict[str, str] = dict.fromkeys(self.tls, BASE_OWNER)
+        self.passwords: dict[str, str] = {}
+        self.password_owner: dict[str, str] = {}
         # domain entry (domain or .domain) -> (class, owner)
         self.claims: dict[str, tuple[str, str]] = {}
         for cls, param in CLASS_PARAMETERS.items():
@@ -367,13 +400,18 @@ class _Tables:
         limit = spec.get("concurrencyLimit")
         if limit is not None and not (_is_int(limit) and limit >= 1):
             raise Invalid("spec.concurrencyLimit must be a positive integer")
-        ref = spec.get("authSecretRef")
-        if ref is not None and not (isinstance(ref, Mapping) and ref.get("name")):
-            raise Invalid("spec.authSecretRef needs a name")
+        nexthop = value.partition(":")[2]
+        tls = self._tls(res, transport, match, nexthop)
+        password = self._password(res, transport, match, nexthop)
         if match in self.transports:
             raise Invalid(f'match "{match}" is already routed by {self.transport_owner[match]}')
         self.transports[match] = value
         self.transport_owner[match] = str(res)
+        for table, owners, entry in ((self.tls, self.tls_owner, tls),
+                                     (self.passwords, self.password_owner, password)):
+            if entry is not None:
+                table[entry[0]] = entry[1]
+                owners.setdefault(entry[0], str(res))
         notes = []
         if limit is not None:
             if value.endswith(":"):
@@ -383,13 +421,59 @@ class _Tables:
             else:
                 # Two Transports to one next hop share it: the lower limit wins.
                 self.limits[value] = min(limit, self.limits.get(value, limit))
-        # Per-destination TLS and SASL have no table in the snapshot yet.
-        notes += [
-            f"spec.{name} is not carried by the routing snapshot yet"
-            for name in ("tls", "authSecretRef")
-            if spec.get(name) not in (None, {}, "")
-        ]
         return notes
+
+    def _destination(self, field: str, transport: str, match: str, nexthop: str) -> str:
+        """The smtp_tls_policy_maps / smtp_sasl_password_maps key of a Transport."""
+        if transport in TEXT_TRANSPORTS | LOCAL_TRANSPORTS or transport == "lmtp":
+            raise Invalid(f"spec.{field} applies to SMTP transports only, not {transport}")
+        if nexthop:
+            return nexthop
+        if match == "*" or "@" in match:
+            raise Invalid(f'spec.{field} needs spec.nexthop when spec.match is "{match}"')
+        return match
+
+    @staticmethod
+    def _claim(table: Mapping[str, str], owners: Mapping[str, str], key: str, value: str,
+               what: str) -> None:
+        if key in table and table[key] != value:
+            raise Invalid(f'{what} for "{key}" is already set by {owners[key]}')
+
+    def _tls(self, res: Resource, transport: str, match: str,
+             nexthop: str) -> tuple[str, str] | None:
+        level = res.spec.get("tls")
+        if level is None:
+            return None
+        if level not in TLS_LEVELS:
+            raise Invalid(f'spec.tls "{level}" is not enforced by the smtp client '
+                          f"(it does {', '.join(TLS_LEVELS)})")
+        key = self._destination("tls", transport, match, nexthop)
+        self._claim(self.tls, self.tls_owner, key, level, "the TLS policy")
+        return key, level
+
+    def _password(self, res: Resource, transport: str, match: str,
+                  nexthop: str) -> tuple[str, str] | None:
+        ref = res.spec.get("authSecretRef")
+        if ref is None:
+            return None
+        if not (isinstance(ref, Mapping) and ref.get("name")):
+            raise Invalid("spec.authSecretRef needs a name")
+        key = self._destination("authSecretRef", transport, match, nexthop)
+        name, item = str(ref["name"]), str(ref.get("key") or DEFAULT_SECRET_KEY)
+        data = self.secrets.get((res.namespace, name))
+        where = f"Secret {res.namespace}/{name}"
+        if data is None:
+            raise Invalid(f"{where} (spec.authSecretRef) not found")
+        if isinstance(data, str):
+            raise Invalid(f"{where} (spec.authSecretRef) cannot be read: {data}")
+        if item not in data:
+            raise Invalid(f'{where} has no key "{item}"')
+        credentials = data[item].strip()
+        user, colon, _password = credentials.partition(":")
+        if not colon or not user or any(c in credentials for c in "\r\n") or " " in user:
+            raise Invalid(f'{where} key "{item}" must hold one line username:password')
+        self._claim(self.passwords, self.password_owner, key, credentials, "SMTP AUTH")
+        return key, credentials
 
     def _nexthop(self, res: Resource, match: str, transport: str) -> str:
         spec = res.spec
@@ -475,4 +559,5 @@ class _Tables:
         update["virtual_alias_maps"] = dict(sorted(self.aliases.items()))
         update["transport_maps"] = dict(sorted(self.transports.items()))
         update["destination_concurrency_limits"] = dict(sorted(self.limits.items()))
+        update["smtp_tls_policy_maps"] = dict(sorted(self.tls.items()))
         return RoutingSnapshot.model_validate({**self.base.model_dump(), **update})

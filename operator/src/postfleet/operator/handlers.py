@@ -12,9 +12,15 @@ a ``Ready`` condition, the exact error when it is left out, ``snapshotVersion``
 timer re-checks it every ``status_interval`` seconds. Deletion runs behind a
 finalizer: the entry leaves the snapshot before the object goes.
 
+Transports with ``authSecretRef``: their Secrets are read at each
+compilation (and, for rotation, by their status timer), and the compiled
+smtp_sasl_password_maps table is written to the delivery role's Secret
+(secrets.py) before the snapshot is published, so a Transport is Ready only
+once its credentials are in place and its TLS policy is in the snapshot.
+
 Postfix parameters written: see ``compile`` (mydestination, relay_domains,
 virtual_alias_domains, virtual_alias_maps, virtual_mailbox_domains,
-transport_maps).
+transport_maps, smtp_tls_policy_maps; smtp_sasl_password_maps apart).
 """
 
 from __future__ import annotations
@@ -40,8 +46,11 @@ from postfleet.operator.compile import (
     Outcome,
     Resource,
     ResourceKey,
+    SecretData,
+    SecretKey,
     compile_routing,
 )
+from postfleet.operator.secrets import SecretError, SecretStore
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +118,11 @@ class RoutingOperator:
         *,
         status_interval: float = 5.0,
         retry_delay: float = 5.0,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.js = js
+        self.secrets = secrets
+        self._written: dict[str, str] | None = None  # the password table last written
         self.base = base or RoutingSnapshot()
         self.status_interval = status_interval
         self.retry_delay = retry_delay
@@ -125,13 +137,20 @@ class RoutingOperator:
         entries = [entry for index in indexes for store in index.values() for entry in store]
         live = [e for e in entries if not e.deleting]
         async with self._lock:
-            compiled = compile_routing((e.resource for e in live), self.base)
+            secrets = await self._read_secrets(e.resource for e in live)
+            compiled = compile_routing((e.resource for e in live), self.base, secrets)
             try:
+                # Credentials in place before the snapshot that routes to them.
+                if self.secrets is not None and compiled.sasl_passwords != self._written:
+                    await self.secrets.write_passwords(compiled.sasl_passwords)
+                    self._written = dict(compiled.sasl_passwords)
+                    log.info("smtp_sasl_password_maps written: %d next hops",
+                             len(compiled.sasl_passwords))
                 current = await read_snapshot(self.js)
                 if current is None or _content(current) != _content(compiled.snapshot):
                     current = await publish_snapshot(self.js, compiled.snapshot)
                     log.info("published routing snapshot version %d", current.version)
-            except Exception as exc:  # NATS down or slow: kopf retries the handler
+            except Exception as exc:  # NATS or the API down or slow: kopf retries
                 raise kopf.TemporaryError(
                     f"cannot publish the routing snapshot: {exc!r}", delay=self.retry_delay
                 ) from exc
@@ -141,6 +160,20 @@ class RoutingOperator:
             SNAPSHOT_VERSION.set(current.version)
             INVALID_RESOURCES.set(len(compiled.errors))
             return compiled
+
+    async def _read_secrets(self, resources: Iterable[Resource]) -> dict[SecretKey, SecretData]:
+        """The Secrets that Transports name in spec.authSecretRef."""
+        wanted = {key for res in resources if (key := _secret_ref(res)) is not None}
+        found: dict[SecretKey, SecretData] = {}
+        for namespace, name in sorted(wanted):
+            if self.secrets is None:
+                found[namespace, name] = "the operator has no Kubernetes API client"
+                continue
+            try:
+                found[namespace, name] = await self.secrets.read(namespace, name)
+            except SecretError as exc:
+                found[namespace, name] = str(exc)
+        return found
 
     # -- status -----------------------------------------------------------------
     def desired_status(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -220,7 +253,10 @@ class RoutingOperator:
         async def deleted(**kwargs: Any) -> None:
             await self.reconcile(kwargs[i] for i in INDEX_IDS.values())
 
-        def status(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        async def status(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+            if kind == TRANSPORT and (body.get("spec") or {}).get("authSecretRef"):
+                # Its Secret may have changed (a rotated password): compile again.
+                await self.reconcile(kwargs[i] for i in INDEX_IDS.values())
             self.update_status(kind, body, patch)
 
         common: dict[str, Any] = {"registry": registry, "backoff": self.retry_delay}
@@ -242,6 +278,13 @@ class _QuietStatusTimer(logging.Filter):
         return not (
             record.levelno <= logging.INFO and record.getMessage().startswith("Timer 'status'")
         )
+
+
+def _secret_ref(res: Resource) -> SecretKey | None:
+    ref = res.spec.get("authSecretRef") if res.kind == TRANSPORT else None
+    if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) and ref["name"]:
+        return (res.namespace, ref["name"])
+    return None
 
 
 def _content(snapshot: RoutingSnapshot) -> dict[str, Any]:

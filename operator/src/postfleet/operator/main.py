@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -24,7 +25,10 @@ from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.service import Service
 from postfleet.core.settings import CONFIG_ENV
 from postfleet.operator.handlers import RoutingOperator, kopf_settings
+from postfleet.operator.secrets import KubernetesSecrets, api_client
 from postfleet.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
 
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
 
@@ -37,12 +41,21 @@ def cluster_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def serve(settings: OperatorSettings, login: LoginFn = cluster_login) -> None:
     """Run until SIGTERM/SIGINT."""
     nc = await connect(settings.nats_url, "postfleet-operator")
+    stack = contextlib.AsyncExitStack()
     try:
         js = nc.jetstream()
         await routing_bucket(js)
         base = RoutingSnapshot.from_config(settings.routing, myhostname=settings.myhostname)
+        api = await api_client()
+        secrets: KubernetesSecrets | None = None
+        if api is None:
+            log.warning("no Kubernetes API client: Transports with authSecretRef stay not Ready")
+        else:
+            stack.push_async_callback(api.close)
+            secrets = KubernetesSecrets(api, settings.sasl_secret_home, settings.sasl_secret_name)
         operator = RoutingOperator(
-            js, base, status_interval=settings.status_interval, retry_delay=settings.retry_delay
+            js, base, status_interval=settings.status_interval, retry_delay=settings.retry_delay,
+            secrets=secrets,
         )
         registry = operator.register(kopf.OperatorRegistry())
         kopf.on.login(registry=registry)(login)
@@ -71,6 +84,7 @@ async def serve(settings: OperatorSettings, login: LoginFn = cluster_login) -> N
             with contextlib.suppress(asyncio.CancelledError):
                 await kopf.run_tasks(tasks, ignored=others)
     finally:
+        await stack.aclose()
         await nc.close()
 
 

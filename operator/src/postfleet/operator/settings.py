@@ -7,7 +7,8 @@ routing tables (myhostname, mynetworks, relayhost, the default mydestination,
 ...) come from the config file's ``routing:`` block, like the monolithic
 launcher's; MailDomain and Transport resources add to them.
 
-Postfix parameters read: myhostname, and the ``routing:`` block's tables.
+Postfix parameters read: myhostname, and the ``routing:`` block's tables;
+written apart: smtp_sasl_password_maps (sasl_secret_name).
 """
 
 from __future__ import annotations
@@ -34,8 +35,17 @@ class OperatorSettings(CommonSettings):
     # Delay before retrying a handler when NATS is unreachable.
     retry_delay: float = 5.0
     finalizer: str = "postfleet.io/routing"
+    # The Secret the operator writes smtp_sasl_password_maps into (from
+    # Transports' authSecretRef) and the chart mounts into delivery; its
+    # namespace defaults to the first watched namespace, else "default".
+    sasl_secret_name: str = "postfleet-sasl-passwords"
+    sasl_secret_namespace: str = ""
     # The base tables: the config file's top-level ``routing:`` block.
     routing: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def sasl_secret_home(self) -> str:
+        return self.sasl_secret_namespace or next(iter(self.namespaces), "") or "default"
 
     @property
     def namespaces(self) -> list[str]:

@@ -5,7 +5,8 @@
         dsn=2.0.0, status=sent (250 2.0.0 Ok)
 
 ``program`` is the Postfix daemon each role stands for (smtpd, cleanup, qmgr,
-smtp, lmtp, local, bounce).
+smtp, lmtp, local, bounce). A line about a session rather than a message
+(``Verified TLS connection established to …``) has no queue id, as in Postfix.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ log = logging.getLogger("postfleet.maillog")
 
 
 def maillog(program: str, queue_id: str, text: str) -> None:
+    if not queue_id:
+        log.info("postfleet/%s[%d]: %s", program, os.getpid(), text)
+        return
     log.info(
         "postfleet/%s[%d]: %s: %s", program, os.getpid(), queue_id, text,
         extra={"queue_id": queue_id},

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.delivery.error import DiscardTransport, ErrorTransport
 from postfleet.delivery.hostlookup import Resolver, resolver_for
 from postfleet.delivery.jobs import JobConsumer, JobRunner, Slots, Transport
@@ -35,14 +37,15 @@ KNOWN_TRANSPORTS = (*SMTP_CLIENT_TRANSPORTS, "lmtp", "local", "virtual", "error"
 
 
 def build_transports(
-    names: list[str], settings: DeliverySettings, pool: SessionPool, resolver: Resolver | None
+    names: list[str], settings: DeliverySettings, pool: SessionPool, resolver: Resolver | None,
+    routing: Callable[[], RoutingSnapshot] | None = None,
 ) -> dict[str, Transport]:
     resolver = resolver or resolver_for(settings)
     transports: dict[str, Transport] = {}
     smtp: SmtpTransport | None = None
     for name in names:
         if name in SMTP_CLIENT_TRANSPORTS:
-            smtp = smtp or SmtpTransport(settings, pool, resolver)
+            smtp = smtp or SmtpTransport(settings, pool, resolver, routing)
             transports[name] = smtp
         elif name == "lmtp":
             transports[name] = LmtpTransport(settings, resolver)
@@ -68,6 +71,7 @@ class DeliveryAgent:
         engine: AsyncEngine,
         *,
         resolver: Resolver | None = None,
+        routing: Callable[[], RoutingSnapshot] | None = None,
     ) -> None:
         self.settings = settings
         self.pool = SessionPool(
@@ -76,7 +80,11 @@ class DeliveryAgent:
             reuse_count_limit=settings.smtp_connection_reuse_count_limit,
             quit_timeout=min(settings.smtp_quit_timeout, 5.0),
         )
-        transports = build_transports(settings.transports, settings, self.pool, resolver)
+        # The routing snapshot in force (smtp_tls_policy_maps); Postfix's
+        # defaults when none is followed.
+        transports = build_transports(settings.transports, settings, self.pool, resolver,
+                                      routing)
+        self.transports = transports
         runner = JobRunner(js, MessageStore(engine), transports, settings)
         slots = Slots(settings.default_process_limit)
         self.consumers = [
@@ -117,3 +125,6 @@ class DeliveryAgent:
         for loop_task in loops:
             loop_task.cancel()
         await self.pool.close()
+        for transport in {id(t): t for t in self.transports.values()}.values():
+            if isinstance(transport, SmtpTransport):
+                await transport.close()

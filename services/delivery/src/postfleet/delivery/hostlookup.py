@@ -23,7 +23,8 @@ The seam for DNS: ``Resolver`` is what the transports call.
   (smtp_host_lookup = dns / native / dns, native).
 
 With DNS disabled (smtp_dns_support_level = disabled, or disable_dns_lookups
-= yes) there is no MX lookup and every host is looked up natively.
+= yes) there is no MX lookup and every host is looked up natively (and no
+MTA-STS, whose TXT records ``DnsResolver.txt`` asks for).
 
 Failures carry Postfix's texts: a name that does not exist is bounced 5.4.4
 ("Host or domain name not found. Name service error for name=… type=MX: Host
@@ -383,6 +384,17 @@ class DnsResolver:
         for i in range(max(len(first), len(second))):
             out.extend(x[i] for x in (first, second) if i < len(x))
         return out
+
+    async def txt(self, name: str) -> list[str]:
+        """The TXT records of ``name``, each record's strings joined; [] when
+        there are none; ResolveError (4.4.3) when DNS cannot tell."""
+        try:
+            answer = await self._query(name, "TXT")
+        except _Lookup as failure:
+            if failure.kind == "again":
+                raise failure.error() from None
+            return []
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
 
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
         try:

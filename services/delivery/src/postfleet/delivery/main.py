@@ -11,11 +11,13 @@ from postfleet.delivery.settings import DeliverySettings
 
 async def run(settings: DeliverySettings) -> None:
     # Delivery only reads the queue store: no write lock on SQLite.
-    async with role_runtime("delivery", settings, writer=False,
+    # The routing view: smtp_tls_policy_maps (Transport resources' spec.tls).
+    async with role_runtime("delivery", settings, writer=False, routing=True,
                             pool_size=settings.delivery_db_pool_size) as rt:
         async with Service("delivery", settings) as svc:
             svc.add_check("nats", lambda: rt.nc.is_connected)
-            agent = DeliveryAgent(settings, rt.js, rt.db())
+            view = rt.routes()
+            agent = DeliveryAgent(settings, rt.js, rt.db(), routing=lambda: view.snapshot)
             await agent.start()
             svc.set_ready(True)
             await svc.stopping.wait()

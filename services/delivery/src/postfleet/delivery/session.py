@@ -5,6 +5,11 @@
 aiosmtplib's errors are put in the conversation's terms: its timeouts are
 TimeoutErrors already; anything else it raises means the connection is lost.
 
+STARTTLS and AUTH are aiosmtplib's: ``starttls`` upgrades the connection
+(and forgets the EHLO extensions, RFC 3207), ``authenticate`` runs one SASL
+mechanism. Their refusals come back as replies, their TLS failures as
+``ssl.SSLError`` (or the conversation's terms for a lost connection).
+
 Postfix parameters: none of its own; the smtp transport passes in its
 timeouts (smtp_*_timeout) and smtp_helo_name.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -46,6 +52,8 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     uses: int = 0
     expiry: asyncio.TimerHandle | None = None
+    # What the session was opened under (the connection cache's key part).
+    tls: str = ""  # the TLS summary logged, "" in clear text
 
     @classmethod
     def over(cls, sock: socket.socket, address: Address, helo_name: str) -> Session:
@@ -95,6 +103,42 @@ class Session:
     async def reply(self, timeout: float) -> SMTPResponse:
         with _conversation_terms():
             return await self._protocol().read_response(timeout=timeout or None)
+
+    async def starttls(
+        self, context: ssl.SSLContext, server_hostname: str | None, timeout: float
+    ) -> SMTPResponse:
+        """STARTTLS and the handshake. A refusal is the reply returned; a failed
+        handshake raises ssl.SSLError, ConnectionLost or OSError (the
+        connection is then unusable)."""
+        with _conversation_terms():
+            try:
+                return await self.client.starttls(
+                    server_hostname=server_hostname, tls_context=context,
+                    timeout=timeout or None)
+            except aiosmtplib.SMTPResponseException as exc:  # not a 220
+                return SMTPResponse(exc.code, exc.message)
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        info = self.client.get_transport_info("ssl_object")
+        return info if isinstance(info, ssl.SSLObject) else None
+
+    @property
+    def auth_mechanisms(self) -> list[str]:
+        """The AUTH mechanisms the server announced, upper case."""
+        return [m.upper() for m in self.client.server_auth_methods]
+
+    async def authenticate(
+        self, mechanism: str, username: str, password: str, timeout: float
+    ) -> SMTPResponse:
+        """AUTH with one mechanism (CRAM-MD5, PLAIN or LOGIN); the final reply."""
+        method = {"CRAM-MD5": self.client.auth_crammd5, "PLAIN": self.client.auth_plain,
+                  "LOGIN": self.client.auth_login}[mechanism]
+        with _conversation_terms():
+            try:
+                return await method(username, password, timeout=timeout or None)
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                return SMTPResponse(exc.code, exc.message)
 
     def close(self) -> None:
         self.client.close()

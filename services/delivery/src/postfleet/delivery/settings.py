@@ -7,7 +7,15 @@ smtp_rset_timeout, smtp_quit_timeout, smtp_connection_cache_time_limit,
 smtp_connection_reuse_time_limit, smtp_connection_reuse_count_limit,
 smtp_mx_address_limit, smtp_mx_session_limit, smtp_host_lookup,
 smtp_dns_support_level, disable_dns_lookups, smtp_randomize_addresses,
-smtp_address_preference, inet_protocols, proxy_interfaces; lmtp(8):
+smtp_address_preference, inet_protocols, proxy_interfaces; TLS:
+smtp_tls_security_level, smtp_tls_CAfile, smtp_tls_protocols,
+smtp_tls_mandatory_protocols, smtp_tls_verify_cert_match,
+smtp_tls_secure_cert_match, smtp_tls_loglevel, smtp_starttls_timeout
+(smtp_tls_policy_maps is a
+table of the routing snapshot); SASL: smtp_sasl_auth_enable,
+smtp_sasl_password_maps, smtp_sasl_security_options,
+smtp_sasl_tls_security_options, smtp_sasl_mechanism_filter,
+smtp_sasl_auth_soft_bounce; lmtp(8):
 lmtp_lhlo_name, lmtp_connect_timeout, lmtp_lhlo_timeout, lmtp_mail_timeout,
 lmtp_rcpt_timeout, lmtp_data_init_timeout, lmtp_data_done_timeout,
 lmtp_quit_timeout, lmtp_tcp_port; local(8) and virtual(8): mailbox_size_limit,
@@ -18,6 +26,8 @@ delivery_fetch_batch, delivery_fetch_timeout, delivery_result_retry_time,
 delivery_drain_timeout, delivery_db_pool_size. Also postfleet's own, because
 Postfix leaves them to the operating system: dns_nameservers and dns_timeout
 (the resolver the smtp client asks; Postfix uses the system's resolv.conf),
+smtp_mta_sts_enable, smtp_mta_sts_timeout and smtp_mta_sts_cache_size
+(RFC 8461, which Postfix leaves to an external policy server),
 local_mail_root, local_user_policy and local_recipients (Postfix's local(8)
 finds users and their home directories in the password database; here a user
 is a directory under local_mail_root) and virtual_user_policy.
@@ -100,6 +110,58 @@ class DeliverySettings(CommonSettings):
     # postfleet's: how long one DNS lookup may take in all (retries included).
     dns_timeout: Seconds = 10.0
 
+    # -- outbound TLS (Postfix TLS_README, smtp(8) side) ------------------------
+    # The default level for destinations without an smtp_tls_policy_maps
+    # entry (or an MTA-STS policy): none, may, encrypt, verify, secure. Empty
+    # (Postfix's default) is "none".
+    smtp_tls_security_level: Literal["", "none", "may", "encrypt", "verify", "secure"] = ""
+    # Trust anchors for verify/secure and for MTA-STS's HTTPS: this PEM file
+    # only; empty: the system's CA store.
+    smtp_tls_CAfile: str = ""
+    # Protocols at "may" (smtp_tls_protocols) and at encrypt and above
+    # (smtp_tls_mandatory_protocols): ">=TLSv1.2", "<=TLSv1.3" or
+    # "!SSLv3, !TLSv1, !TLSv1.1". Never below TLSv1.2, Python's own floor.
+    smtp_tls_protocols: str = ">=TLSv1"
+    smtp_tls_mandatory_protocols: str = ">=TLSv1"
+    # Which certificate names satisfy verify and secure: hostname (the
+    # server's name as found, MX or [host]), nexthop, dot-nexthop, a name, or
+    # .domain for its subdomains.
+    smtp_tls_verify_cert_match: PostfixList = ["hostname"]
+    smtp_tls_secure_cert_match: PostfixList = ["nexthop", "dot-nexthop"]
+    # 1: log "Verified TLS connection established to host[addr]:port: ...".
+    # Postfix's default is 0 (nothing); postfleet logs the TLS facts by default.
+    smtp_tls_loglevel: int = 1
+    smtp_starttls_timeout: Seconds = 300.0
+    # postfleet's: MTA-STS (RFC 8461) for destinations found by MX lookup,
+    # below smtp_tls_policy_maps. An "enforce" policy verifies the server's
+    # certificate for its MX name and skips MX hosts the policy does not list.
+    smtp_mta_sts_enable: bool = False
+    # How long fetching one policy may take (TXT lookup aside).
+    smtp_mta_sts_timeout: Seconds = 10.0
+    # Policies cached (each for its max_age), most recently used kept.
+    smtp_mta_sts_cache_size: int = 10000
+
+    # -- client SASL (Postfix SASL_README, smtp(8) side) -------------------------
+    smtp_sasl_auth_enable: bool = False
+    # A table of "username:password" by server host name, then by next hop as
+    # written in transport_maps or relayhost ("[smtp.isp.example]:587"):
+    # texthash:/path (or hash:/path, its postmap source) or inline:{k=v}.
+    # Read at each new session, so a changed file (a Secret Kubernetes
+    # updates) applies without a restart.
+    smtp_sasl_password_maps: str = ""
+    # Mechanism properties refused in clear text, and under TLS. Postfix's
+    # smtp_sasl_tls_security_options defaults to $smtp_sasl_security_options,
+    # which with noplaintext refuses PLAIN and LOGIN even under TLS; postfleet
+    # defaults it to SASL_README's advice, noanonymous: credentials go out
+    # in PLAIN/LOGIN only over TLS unless smtp_sasl_security_options allows.
+    smtp_sasl_security_options: PostfixList = ["noplaintext", "noanonymous"]
+    smtp_sasl_tls_security_options: PostfixList = ["noanonymous"]
+    # Only these mechanisms (case-insensitive); empty: any the client knows
+    # (CRAM-MD5, PLAIN, LOGIN).
+    smtp_sasl_mechanism_filter: PostfixList = []
+    # A 535 defers (4.7.x) instead of bouncing.
+    smtp_sasl_auth_soft_bounce: bool = True
+
     # -- lmtp client (Postfix lmtp(8)); never an MX lookup ---------------------
     lmtp_lhlo_name: str = "$myhostname"
     lmtp_tcp_port: int = 24
@@ -151,6 +213,16 @@ class DeliverySettings(CommonSettings):
         if not methods or any(m not in ("dns", "native") for m in methods):
             raise ValueError('smtp_host_lookup: "dns", "native" or "dns, native"')
         return methods
+
+    @field_validator("smtp_sasl_security_options", "smtp_sasl_tls_security_options")
+    @classmethod
+    def _sasl_options(cls, value: list[str]) -> list[str]:
+        known = {"noplaintext", "noactive", "nodictionary", "noanonymous", "mutual_auth"}
+        options = [v.lower() for v in value]
+        unknown = [o for o in options if o not in known]
+        if unknown:
+            raise ValueError(f"unknown SASL security options: {', '.join(unknown)}")
+        return options
 
     @field_validator("inet_protocols")
     @classmethod

@@ -13,7 +13,9 @@ transport_maps, relayhost, default_transport, local_transport,
 relay_transport, virtual_transport, mynetworks, recipient_delimiter,
 propagate_unmatched_extensions, parent_domain_matches_subdomains,
 append_at_myorigin, append_dot_mydomain, show_user_unknown_table_name,
-virtual_alias_recursion_limit, virtual_alias_expansion_limit.
+virtual_alias_recursion_limit, virtual_alias_expansion_limit; and the smtp
+client's per-destination table smtp_tls_policy_maps (the routing data it
+shares with the operator's Transport resources).
 
 Values use main.cf's ``$name`` / ``${name}`` expansion (also ``${name?text}``
 and ``${name:text}``); ``parameters`` holds user-defined main.cf parameters
@@ -120,6 +122,13 @@ class RoutingSnapshot(BaseModel):
     # Set by a Transport resource's spec.concurrencyLimit; qmgr falls back
     # to default_destination_concurrency_limit.
     destination_concurrency_limits: dict[str, int] = Field(default_factory=dict)
+    # Postfix's smtp_tls_policy_maps: next-hop destination -> TLS policy
+    # ("verify", "secure match=nexthop", "encrypt protocols=>=TLSv1.2"), keyed
+    # as the smtp client looks it up: the verbatim next hop of transport_maps
+    # or relayhost ("[mail.example.org]", "[10.0.0.1]:587"), or a recipient
+    # domain ("example.org"; ".example.org" for its subdomains). A Transport
+    # resource's spec.tls writes its next hop's entry.
+    smtp_tls_policy_maps: dict[str, str] = Field(default_factory=dict)
     relayhost: str = ""
     default_transport: str = "smtp"
     local_transport: str = "local:$myhostname"
@@ -154,6 +163,7 @@ class RoutingSnapshot(BaseModel):
     @field_validator(
         "virtual_alias_maps", "virtual_mailbox_maps", "canonical_maps", "sender_canonical_maps",
         "recipient_canonical_maps", "alias_maps", "relocated_maps", "transport_maps",
+        "smtp_tls_policy_maps",
     )
     @classmethod
     def _fold_keys(cls, value: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,8 @@
 - ``make_dovecot_auth``: ``make_dovecot_auth(users_file)`` starts Dovecot's
   auth service on that passwd-file (testing/dovecot_auth.py); ``.sasl_path``
   is the smtpd_sasl_path value.
+- ``test_ca``: a certificate authority of the test's own (testing/pki.py),
+  to issue server certificates with the names a TLS test needs.
 - ``no_system_resolver``: the test fails if it asked the machine's resolver
   (testing/resolver_guard.py); a suite's conftest may make it autouse.
 
@@ -34,12 +36,13 @@ from postfleet.core.testing.databases import fresh_postgres, sqlite_url
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.dovecot_auth import DovecotAuth
 from postfleet.core.testing.nats import NatsServer
+from postfleet.core.testing.pki import TestCa
 from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.core.testing.sink import SmtpSink
 
 # Fixtures that start a process (directly or through another fixture).
 PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres",
-                    "make_dovecot_auth"}
+                    "make_dovecot_auth", "test_ca"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -173,6 +176,11 @@ async def own_postgres() -> AsyncIterator[Any]:
         yield cluster
     finally:
         cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
+    return TestCa(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture

@@ -2,18 +2,23 @@
 
 It records every message it accepts and can answer RCPT or DATA with a
 scripted reply (4xx to force a deferral, 5xx to force a bounce), per
-recipient or for the next N sessions.
+recipient or for the next N sessions. Given a TLS context it offers STARTTLS
+(aiosmtpd's); given users it requires AUTH (PLAIN, LOGIN), offered only
+under TLS unless ``auth_require_tls`` is false. Each message records whether
+it came over TLS and who had logged in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from postfleet.core.testing.ports import free_port
 
@@ -24,6 +29,8 @@ class Received:
     recipients: list[str]
     data: bytes
     peer: str
+    tls: bool = False
+    login: str | None = None
 
     @property
     def message(self) -> Message:
@@ -104,21 +111,49 @@ class SinkHandler:
             return self.data_replies.pop(0)
         self.messages.append(
             Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
-                     str(session.peer))
+                     str(session.peer), tls=session.ssl is not None,
+                     login=session.auth_data if session.authenticated else None)
         )
         return "250 2.0.0 Ok: queued"
+
+
+@dataclass
+class Users:
+    """aiosmtpd's authenticator over a user -> password table."""
+
+    passwords: dict[str, str]
+    attempts: list[tuple[str, str]] = field(default_factory=list)  # (mechanism, user)
+
+    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str,
+                 auth_data: Any) -> AuthResult:
+        # handled=False: aiosmtpd then answers a failure itself (535 5.7.8).
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode()
+        self.attempts.append((mechanism, user))
+        ok = self.passwords.get(user) == auth_data.password.decode()
+        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
 
 class SmtpSink:
     """``with SmtpSink() as sink: ... sink.port ... sink.messages``"""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, *,
+        tls_context: ssl.SSLContext | None = None, users: dict[str, str] | None = None,
+        auth_require_tls: bool = True,
+    ) -> None:
         self.handler = SinkHandler()
         self.host = host
         self.port = port or free_port(host)
+        self.users = Users(users) if users is not None else None
+        auth: dict[str, Any] = {}
+        if self.users is not None:
+            auth = dict(authenticator=self.users, auth_required=True,
+                        auth_require_tls=auth_require_tls)
         self.controller = Controller(
             self.handler, hostname=host, port=self.port, data_size_limit=0,
-            decode_data=False, server_hostname="sink.test",
+            decode_data=False, server_hostname="sink.test", tls_context=tls_context, **auth,
         )
 
     @property

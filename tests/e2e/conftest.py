@@ -4,7 +4,6 @@ real NATS and a real database, with real SMTP sinks as next hops."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -15,6 +14,9 @@ from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import publish_snapshot
 from postfleet.core.testing.cluster import Cluster
 from postfleet.core.testing.sink import SmtpSink
+from postfleet.core.testing.waiting import eventually
+
+__all__ = ["eventually"]
 
 # Postfix's timers, shortened so retries happen within a test.
 FAST_QMGR = {"queue_run_delay": "1s", "minimal_backoff_time": "1s",
@@ -70,20 +72,6 @@ async def delivery_log(url: str) -> list[Any]:
             return list((await conn.execute(select(DeliveryLog).order_by(DeliveryLog.id))).all())
     finally:
         await engine.dispose()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    """Poll an async or sync check until it returns a truthy value."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.1)
 
 
 async def send(port: int, to: str, subject: str = "e2e", sender: str = "alice@sender.test",

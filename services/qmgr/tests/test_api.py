@@ -75,6 +75,7 @@ async def test_list_and_show_describe_each_message_and_its_open_recipients(
     assert [m["queue_id"] for m in only] == [deferred]
     shown = (await client.get(f"/api/v1/queue/{fresh}")).json()
     assert shown["client"] == "c.test[192.0.2.9]" and shown["headers"] == "Subject: s"
+    assert shown["message"]["queue_id"] == fresh
     assert (await client.get("/api/v1/queue/NOSUCHID")).status_code == 404
 
 

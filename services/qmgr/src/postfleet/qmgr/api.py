@@ -25,36 +25,13 @@ from postfleet.qmgr.scheduler import Scheduler
 QUEUE_LIST_LIMIT = 1000
 
 
-class RecipientView(BaseModel):
-    address: str
-    status: str
-    attempts: int
-    next_attempt_at: datetime
-    transport: str
-    nexthop: str
-    dsn: str
-    reason: str
+# The queue store's own records are the API's views (FastAPI serves
+# dataclasses): one shape, spelled once.
+MessageView = queue.QueuedMessage
 
 
-class MessageView(BaseModel):
-    queue_id: str
-    state: str
-    size: int
-    arrived_at: datetime
-    sender: str
-    recipients: list[RecipientView]
-
-    @classmethod
-    def of(cls, m: queue.QueuedMessage) -> MessageView:
-        return cls(queue_id=m.queue_id, state=m.state, size=m.size, arrived_at=m.arrived_at,
-                   sender=m.sender, recipients=[
-                       RecipientView(address=r.address, status=r.status, attempts=r.attempts,
-                                     next_attempt_at=r.next_attempt_at, transport=r.transport,
-                                     nexthop=r.nexthop, dsn=r.dsn, reason=r.reason)
-                       for r in m.recipients])
-
-
-class MessageDetail(MessageView):
+class MessageDetail(BaseModel):
+    message: MessageView
     client: str
     headers: str
 
@@ -72,8 +49,7 @@ def make_api(engine: AsyncEngine, scheduler: Scheduler) -> FastAPI:
     @app.get("/api/v1/queue", response_model=list[MessageView])
     async def list_queue(state: MessageState | None = None,
                          limit: int = QUEUE_LIST_LIMIT) -> list[MessageView]:
-        return [MessageView.of(m) for m in
-                await queue.list_messages(engine, state=state, limit=limit)]
+        return await queue.list_messages(engine, state=state, limit=limit)
 
     @app.get("/api/v1/queue/{queue_id}", response_model=MessageDetail)
     async def show(queue_id: str) -> MessageDetail:
@@ -82,7 +58,7 @@ def make_api(engine: AsyncEngine, scheduler: Scheduler) -> FastAPI:
         if not found or content is None:
             raise HTTPException(404, f"no message {queue_id} in the queue")
         headers = content.body.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-        return MessageDetail(**MessageView.of(found[0]).model_dump(), headers=headers,
+        return MessageDetail(message=found[0], headers=headers,
                              client=f"{content.client_name}[{content.client_addr}]")
 
     async def _reschedule(queue_id: str | None, action: str,

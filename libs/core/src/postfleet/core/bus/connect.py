@@ -45,27 +45,19 @@ async def connect(url: str, name: str, **kwargs: Any) -> Client:
     )
 
 
+# Work queues, both: a message leaves its stream when it is acked.
+WORK_QUEUES = (
+    (subjects.DELIVERY_STREAM, subjects.DELIVERY_SUBJECTS),
+    (subjects.RESULTS_STREAM, subjects.RESULTS_SUBJECT),
+)
+
+
 async def ensure_streams(js: JetStreamContext) -> None:
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=subjects.DELIVERY_STREAM,
-            subjects=[subjects.DELIVERY_SUBJECTS],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        ),
-    )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=subjects.RESULTS_STREAM,
-            subjects=[subjects.RESULTS_SUBJECT],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        ),
-    )
+    for name, subject in WORK_QUEUES:
+        await _ensure_stream(js, StreamConfig(
+            name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S,
+        ))
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

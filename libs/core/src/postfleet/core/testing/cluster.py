@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -115,6 +116,10 @@ class Cluster:
             self.roles[name] = RoleProcess(
                 name, self._env_for(name), self.workdir / f"{name}.log", free_port()
             )
+        # qmgr keeps one identity across restarts, as a pod's container does
+        # (its pod name): a restarted qmgr takes its own leases back at once.
+        self.roles["qmgr"].env.setdefault(
+            "POSTFLEET_QMGR_OWNER", f"qmgr-{secrets.token_hex(4)}")
 
     def _env_for(self, role: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFLEET_")}

@@ -24,10 +24,11 @@ marker fails, naming the program, so the marker cannot silently go missing.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -132,32 +133,41 @@ def make_cluster(
         cluster.stop()
 
 
-@pytest.fixture
-def make_dns(tmp_path: Path) -> Iterator[Callable[..., DnsServer]]:
-    started: list[DnsServer] = []
+class _Peer(Protocol):
+    def start(self) -> Any: ...
+    def stop(self) -> Any: ...
 
-    def make(zone: dict[str, Any] | None = None) -> DnsServer:
-        server = DnsServer(tmp_path / f"dns{len(started)}", zone or {})
+
+P = TypeVar("P", bound=_Peer)
+
+
+@contextlib.contextmanager
+def _peers(tmp_path: Path, name: str, build: Callable[..., P]) -> Iterator[Callable[..., P]]:
+    """A factory of started peers, each in its own directory, all stopped after."""
+    started: list[P] = []
+
+    def make(*args: Any) -> P:
+        server = build(tmp_path / f"{name}{len(started)}", *args)
         started.append(server)
         return server.start()
 
-    yield make
-    for server in started:
-        server.stop()
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def make_dns(tmp_path: Path) -> Iterator[Callable[..., DnsServer]]:
+    with _peers(tmp_path, "dns", lambda d, zone=None: DnsServer(d, zone or {})) as make:
+        yield make
 
 
 @pytest.fixture
 def make_dovecot_auth(tmp_path: Path) -> Iterator[Callable[[Path], DovecotAuth]]:
-    started: list[DovecotAuth] = []
-
-    def make(users_file: Path) -> DovecotAuth:
-        server = DovecotAuth(tmp_path / f"dovecot-auth{len(started)}", users_file)
-        started.append(server)
-        return server.start()
-
-    yield make
-    for server in started:
-        server.stop()
+    with _peers(tmp_path, "dovecot-auth", DovecotAuth) as make:
+        yield make
 
 
 @pytest.fixture

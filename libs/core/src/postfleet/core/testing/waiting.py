@@ -29,7 +29,7 @@ async def eventually(
 async def eventually(check: Callable[[], T], timeout: float = ..., what: str = ...) -> T: ...
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
     """The first truthy value ``check()`` returns (it may be a coroutine
     function); AssertionError with the last value after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()

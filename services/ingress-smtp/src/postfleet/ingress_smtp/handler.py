@@ -7,7 +7,9 @@ Ok: queued as ID`` only once cleanup has committed it, and ``451 4.3.0`` (or
 cleanup's own refusal) otherwise -- never a 250 on failure (invariant 1).
 
 Postfix parameters: smtpd_recipient_limit, smtpd_relay_restrictions,
-smtpd_recipient_restrictions, smtpd_forbid_bare_newline_exclusions, mynetworks.
+smtpd_recipient_restrictions, smtpd_forbid_bare_newline_exclusions, mynetworks,
+content_filter and receive_override_options (no_unknown_recipient_checks
+here; the rest travel to cleanup with the message).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class IngressHandler:
             address,
             relay_restrictions=self.params.smtpd_relay_restrictions,
             recipient_restrictions=self.params.smtpd_recipient_restrictions,
+            reject_unlisted_recipient=(
+                "no_unknown_recipient_checks" not in self.params.receive_override_options),
         )
         if refusal is not None:
             await session.resolved_name()
@@ -94,6 +98,8 @@ class IngressHandler:
                 body=envelope.original_content,
                 trace_id=trace_id,
                 body_type=_body_type(envelope.mail_options),
+                content_filter=self.params.content_filter,
+                overrides=self.params.receive_override_options,
             )
         except SubmitFailed as exc:
             log.warning("message from %s not queued: %s", session.describe(), exc,

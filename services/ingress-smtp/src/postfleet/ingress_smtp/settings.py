@@ -9,7 +9,8 @@ smtpd_peername_lookup, smtpd_relay_restrictions,
 smtpd_recipient_restrictions, smtpd_tls_security_level, smtpd_tls_cert_file,
 smtpd_tls_key_file, smtpd_tls_protocols, smtpd_tls_mandatory_protocols,
 smtpd_tls_wrappermode, smtpd_starttls_timeout, smtpd_upstream_proxy_protocol,
-smtpd_upstream_proxy_timeout; postfleet's own: cleanup_timeout,
+smtpd_upstream_proxy_timeout, content_filter, receive_override_options;
+postfleet's own: cleanup_timeout,
 drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
 empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
 entry per smtpd service, each with ``overrides`` playing the part of ``-o
@@ -69,6 +70,11 @@ BareNewline = Annotated[
 TlsLevel = Annotated[Literal["", "none", "may", "encrypt"], BeforeValidator(_lower)]
 ProxyProtocol = Annotated[Literal["", "haproxy"], BeforeValidator(_lower)]
 KEY_FILE_DEFAULT = "$smtpd_tls_cert_file"
+# Postfix's receive_override_options values.
+RECEIVE_OVERRIDE_OPTIONS = frozenset({
+    "no_unknown_recipient_checks", "no_address_mappings", "no_header_body_checks",
+    "no_milters",
+})
 
 
 class SmtpdParams(BaseModel):
@@ -115,6 +121,29 @@ class SmtpdParams(BaseModel):
     # real client (a load balancer in front); it must arrive within the timeout.
     smtpd_upstream_proxy_protocol: ProxyProtocol = ""
     smtpd_upstream_proxy_timeout: Seconds = 5.0
+    # The content filter mail received here goes through before its
+    # destinations ("transport:nexthop", as Postfix); empty: none. A
+    # re-injection listener sets it empty and turns cleanup's stages off
+    # with receive_override_options (no_address_mappings, ...).
+    content_filter: str = ""
+    receive_override_options: PostfixList = Field(default_factory=list)
+
+    @field_validator("content_filter")
+    @classmethod
+    def _filter(cls, value: str) -> str:
+        value = value.strip()
+        if value and ":" not in value:
+            raise ValueError(f"content_filter {value!r}: need transport:nexthop")
+        return value
+
+    @field_validator("receive_override_options")
+    @classmethod
+    def _overrides(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - RECEIVE_OVERRIDE_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown receive_override_options: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(RECEIVE_OVERRIDE_OPTIONS))})")
+        return value
 
     @field_validator("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
     @classmethod

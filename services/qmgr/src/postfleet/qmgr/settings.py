@@ -4,7 +4,7 @@ Postfix parameters: queue_run_delay, minimal_backoff_time,
 maximal_backoff_time, bounce_queue_lifetime (of the notices qmgr queues;
 cleanup sets every other message's expiry),
 default_destination_concurrency_limit, default_destination_recipient_limit,
-qmgr_message_recipient_limit, myhostname.
+qmgr_message_recipient_limit, default_filter_nexthop, myhostname.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ class QmgrSettings(CommonSettings):
     # this far apart, fleet-wide.
     default_destination_rate_delay: Seconds = 0
     default_destination_recipient_limit: int = 50
+    # A content filter written without a nexthop ("filter:") goes here; empty
+    # (Postfix's default): the recipient's domain.
+    default_filter_nexthop: str = ""
     # Recipients held in memory (claimed, not yet dispatched) at most.
     qmgr_message_recipient_limit: int = 20000
     # postfleet-specific: how many due recipients one claim takes, how long a

@@ -169,6 +169,7 @@ class Claimed:
     sender: str
     trace_id: str
     arrived_at: datetime
+    content_filter: str = ""  # the message's content filter (transport:nexthop), if any
 
 
 async def claim_due(
@@ -214,11 +215,12 @@ async def claim_due(
             .values(state=MessageState.ACTIVE)
         )
         envelope = {m.queue_id: m for m in await conn.execute(
-            select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at)
+            select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
+                   Message.content_filter)
             .where(Message.queue_id.in_(qids)))}
     claimed = [
         Claimed(r.id, r.queue_id, r.address, r.orcpt, r.attempts, m.sender, m.trace_id,
-                m.arrived_at)
+                m.arrived_at, m.content_filter)
         for r in rows if (m := envelope.get(r.queue_id)) is not None
     ]
     claimed.sort(key=lambda c: (c.queue_id, c.id))

@@ -141,3 +141,8 @@ ALIAS_EXPANSION_ERROR = SmtpReply(451, "4.6.0", "Alias expansion error")
 def recipient_rejected(reply: SmtpReply, recipient: str) -> SmtpReply:
     """smtpd's wording: ``550 5.1.1 <rcpt>: Recipient address rejected: TEXT``."""
     return reply.with_text(f"<{recipient}>: {RCPT_REJECTED}: {reply.text}")
+
+
+# -- content checks (cleanup's header_checks/body_checks REJECT, Postfix
+# cleanup_strerror's CLEANUP_STAT_CONT; the filter role's refusals) -----------
+CONTENT_REJECTED = SmtpReply(550, "5.7.1", "message content rejected")

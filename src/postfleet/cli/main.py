@@ -16,7 +16,7 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
 
   postfleet run all --config FILE     everything on one machine (embedded NATS
                                       + SQLite under ./var), like `postfix start`
-  postfleet run ROLE                  one role (cleanup, qmgr, delivery,
+  postfleet run ROLE                  one role (cleanup, qmgr, delivery, filter,
                                       ingress-smtp, operator) against the NATS
                                       and database named by --nats-url and
                                       --database-url (or POSTFLEET_* env vars)

@@ -164,7 +164,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             protocol=client.protocol, sasl_username=client.sasl_username,
             trace_id=env.trace_id,
             content_filter="" if env.skip_filter else env.content_filter, ret=env.ret,
-            envid=env.envid,
+            envid=env.envid, state=MessageState.HOLD if env.hold else MessageState.INCOMING,
         )
 
 

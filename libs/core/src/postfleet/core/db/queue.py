@@ -154,6 +154,30 @@ async def current_recipients(
     return set(rows.scalars())
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a queued message came from and its DSN envelope: what a content
+    filter hands back to cleanup with the filtered copy."""
+
+    client_name: str
+    client_addr: str
+    helo: str
+    protocol: str
+    sasl_username: str
+    ret: str
+    envid: str
+
+
+_ORIGIN = select(Message.client_name, Message.client_addr, Message.helo, Message.protocol,
+                 Message.sasl_username, Message.ret, Message.envid
+                 ).where(Message.queue_id == bindparam("qid"))
+
+
+async def message_origin(conn: AsyncConnection, queue_id: str) -> Origin | None:
+    row = (await conn.execute(_ORIGIN, {"qid": queue_id})).first()
+    return None if row is None else Origin(*row)
+
+
 # -- claims --------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@
 - ``make_dns``: ``make_dns(zone)`` starts dnsmasq serving that zone on a free
   loopback port (see testing/dns.py); ``.nameserver`` is "127.0.0.1:PORT".
 - ``own_postgres``: a PostgreSQL server of the test's own, to stop and start.
+- ``spamd`` / ``clamd``: SpamAssassin's spamd and ClamAV's clamd (test
+  signatures only) on free loopback ports (testing/scanners.py).
 - ``no_system_resolver``: the test fails if it asked the machine's resolver
   (testing/resolver_guard.py); a suite's conftest may make it autouse.
 
@@ -31,10 +33,11 @@ from postfleet.core.testing.databases import fresh_postgres, sqlite_url
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.resolver_guard import SystemResolverGuard
+from postfleet.core.testing.scanners import Clamd, Spamd
 from postfleet.core.testing.sink import SmtpSink
 
 # Fixtures that start a process (directly or through another fixture).
-PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres"}
+PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres", "spamd", "clamd"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -111,10 +114,11 @@ def make_cluster(
 ) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
-    def make(database_url: str, config: dict[str, Any] | None = None, **env: str) -> Cluster:
+    def make(database_url: str, config: dict[str, Any] | None = None,
+             extra_roles: tuple[str, ...] = (), **env: str) -> Cluster:
         cluster = Cluster(
             tmp_path / f"cluster{len(made)}", database_url, nats_server.url,
-            config=config or {}, env=env,
+            config=config or {}, env=env, extra_roles=extra_roles,
         )
         made.append(cluster)
         return cluster
@@ -122,6 +126,18 @@ def make_cluster(
     yield make
     for cluster in made:
         cluster.stop()
+
+
+@pytest.fixture
+def spamd(tmp_path: Path) -> Iterator[Spamd]:
+    with Spamd(tmp_path / "spamd") as server:
+        yield server
+
+
+@pytest.fixture
+def clamd(tmp_path: Path) -> Iterator[Clamd]:
+    with Clamd(tmp_path / "clamd") as server:
+        yield server
 
 
 @pytest.fixture

@@ -126,6 +126,7 @@ class Envelope(_message.Message):
     ENVID_FIELD_NUMBER: _builtins.int
     BODY_TYPE_FIELD_NUMBER: _builtins.int
     OVERRIDES_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
     """"" is the null sender <>"""
     trace_id: _builtins.str
@@ -146,6 +147,10 @@ class Envelope(_message.Message):
     """DSN ENVID"""
     body_type: _builtins.str
     """7BIT, 8BITMIME"""
+    hold: _builtins.bool
+    """Queue the message on hold (a content filter's HOLD): it waits in the
+    hold queue until an administrator releases it (postsuper -H).
+    """
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recipient]: ...
     @_builtins.property
@@ -167,10 +172,11 @@ class Envelope(_message.Message):
         envid: _builtins.str = ...,
         body_type: _builtins.str = ...,
         overrides: Global___ReceiveOverrides | None = ...,
+        hold: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "overrides", b"overrides"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_type", b"body_type", "client", b"client", "content_filter", b"content_filter", "envid", b"envid", "overrides", b"overrides", "recipients", b"recipients", "ret", b"ret", "sender", b"sender", "skip_filter", b"skip_filter", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_type", b"body_type", "client", b"client", "content_filter", b"content_filter", "envid", b"envid", "hold", b"hold", "overrides", b"overrides", "recipients", b"recipients", "ret", b"ret", "sender", b"sender", "skip_filter", b"skip_filter", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,6 +27,10 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
                                       config and MailDomain/Transport resources
   postfleet queue list|show|flush|hold|release|requeue|delete
                                       mailq / postqueue / postsuper
+  postfleet sendmail [-f sender] [-t] [-i] [--] [recipient ...]
+                                      sendmail(1): submit standard input
+                                      through cleanup (`postfleet sendmail
+                                      --help`)
 """
 
 
@@ -186,7 +190,26 @@ def _queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sendmail(argv: list[str]) -> int:
+    """sendmail's getopt-style options are not argparse's: parsed apart."""
+    from postfleet.cli.sendmail import USAGE, sendmail
+    from postfleet.core.settings import CONFIG_ENV, load_config_file
+
+    if argv[:1] in (["--help"], ["-h"]):
+        print(USAGE)
+        print(sys.modules["postfleet.cli.sendmail"].__doc__)
+        return 0
+    try:
+        config = load_config_file(os.environ.get(CONFIG_ENV))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"postfleet sendmail: fatal: {exc}") from None
+    return sendmail(argv, sys.stdin.buffer, config, Path("var"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sendmail"]:
+        return _sendmail(argv[1:])
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "routes": _routes, "route": _route, "queue": _queue,
                 "import-postfix": _import_postfix}

@@ -20,6 +20,7 @@ from postfleet.delivery.hostlookup import Resolver, resolver_for
 from postfleet.delivery.jobs import JobConsumer, JobRunner, Slots, Transport
 from postfleet.delivery.lmtp import LmtpTransport
 from postfleet.delivery.local import LocalTransport, VirtualTransport
+from postfleet.delivery.pipe import PipeTransport, parse_pipe_service
 from postfleet.delivery.pool import SessionPool
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.smtp import SmtpTransport
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Transport name -> delivery agent. Postfix's master.cf runs its smtp client
 # under both "smtp" and "relay" (relay_transport); every other name is its
-# own agent. pipe(8) is not implemented.
+# own agent; pipe(8) services are named in pipe_transports.
 SMTP_CLIENT_TRANSPORTS = ("smtp", "relay")
 KNOWN_TRANSPORTS = (*SMTP_CLIENT_TRANSPORTS, "lmtp", "local", "virtual", "error", "discard")
 
@@ -54,6 +55,9 @@ def build_transports(
             transports[name] = ErrorTransport()
         elif name == "discard":
             transports[name] = DiscardTransport()
+        elif name in settings.pipe_transports:
+            transports[name] = PipeTransport(name, parse_pipe_service(
+                settings.pipe_transports[name]), settings.command_time_limit)
         else:
             known = ", ".join(KNOWN_TRANSPORTS)
             raise ValueError(f"transport {name!r} is not implemented (known: {known})")
@@ -76,7 +80,8 @@ class DeliveryAgent:
             reuse_count_limit=settings.smtp_connection_reuse_count_limit,
             quit_timeout=min(settings.smtp_quit_timeout, 5.0),
         )
-        transports = build_transports(settings.transports, settings, self.pool, resolver)
+        transports = build_transports(settings.served_transports(), settings, self.pool,
+                                      resolver)
         runner = JobRunner(js, MessageStore(engine), transports, settings)
         slots = Slots(settings.default_process_limit)
         self.consumers = [

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from postfleet.core.testing.cluster import Cluster
-from postfleet.core.testing.scanners import EICAR, GTUBE, Clamd, Spamd
+from postfleet.core.testing.ports import free_port
+from postfleet.core.testing.scanners import EICAR, GTUBE, Amavisd, Clamd, Spamd
 from postfleet.core.testing.sink import Received, SmtpSink
 from postfleet.core.testing.swaks import swaks
 
@@ -97,3 +98,34 @@ async def test_the_pipe_filter_rescans_with_clamd_and_spamd_and_reinjects_with_s
     assert "Status: 5.7.1" in virus
     log = cluster.roles["delivery"].log()
     assert "relay=none" in log and "status=sent (delivered via filtro service)" in log
+
+
+async def test_amavisd_new_on_the_way_out_and_the_reinjection_listener_on_the_way_back(
+        postgres_url: str, clamd: Clamd, make_cluster: Callable[..., Cluster]) -> None:
+    reinject_port = free_port()
+    conf = (EXAMPLE / "amavis" / "amavisd.conf").read_text()
+    conf = conf.replace("[127.0.0.1]:10026", f"[127.0.0.1]:{reinject_port}")
+    conf = conf.replace('"127.0.0.1:3310"', f'"{clamd.address}"')
+    with Amavisd(conf) as amavis, SmtpSink() as destination, SmtpSink() as senders_mx:
+        config = example("amavis", destination, senders_mx)
+        assert config["content_filter"] == "smtp:[127.0.0.1]:10025"
+        config["content_filter"] = f"smtp:[127.0.0.1]:{amavis.port}"
+        cluster = make_cluster(postgres_url, config)
+        listen(cluster, config, reinject=reinject_port)
+        await start(cluster)
+        try:
+            clean, notices = await three_messages(cluster.smtp_port, destination, senders_mx,
+                                                  postgres_url)
+        finally:
+            log = amavis.log()
+    assert clean.message["Subject"] == "clean"
+    assert "amavis" in clean.message["X-Virus-Scanned"]
+    assert clean.message["X-Spam-Status"].startswith("No")
+    # Two Received: lines of postfleet's (before and after the filter) around amavis's.
+    assert len(clean.message.get_all("Received")) >= 3
+    assert all("554 5.7.0 Reject" in notice for notice in notices)  # amavis's reply
+    assert "Blocked SPAM" in log and "Blocked INFECTED (Eicar-Test-Signature" in log
+    # XFORWARD: amavis knows the message by the original queue id.
+    original = clean.message.get_all("Received")[-1]
+    queue_id = original.split(" id ")[1].split()[0].rstrip(";")
+    assert f"Queue-ID: {queue_id}" in log

@@ -82,7 +82,8 @@ class DeliveryAgent:
         )
         transports = build_transports(settings.served_transports(), settings, self.pool,
                                       resolver)
-        runner = JobRunner(js, MessageStore(engine), transports, settings)
+        store = MessageStore(engine, with_origin=settings.smtp_send_xforward_command)
+        runner = JobRunner(js, store, transports, settings)
         slots = Slots(settings.default_process_limit)
         self.consumers = [
             JobConsumer(name, runner, slots, settings) for name in transports

@@ -7,7 +7,8 @@ smtp_rset_timeout, smtp_quit_timeout, smtp_connection_cache_time_limit,
 smtp_connection_reuse_time_limit, smtp_connection_reuse_count_limit,
 smtp_mx_address_limit, smtp_mx_session_limit, smtp_host_lookup,
 smtp_dns_support_level, disable_dns_lookups, smtp_randomize_addresses,
-smtp_address_preference, inet_protocols, proxy_interfaces; lmtp(8):
+smtp_address_preference, inet_protocols, proxy_interfaces,
+smtp_send_xforward_command; lmtp(8):
 lmtp_lhlo_name, lmtp_connect_timeout, lmtp_lhlo_timeout, lmtp_mail_timeout,
 lmtp_rcpt_timeout, lmtp_data_init_timeout, lmtp_data_done_timeout,
 lmtp_quit_timeout, lmtp_tcp_port; local(8) and virtual(8): mailbox_size_limit,
@@ -108,6 +109,11 @@ class DeliverySettings(CommonSettings):
     dns_nameservers: PostfixList = []
     # postfleet's: how long one DNS lookup may take in all (retries included).
     dns_timeout: Seconds = 10.0
+
+    # Send XFORWARD (the original client's name, address, HELO, protocol and
+    # queue id) when the server announces it: a content filter such as
+    # amavisd-new then sees who really sent the mail (Postfix: no).
+    smtp_send_xforward_command: bool = False
 
     # -- lmtp client (Postfix lmtp(8)); never an MX lookup ---------------------
     lmtp_lhlo_name: str = "$myhostname"

@@ -9,7 +9,8 @@ cleanup's own refusal) otherwise -- never a 250 on failure (invariant 1).
 Postfix parameters: smtpd_recipient_limit, smtpd_relay_restrictions,
 smtpd_recipient_restrictions, smtpd_forbid_bare_newline_exclusions, mynetworks,
 content_filter and receive_override_options (no_unknown_recipient_checks
-here; the rest travel to cleanup with the message).
+here; the rest travel to cleanup with the message); postfleet's
+content_filter_domains.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiosmtpd.proxy_protocol import ProxyData
 
 from postfleet.core.maillog import maillog
 from postfleet.core.routing.store import RoutingView
+from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
 from postfleet.ingress_smtp.grammar import reply_line
 from postfleet.ingress_smtp.metrics import ACCEPTED
@@ -43,6 +45,8 @@ class IngressHandler:
         self.params = params
         self.routing = routing
         self.cleanup = cleanup
+        self.filter_domains = domain_list(params.content_filter_domains, (),
+                                          parent_style=False)
 
     def bare_newline_exempt(self, ip: str) -> bool:
         return bare_newline_excluded(
@@ -98,7 +102,7 @@ class IngressHandler:
                 body=envelope.original_content,
                 trace_id=trace_id,
                 body_type=_body_type(envelope.mail_options),
-                content_filter=self.params.content_filter,
+                content_filter=self.content_filter(envelope.rcpt_tos),
                 overrides=self.params.receive_override_options,
             )
         except SubmitFailed as exc:
@@ -110,6 +114,14 @@ class IngressHandler:
         log.info("queued %d bytes for %d recipients", len(envelope.original_content),
                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
         return reply_line(replies.queued_as(queue_id))
+
+    def content_filter(self, recipients: list[str]) -> str:
+        """content_filter, unless content_filter_domains names none of the
+        recipients' domains."""
+        if not self.params.content_filter_domains:
+            return self.params.content_filter
+        domains = (r.rpartition("@")[2] for r in recipients)
+        return self.params.content_filter if any(map(self.filter_domains.match, domains)) else ""
 
     async def handle_PROXY(
         self, server: Any, session: IngressSession, envelope: Any, proxy: ProxyData

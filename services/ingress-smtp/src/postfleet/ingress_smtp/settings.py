@@ -10,7 +10,7 @@ smtpd_recipient_restrictions, smtpd_tls_security_level, smtpd_tls_cert_file,
 smtpd_tls_key_file, smtpd_tls_protocols, smtpd_tls_mandatory_protocols,
 smtpd_tls_wrappermode, smtpd_starttls_timeout, smtpd_upstream_proxy_protocol,
 smtpd_upstream_proxy_timeout, content_filter, receive_override_options;
-postfleet's own: cleanup_timeout,
+postfleet's own: content_filter_domains, cleanup_timeout,
 drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
 empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
 entry per smtpd service, each with ``overrides`` playing the part of ``-o
@@ -126,6 +126,10 @@ class SmtpdParams(BaseModel):
     # re-injection listener sets it empty and turns cleanup's stages off
     # with receive_override_options (no_address_mappings, ...).
     content_filter: str = ""
+    # postfleet's: when set, content_filter applies only to mail with a
+    # recipient in one of these domains (".example.org" for its subdomains),
+    # as a Postfix check_recipient_access table answering FILTER would.
+    content_filter_domains: PostfixList = Field(default_factory=list)
     receive_override_options: PostfixList = Field(default_factory=list)
 
     @field_validator("content_filter")

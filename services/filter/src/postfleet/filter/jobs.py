@@ -70,7 +70,6 @@ class FilterJobs:
         self.cleanup = cleanup
         self.chain = chain
         self.transport = settings.filter_transport
-        self.slots = asyncio.Semaphore(settings.filter_process_limit)
         self.tasks: set[asyncio.Task[None]] = set()
         self._psub: JetStreamContext.PullSubscription | None = None
 
@@ -82,29 +81,31 @@ class FilterJobs:
                                                        stream=subjects.DELIVERY_STREAM)
 
     async def run(self, stopping: asyncio.Event) -> None:
+        """Fetch as many jobs as there are free slots (filter_process_limit),
+        each scanned as its own task."""
         assert self._psub is not None
+        limit = self.s.filter_process_limit
         while not stopping.is_set():
-            await self.slots.acquire()
+            if len(self.tasks) >= limit:
+                await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
-                msgs = await self._psub.fetch(1, timeout=self.s.filter_fetch_timeout)
+                msgs = await self._psub.fetch(limit - len(self.tasks),
+                                              timeout=self.s.filter_fetch_timeout)
             except TimeoutError:
-                msgs = []
+                continue
             except Exception as exc:  # NATS restarting
                 log.warning("fetching filter jobs failed: %s", exc)
-                msgs = []
                 await asyncio.sleep(0.5)
-            if not msgs:
-                self.slots.release()
                 continue
-            if stopping.is_set():
-                for m in msgs:
+            for m in msgs:
+                if stopping.is_set():
                     with contextlib.suppress(Exception):
                         await m.nak()
-                self.slots.release()
-                break
-            task = asyncio.create_task(self._one(msgs[0]))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+                    continue
+                task = asyncio.create_task(self._one(m))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
 
     async def drain(self, timeout: float) -> None:
         if self.tasks:
@@ -125,7 +126,6 @@ class FilterJobs:
             log.exception("filter job failed; it will be redelivered")
         finally:
             keepalive.cancel()
-            self.slots.release()
 
     async def _keepalive(self, msg: Msg) -> None:
         every = max(1.0, self.s.filter_ack_wait / 2)

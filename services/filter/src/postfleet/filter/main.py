@@ -18,7 +18,10 @@ from postfleet.filter.settings import FilterSettings
 
 async def run(settings: FilterSettings) -> None:
     chain = Chain(settings)  # a bad table stops the role before it takes work
-    async with role_runtime("filter", settings, writer=False) as rt:
+    # One database connection per message scanned at once: reading a job's
+    # message never waits for another job's.
+    async with role_runtime("filter", settings, writer=False,
+                            pool_size=settings.filter_process_limit) as rt:
         channel = grpc.aio.insecure_channel(settings.cleanup_address)
         try:
             jobs = FilterJobs(settings, rt.js, rt.db(), cleanup_pb2_grpc.CleanupStub(channel),

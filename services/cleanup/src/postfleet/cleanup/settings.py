@@ -21,7 +21,7 @@ class CleanupSettings(CommonSettings, CheckSettings):
     cleanup_listen: str = "127.0.0.1:10027"
     message_size_limit: int = 10_240_000
     # Postfix: 5d each; a bare number means days.
-    maximal_queue_lifetime: Days = 5 * 86400
-    bounce_queue_lifetime: Days = 5 * 86400
+    maximal_queue_lifetime: Days = 5  # validated as the settings are: a bare number is days
+    bounce_queue_lifetime: Days = 5  # validated as the settings are: a bare number is days
     # Group commit: concurrent submissions share one transaction (this many at most).
     cleanup_commit_batch: int = 128

@@ -35,7 +35,7 @@ class QmgrSettings(CommonSettings):
     minimal_backoff_time: Seconds = 300
     maximal_backoff_time: Seconds = 4000
     # Postfix: 5d; a bare number means days.
-    bounce_queue_lifetime: Days = 5 * 86400
+    bounce_queue_lifetime: Days = 5  # validated as the settings are: a bare number is days
     default_destination_concurrency_limit: int = 20
     # Postfix: 0s (off). Above 0, one delivery at a time per destination,
     # this far apart, fleet-wide.

@@ -219,5 +219,6 @@ def filter_route(
     else myhostname."""
     transport, _, nexthop = content_filter.partition(":")
     if not nexthop:
-        nexthop = default_filter_nexthop or recipient.rpartition("@")[2] or myhostname
+        _local, at, domain = recipient.rpartition("@")
+        nexthop = default_filter_nexthop or (domain if at else "") or myhostname
     return transport, nexthop

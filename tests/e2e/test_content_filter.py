@@ -97,11 +97,12 @@ async def test_content_filter_goes_first_and_reinjection_skips_filter_mappings_a
     the destination does not see it until the filter hands it back on the
     re-injection listener, where virtual aliases, checks and the filter are
     off."""
-    with SmtpSink() as destination, SmtpSink() as content_filter:
+    with SmtpSink() as destination, SmtpSink() as content_filter, SmtpSink() as other:
         config = relay_config(destination, virtual_alias_maps={
             "bob@example.test": "robert@example.test"})
         config["cleanup"] = {"header_checks": [checks_file(
-            tmp_path, "header_checks", "/^Subject: filtered/ REJECT not twice\n")]}
+            tmp_path, "header_checks", "/^Subject: filtered/ REJECT not twice\n"
+            f"/^Subject: divert/ FILTER smtp:{other.nexthop}\n")]}
         reinject_port = free_port()
         cluster = make_cluster(postgres_url, config,
                                POSTFLEET_CONTENT_FILTER=f"smtp:{content_filter.nexthop}")
@@ -131,3 +132,11 @@ async def test_content_filter_goes_first_and_reinjection_skips_filter_mappings_a
         assert final.message["Subject"] == "filtered"
         assert len(content_filter.messages) == 1  # not filtered twice
         assert await eventually(lambda: _empty(postgres_url), what="the copy to leave")
+
+        # A header check's FILTER overrides the listener's content_filter.
+        code, out = await swaks(port, "--from", "a@sender.test", "--to", "bob@example.test",
+                                "--header", "Subject: divert me")
+        assert code == 0, out
+        (diverted,) = await other.wait_for(1)
+        assert diverted.message["Subject"] == "divert me"
+        assert len(content_filter.messages) == 1 and len(destination.messages) == 1

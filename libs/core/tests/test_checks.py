@@ -139,3 +139,21 @@ def test_body_checks_size_limit_per_part(tmp_path: Path) -> None:
                                  body_checks_size_limit=50))
     assert small.run(body).reject is None
     assert Checks(CheckSettings(body_checks=[f"regexp:{tmp_path / 'b'}"])).run(body).reject
+
+
+NESTED_MULTIPART = (
+    b"Content-Type: multipart/mixed; boundary=outer\r\n\r\n"
+    b"--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+    b"--inner\r\nContent-Type: text/plain\r\n\r\nplain\r\n"
+    b"--inner--\r\ninner epilogue\r\n"
+    b"--outer\r\nContent-Type: application/x-msdownload; name=\"evil.exe\"\r\n\r\nMZ\r\n"
+    b"--outer--\r\n")
+
+
+def test_parts_after_a_nested_multipart_keep_their_header_class(tmp_path: Path) -> None:
+    seen = checks(tmp_path, mime_header_checks="/name=.*\\.exe/ REJECT no executables\n",
+                  body_checks="/^(inner epilogue|Content-Type:.*)$/ WARN body\n").run(
+                      NESTED_MULTIPART)
+    assert str(seen.reject) == "550 5.7.1 no executables"
+    assert [(a.context, a.content) for a in seen.actions if a.word == "warning"] == [
+        ("body", "inner epilogue")]

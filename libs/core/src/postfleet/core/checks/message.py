@@ -266,6 +266,7 @@ class _Walk:
                 self.boundaries.pop()
                 return
             self._entity(_MULTIPART)
+            self._body(self.checks.body_limit)  # a nested multipart's epilogue
         self.boundaries.pop()
 
     def _body(self, limit: int) -> None:

@@ -20,7 +20,8 @@ run: install
 	$(BIN)/postfleet run all --config $(CONFIG)
 
 # Debian packages of the real peers the tests talk to (swaks, Postfix's
-# smtp-source/smtp-sink, dnsmasq). Installed only when missing.
+# smtp-source/smtp-sink, dnsmasq, Dovecot, spamd, clamd, amavisd-new).
+# Installed only when missing.
 peers:
 	@scripts/install-peers
 

@@ -201,6 +201,33 @@ def test_filter_renders_only_when_enabled(chart):
     assert container(enabled["filter"])["args"] == ["run", "filter"]
     cleanup = env_value(enabled["filter"], "POSTFLEET_CLEANUP_ADDRESS")
     assert cleanup == "mail-postfleet-cleanup:10027"
+    # Enabled, the filter is every listener's content_filter.
+    assert env_value(enabled["ingress-smtp"], "POSTFLEET_CONTENT_FILTER") == "filter:"
+    assert "POSTFLEET_CONTENT_FILTER" not in env_of(
+        chart.objects("default", "Deployment")["ingress-smtp"])
+
+
+def test_filter_env_is_what_the_roles_read(chart, monkeypatch):
+    """The production filter and ingress env, fed to the roles' own settings."""
+    from postfleet.filter.settings import FilterSettings
+    from postfleet.ingress_smtp.settings import IngressSettings
+
+    deployments = chart.objects("production", "Deployment")
+    for name in [n for n in os.environ if n.startswith("POSTFLEET_")]:
+        monkeypatch.delenv(name)
+    for entry in container(deployments["filter"])["env"]:
+        if "value" in entry and entry["name"] != "POSTFLEET_CONFIG":
+            monkeypatch.setenv(entry["name"], entry["value"])
+    settings = FilterSettings()
+    assert (settings.filter_transport, settings.spamd_address, settings.spam_action,
+            settings.clamd_address, settings.virus_action, settings.clamd_failure_mode) == (
+        "filter", "spamd.mail.svc:783", "hold", "clamd.mail.svc:3310", "reject", "defer")
+    for entry in container(deployments["ingress-smtp"])["env"]:
+        if "value" in entry and entry["name"] != "POSTFLEET_CONFIG":
+            monkeypatch.setenv(entry["name"], entry["value"])
+    ingress = IngressSettings()
+    assert ingress.content_filter == "filter:"
+    assert ingress.content_filter_domains == ["example.org", ".example.org"]
 
 
 # -- env ----------------------------------------------------------------------------
@@ -450,7 +477,7 @@ def test_autoscaling(chart):
     assert default["ingress-smtp"]["spec"]["replicas"] == 2
 
     hpas = chart.objects("production", "HorizontalPodAutoscaler")
-    assert set(hpas) == {"ingress-smtp", "delivery", "qmgr"}
+    assert set(hpas) == {"ingress-smtp", "delivery", "qmgr", "filter"}
     deployments = chart.objects("production", "Deployment")
     for role, hpa in hpas.items():
         assert hpa["apiVersion"] == "autoscaling/v2"

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
-ROLES = ["ingress-smtp", "cleanup", "qmgr", "delivery"]
+ROLES = ["ingress-smtp", "cleanup", "qmgr", "delivery", "filter"]
 
 
 @pytest.fixture(scope="module")

@@ -225,3 +225,17 @@ def test_authorized_destinations_and_routed_local_parts() -> None:
     assert not authorized_destination(s, "u%far.example@relay.example")
     assert not authorized_destination(s, '"u@far.example"@relay.example')
     assert not authorized_destination(s, "far.example!u@relay.example")
+
+
+@pytest.mark.parametrize("content_filter, recipient, default, expected", [
+    ("smtp:[127.0.0.1]:10025", "a@example.org", "", ("smtp", "[127.0.0.1]:10025")),
+    ("filter:", "a@example.org", "", ("filter", "example.org")),  # the recipient's domain
+    ("filter:", "a@example.org", "$myhostname-like", ("filter", "$myhostname-like")),
+    ("filter:", "postmaster", "", ("filter", "mx.test")),  # no domain: myhostname
+    ("filtro", "a@example.org", "", ("filtro", "example.org")),
+])
+def test_a_content_filter_overrides_the_route_as_qmgr_does(
+        content_filter: str, recipient: str, default: str, expected: tuple[str, str]) -> None:
+    from postfleet.core.routing.resolver import filter_route
+
+    assert filter_route(content_filter, recipient, default, "mx.test") == expected

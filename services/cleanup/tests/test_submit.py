@@ -164,3 +164,10 @@ async def test_database_failure_answers_unavailable_and_writes_nothing(
         await server.stop(None)
         await writer.stop()
         await engine.dispose()
+
+
+def test_queue_lifetimes_default_to_postfix_s_five_days() -> None:
+    from postfleet.cleanup.settings import CleanupSettings
+
+    settings = CleanupSettings()
+    assert settings.maximal_queue_lifetime == settings.bounce_queue_lifetime == 5 * 86400

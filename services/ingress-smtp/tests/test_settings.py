@@ -163,3 +163,23 @@ def test_recipient_restrictions_can_carry_the_relay_check() -> None:
 def test_listener_rejects_unknown_keys() -> None:
     with pytest.raises(ValidationError):
         Listener.model_validate({"name": "smtp", "port": 25, "tls": True})
+
+
+def test_content_filter_receive_overrides_and_filtered_domains() -> None:
+    from postfleet.core.routing.store import RoutingView
+    from postfleet.ingress_smtp.handler import IngressHandler
+    from postfleet.ingress_smtp.settings import SmtpdParams
+
+    with pytest.raises(ValueError, match="need transport:nexthop"):
+        SmtpdParams(content_filter="filter")
+    with pytest.raises(ValueError, match="unknown receive_override_options: no_such"):
+        SmtpdParams(receive_override_options="no_address_mappings, no_such")
+    params = SmtpdParams(content_filter="filter:", content_filter_domains=["a.test", ".b.test"])
+    handler = IngressHandler(listener="smtp", params=params, routing=RoutingView(),
+                             cleanup=None)  # type: ignore[arg-type]
+    assert handler.content_filter(["x@other.test", "y@a.test"]) == "filter:"
+    assert handler.content_filter(["x@sub.b.test"]) == "filter:"
+    assert handler.content_filter(["x@b.test", "y@sub.a.test"]) == ""
+    everything = IngressHandler(listener="smtp", params=SmtpdParams(content_filter="filter:"),
+                                routing=RoutingView(), cleanup=None)  # type: ignore[arg-type]
+    assert everything.content_filter(["x@any.test"]) == "filter:"

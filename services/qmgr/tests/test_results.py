@@ -147,7 +147,7 @@ async def test_a_hold_result_puts_the_message_on_hold_and_frees_its_recipients(
     claimed = await claim_due(engine, "q1", datetime.now(UTC), 60, 10)
     res = _result(claimed, [("sent", "2.0.0", "unused")])
     del res.recipients[:]
-    res.hold_reason = "stored content is str, not bytes"
+    res.hold_reason = "message content unreadable (stored content is str, not bytes)"
     applied = await apply_results(engine, [res], POLICY, "mx.test")
     assert applied.held == 1
     assert applied.log_lines == [

@@ -194,7 +194,8 @@ class Launcher:
         say(f"queue admin API: http://127.0.0.1:{ports['qmgr-1']}/docs "
             f"(`postfleet queue list`); Ctrl-C stops everything")
         state = {"api": f"http://127.0.0.1:{ports['qmgr-1']}", "nats_url":
-                 env["POSTFLEET_NATS_URL"], "http_ports": ports}
+                 env["POSTFLEET_NATS_URL"], "http_ports": ports,
+                 "cleanup_address": env["POSTFLEET_CLEANUP_ADDRESS"]}
         (self.var_dir / "run.json").write_text(json.dumps(state, indent=2))
 
     async def supervise(self) -> None:

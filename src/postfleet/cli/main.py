@@ -16,7 +16,7 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
 
   postfleet run all --config FILE     everything on one machine (embedded NATS
                                       + SQLite under ./var), like `postfix start`
-  postfleet run ROLE                  one role (cleanup, qmgr, delivery,
+  postfleet run ROLE                  one role (cleanup, qmgr, delivery, filter,
                                       ingress-smtp, operator) against the NATS
                                       and database named by --nats-url and
                                       --database-url (or POSTFLEET_* env vars)
@@ -30,6 +30,10 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
   postfleet user add|del|list [NAME] --file FILE
                                       the built-in SASL user table
                                       (smtpd_sasl_type = builtin)
+  postfleet sendmail [-f sender] [-t] [-i] [--] [recipient ...]
+                                      sendmail(1): submit standard input
+                                      through cleanup (`postfleet sendmail
+                                      --help`)
 """
 
 
@@ -208,9 +212,26 @@ def _user(args: argparse.Namespace) -> int:
     if not args.file:
         raise SystemExit("which user table? pass --file or set POSTFLEET_SMTPD_SASL_PATH")
     return manage_users(args.action, args.name, Path(args.file), args.password_stdin)
+def _sendmail(argv: list[str]) -> int:
+    """sendmail's getopt-style options are not argparse's: parsed apart."""
+    from postfleet.cli.sendmail import USAGE, sendmail
+    from postfleet.core.settings import CONFIG_ENV, load_config_file
+
+    if argv[:1] in (["--help"], ["-h"]):
+        print(USAGE)
+        print(sys.modules["postfleet.cli.sendmail"].__doc__)
+        return 0
+    try:
+        config = load_config_file(os.environ.get(CONFIG_ENV))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"postfleet sendmail: fatal: {exc}") from None
+    return sendmail(argv, sys.stdin.buffer, config, Path("var"))
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sendmail"]:
+        return _sendmail(argv[1:])
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "routes": _routes, "route": _route, "queue": _queue,
                 "import-postfix": _import_postfix, "user": _user}

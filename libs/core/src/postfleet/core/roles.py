@@ -11,9 +11,10 @@ ROLE_MODULES: dict[str, str] = {
     "qmgr": "postfleet.qmgr",
     "delivery": "postfleet.delivery",
     "ingress-smtp": "postfleet.ingress_smtp",
+    "filter": "postfleet.filter",
     "operator": "postfleet.operator",
 }
 
 # What `postfleet run all` supervises, in start order (the operator belongs
 # to Kubernetes; the monolith loads routes from the config file instead).
-MONOLITH_ROLES = ("cleanup", "qmgr", "delivery", "ingress-smtp")
+MONOLITH_ROLES = ("cleanup", "qmgr", "delivery", "filter", "ingress-smtp")

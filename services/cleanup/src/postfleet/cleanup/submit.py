@@ -17,8 +17,21 @@ expansion uses the snapshot of queueing time. ``/file``, ``|command`` and
 ``:include:`` targets are not supported: they are dropped with a warning
 (an alias left with no address target keeps the alias address itself).
 
+Content filter and checks (Postfix's cleanup): the message records the
+content filter its submitter chose (a listener's content_filter, sendmail's)
+unless a FILTER action of the header/body checks overrides it, or none at
+all when it comes back from its filter (``skip_filter``). header_checks,
+mime_header_checks, nested_header_checks and body_checks run on the message
+as queued (``postfleet.core.checks``): REJECT refuses it with the reply the
+SMTP client hears at end of DATA, DISCARD answers as if queued and drops it,
+HOLD queues it on hold, REDIRECT replaces its recipients. The submitter's
+receive_override_options turn off address mapping (no_address_mappings) and
+the checks (no_header_body_checks).
+
 Postfix parameters: myhostname, message_size_limit, maximal_queue_lifetime,
-bounce_queue_lifetime; through the snapshot: myorigin, canonical_maps,
+bounce_queue_lifetime, header_checks, mime_header_checks,
+nested_header_checks, body_checks, body_checks_size_limit; through the
+submitter: content_filter, receive_override_options; through the snapshot: myorigin, canonical_maps,
 sender_canonical_maps, recipient_canonical_maps, virtual_alias_maps,
 virtual_alias_recursion_limit, virtual_alias_expansion_limit,
 propagate_unmatched_extensions, recipient_delimiter.
@@ -26,6 +39,8 @@ propagate_unmatched_extensions, recipient_delimiter.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -38,8 +53,10 @@ from prometheus_client import Counter
 from postfleet.cleanup.headers import fix_up
 from postfleet.cleanup.queue_writer import QueueWriter
 from postfleet.cleanup.settings import CleanupSettings
+from postfleet.core.checks.message import Checks, Verdict
 from postfleet.core.db.errors import storage_full
 from postfleet.core.db.queue import NewMessage, NewRecipient
+from postfleet.core.db.status import MessageState
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
 from postfleet.core.queueid import new_queue_id
@@ -63,6 +80,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         self.settings = settings
         self.writer = writer
         self.routing = routing or RoutingView()
+        self.checks = Checks(settings)
 
     async def Submit(
         self, request_iterator: AsyncIterator[cleanup_pb2.SubmitRequest],
@@ -87,11 +105,23 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
                                 "an envelope with at least one recipient must come first")
         assert envelope is not None
         try:
-            sender, rewritten = rewrite_envelope(self.routing.snapshot, envelope)
+            if envelope.overrides.no_address_mappings:
+                sender, rewritten = envelope.sender, unmapped(envelope)
+            else:
+                sender, rewritten = rewrite_envelope(self.routing.snapshot, envelope)
         except SmtpError as exc:
             log.warning("envelope not rewritten: %s", exc)
             return _refuse("rewrite", exc.reply)
         message = self._message(new_queue_id(), envelope, sender, rewritten, b"".join(chunks))
+        if self.checks and not envelope.overrides.no_header_body_checks:
+            verdict = await self._check(message)
+            _log_actions(verdict, message, envelope)
+            if verdict.reject is not None:
+                return _refuse("content", verdict.reject)
+            if verdict.discard:
+                MESSAGES.inc()
+                return cleanup_pb2.SubmitReply(queue_id=message.queue_id)
+            message = _applied(message, verdict, envelope.skip_filter)
         try:
             await self.writer.write(message)
         except Exception as exc:
@@ -103,10 +133,17 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             FAILURES.labels("database").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"queue file write error: {exc}")
         MESSAGES.inc()
+        where = "hold" if message.state is MessageState.HOLD else "active"
         maillog("cleanup", message.queue_id,
                 f"from=<{sender}>, size={len(message.body)}, "
-                f"nrcpt={len(message.recipients)} (queue active)")
+                f"nrcpt={len(message.recipients)} (queue {where})")
         return cleanup_pb2.SubmitReply(queue_id=message.queue_id)
+
+    async def _check(self, message: NewMessage) -> Verdict:
+        # Large messages are scanned off the event loop: other submissions go on.
+        if len(message.body) > CHECK_INLINE_LIMIT:
+            return await asyncio.to_thread(self.checks.run, message.body)
+        return self.checks.run(message.body)
 
     def _message(
         self, queue_id: str, env: cleanup_pb2.Envelope, sender: str,
@@ -130,15 +167,62 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             arrived_at=now, expires_at=now + timedelta(seconds=lifetime),
             client_name=client.name, client_addr=client.address, helo=client.helo,
             protocol=client.protocol, sasl_username=client.sasl_username,
-            trace_id=env.trace_id, content_filter=env.content_filter, ret=env.ret,
-            envid=env.envid,
+            trace_id=env.trace_id,
+            content_filter="" if env.skip_filter else env.content_filter, ret=env.ret,
+            envid=env.envid, state=MessageState.HOLD if env.hold else MessageState.INCOMING,
         )
+
+
+CHECK_INLINE_LIMIT = 64 * 1024
+
+
+def _applied(message: NewMessage, verdict: Verdict, skip_filter: bool) -> NewMessage:
+    """The message as the checks left it: edited content, on hold, redirected
+    (one recipient, as Postfix's qmgr redirects), another content filter."""
+    changes: dict[str, Any] = {"body": verdict.body}
+    if verdict.hold:
+        changes["state"] = MessageState.HOLD
+    if verdict.filter and not skip_filter:
+        changes["content_filter"] = verdict.filter
+    if verdict.redirect:
+        first = message.recipients[0]
+        changes["recipients"] = [NewRecipient(verdict.redirect, first.orig_rcpt)]
+    return dataclasses.replace(message, **changes)
+
+
+def _log_actions(verdict: Verdict, message: NewMessage, env: cleanup_pb2.Envelope) -> None:
+    """Postfix's cleanup_act_log: ``reject: header Subject: ... from
+    host[addr]; from=<s> to=<r> proto=ESMTP helo=<h>: text``."""
+    client = env.client
+    origin = f"{client.name or 'unknown'}[{client.address}]" if client.address else "local"
+    rcpt = message.recipients[0].address if len(message.recipients) == 1 else ""
+    for action in verdict.actions:
+        line = (f"{action.word}: {action.context} {action.content} from {origin}; "
+                f"from=<{message.sender}>" + (f" to=<{rcpt}>" if rcpt else ""))
+        if client.protocol:
+            line += f" proto={client.protocol}"
+        if client.helo:
+            line += f" helo=<{client.helo}>"
+        maillog("cleanup", message.queue_id, f"{line}: {action.text}" if action.text else line)
 
 
 def _refuse(reason: str, reply: SmtpReply) -> cleanup_pb2.SubmitReply:
     """Refuse the message with the SMTP reply the client must hear."""
     FAILURES.labels(reason).inc()
     return cleanup_pb2.SubmitReply(refusal=reply.to_proto())
+def unmapped(env: cleanup_pb2.Envelope) -> list[tuple[cleanup_pb2.Recipient, str]]:
+    """receive_override_options = no_address_mappings: each recipient as it
+    came (duplicates still queued once)."""
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for rcpt in env.recipients:
+        key = (rcpt.address.lower(), rcpt.orcpt, rcpt.notify)
+        if key not in seen:
+            seen.add(key)
+            out.append((rcpt, rcpt.address))
+    return out
+
+
 def rewrite_envelope(
     snapshot: RoutingSnapshot, env: cleanup_pb2.Envelope
 ) -> tuple[str, list[tuple[cleanup_pb2.Recipient, str]]]:

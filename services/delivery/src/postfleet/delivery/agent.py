@@ -22,6 +22,7 @@ from postfleet.delivery.hostlookup import Resolver, resolver_for
 from postfleet.delivery.jobs import JobConsumer, JobRunner, Slots, Transport
 from postfleet.delivery.lmtp import LmtpTransport
 from postfleet.delivery.local import LocalTransport, VirtualTransport
+from postfleet.delivery.pipe import PipeTransport, parse_pipe_service
 from postfleet.delivery.pool import SessionPool
 from postfleet.delivery.settings import DeliverySettings
 from postfleet.delivery.smtp import SmtpTransport
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Transport name -> delivery agent. Postfix's master.cf runs its smtp client
 # under both "smtp" and "relay" (relay_transport); every other name is its
-# own agent. pipe(8) is not implemented.
+# own agent; pipe(8) services are named in pipe_transports.
 SMTP_CLIENT_TRANSPORTS = ("smtp", "relay")
 KNOWN_TRANSPORTS = (*SMTP_CLIENT_TRANSPORTS, "lmtp", "local", "virtual", "error", "discard")
 
@@ -57,6 +58,9 @@ def build_transports(
             transports[name] = ErrorTransport()
         elif name == "discard":
             transports[name] = DiscardTransport()
+        elif name in settings.pipe_transports:
+            transports[name] = PipeTransport(name, parse_pipe_service(
+                settings.pipe_transports[name]), settings.command_time_limit)
         else:
             known = ", ".join(KNOWN_TRANSPORTS)
             raise ValueError(f"transport {name!r} is not implemented (known: {known})")
@@ -82,10 +86,11 @@ class DeliveryAgent:
         )
         # The routing snapshot in force (smtp_tls_policy_maps); Postfix's
         # defaults when none is followed.
-        transports = build_transports(settings.transports, settings, self.pool, resolver,
-                                      routing)
+        transports = build_transports(settings.served_transports(), settings, self.pool,
+                                      resolver, routing)
         self.transports = transports
-        runner = JobRunner(js, MessageStore(engine), transports, settings)
+        store = MessageStore(engine, with_origin=settings.smtp_send_xforward_command)
+        runner = JobRunner(js, store, transports, settings)
         slots = Slots(settings.default_process_limit)
         self.consumers = [
             JobConsumer(name, runner, slots, settings) for name in transports

@@ -144,7 +144,8 @@ class JobRunner:
         except UnreadableContent as exc:
             log.error("message %s cannot be read (%s): it goes on hold", job.queue_id, exc,
                       extra=extra)
-            return await self._finish(msg, job, _empty_result(job, name, started, str(exc)))
+            reason = f"message content unreadable ({exc})"
+            return await self._finish(msg, job, _empty_result(job, name, started, reason))
         except Exception:
             log.exception("cannot read message %s; retrying later", job.queue_id, extra=extra)
             await _quietly(msg.nak(delay=STORE_RETRY_DELAY_S))

@@ -7,7 +7,8 @@ smtp_rset_timeout, smtp_quit_timeout, smtp_connection_cache_time_limit,
 smtp_connection_reuse_time_limit, smtp_connection_reuse_count_limit,
 smtp_mx_address_limit, smtp_mx_session_limit, smtp_host_lookup,
 smtp_dns_support_level, disable_dns_lookups, smtp_randomize_addresses,
-smtp_address_preference, inet_protocols, proxy_interfaces; TLS:
+smtp_address_preference, inet_protocols, proxy_interfaces,
+smtp_send_xforward_command; TLS:
 smtp_tls_security_level, smtp_tls_CAfile, smtp_tls_protocols,
 smtp_tls_mandatory_protocols, smtp_tls_verify_cert_match,
 smtp_tls_secure_cert_match, smtp_tls_loglevel, smtp_starttls_timeout
@@ -19,7 +20,9 @@ smtp_sasl_auth_soft_bounce; lmtp(8):
 lmtp_lhlo_name, lmtp_connect_timeout, lmtp_lhlo_timeout, lmtp_mail_timeout,
 lmtp_rcpt_timeout, lmtp_data_init_timeout, lmtp_data_done_timeout,
 lmtp_quit_timeout, lmtp_tcp_port; local(8) and virtual(8): mailbox_size_limit,
-recipient_delimiter, virtual_mailbox_base, virtual_mailbox_limit.
+recipient_delimiter, virtual_mailbox_base, virtual_mailbox_limit; pipe(8):
+command_time_limit and pipe_transports (master.cf's pipe services by name:
+"flags=… user=… argv=…").
 
 postfleet's own (the bus has no Postfix counterpart): delivery_ack_wait,
 delivery_fetch_batch, delivery_fetch_timeout, delivery_result_retry_time,
@@ -54,6 +57,13 @@ class DeliverySettings(CommonSettings):
     transports: PostfixList = ["smtp", "relay", "lmtp", "local", "virtual", "error", "discard"]
     # Postfix: default_process_limit (100) — here, concurrent jobs per process.
     default_process_limit: int = 100
+
+    # pipe(8) services, as master.cf lines' attributes, by transport name:
+    # {"filtro": "flags=Rq user=nobody argv=/path/filtro -f ${sender} -- ${recipient}"}.
+    # Each is served besides ``transports``.
+    pipe_transports: dict[str, str] = {}
+    # Postfix: command_time_limit (1000s), how long a pipe command may run.
+    command_time_limit: Seconds = 1000.0
 
     # -- bus -------------------------------------------------------------------
     # How long a fetched job may go without a word before JetStream hands it
@@ -162,6 +172,11 @@ class DeliverySettings(CommonSettings):
     # A 535 defers (4.7.x) instead of bouncing.
     smtp_sasl_auth_soft_bounce: bool = True
 
+    # Send XFORWARD (the original client's name, address, HELO, protocol and
+    # queue id) when the server announces it: a content filter such as
+    # amavisd-new then sees who really sent the mail (Postfix: no).
+    smtp_send_xforward_command: bool = False
+
     # -- lmtp client (Postfix lmtp(8)); never an MX lookup ---------------------
     lmtp_lhlo_name: str = "$myhostname"
     lmtp_tcp_port: int = 24
@@ -231,6 +246,22 @@ class DeliverySettings(CommonSettings):
         if not names or any(n not in ("all", "ipv4", "ipv6") for n in names):
             raise ValueError('inet_protocols: "all", "ipv4", "ipv6" or "ipv4, ipv6"')
         return names
+
+    def served_transports(self) -> list[str]:
+        """``transports`` and every pipe service."""
+        return [*self.transports, *(n for n in self.pipe_transports if n not in self.transports)]
+
+    @field_validator("pipe_transports")
+    @classmethod
+    def _pipes(cls, value: dict[str, str]) -> dict[str, str]:
+        from postfleet.delivery.pipe import parse_pipe_service
+
+        for name, text in value.items():
+            try:
+                parse_pipe_service(text)
+            except ValueError as exc:
+                raise ValueError(f"pipe_transports {name}: {exc}") from None
+        return value
 
     @property
     def dns_enabled(self) -> bool:

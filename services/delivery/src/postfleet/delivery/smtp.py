@@ -26,7 +26,8 @@ smtp_mail_timeout, smtp_rcpt_timeout, smtp_data_init_timeout,
 smtp_data_done_timeout, smtp_rset_timeout, smtp_mx_session_limit (and, in
 the host lookup, smtp_mx_address_limit); smtp_starttls_timeout,
 smtp_tls_loglevel and, through tls.py, mtasts.py and sasl.py, the TLS and
-SASL parameters.
+SASL parameters; smtp_send_xforward_command (XFORWARD with the message's
+client facts, to a server that announces it: a content filter).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class SmtpTransport:
             try:
                 results, clean = await transaction(
                     session, message, [job.recipients[i] for i in pending], self.timeouts,
-                    per_recipient_data_replies=False,
+                    per_recipient_data_replies=False, xforward=xforward_command(message),
                 )
             finally:
                 if clean:
@@ -369,3 +370,28 @@ class _Servers:
             text = UNLISTED.format(host=address.hostname, domain=self.nexthop.host)
             raise TransportFailure(outcome("4.7.5", text))
 
+
+_XTEXT_PLAIN = frozenset(range(33, 127)) - {ord("+"), ord("=")}
+
+
+def _xtext(value: str) -> str:
+    """RFC 3461 xtext: "+XX" for "+", "=", spaces and non-ASCII."""
+    return "".join(chr(b) if b in _XTEXT_PLAIN else f"+{b:02X}" for b in value.encode())
+
+
+def xforward_command(message: StoredMessage) -> bytes:
+    """The XFORWARD line for a message's origin (Postfix's attributes; an
+    unknown value is [UNAVAILABLE]); empty when the origin was not read."""
+    origin = message.origin
+    if origin is None:
+        return b""
+    local = not origin.client_addr
+    attrs = {
+        "NAME": origin.client_name or ("[UNAVAILABLE]" if local else "unknown"),
+        "ADDR": origin.client_addr or "[UNAVAILABLE]",
+        "PROTO": origin.protocol or "[UNAVAILABLE]",
+        "HELO": origin.helo or "[UNAVAILABLE]",
+        "IDENT": message.queue_id,
+        "SOURCE": "LOCAL" if local else "REMOTE",
+    }
+    return ("XFORWARD " + " ".join(f"{k}={_xtext(v)}" for k, v in attrs.items())).encode()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postfleet.core.db.queue import current_recipients, load_body
+from postfleet.core.db.queue import Origin, current_recipients, load_body, message_origin
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 
 
@@ -28,11 +28,15 @@ class StoredMessage:
     queue_id: str
     sender: str
     body: bytes
+    # Where the message came from, read only when a transport needs it
+    # (smtp_send_xforward_command).
+    origin: Origin | None = None
 
 
 class MessageStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, with_origin: bool = False) -> None:
         self.engine = engine
+        self.with_origin = with_origin
 
     async def load(self, job: delivery_pb2.Job) -> tuple[StoredMessage | None, set[int]]:
         """The message and the ids of the recipients the job still speaks
@@ -43,6 +47,8 @@ class MessageStore:
             if not current:
                 return None, set()
             body = await load_body(conn, job.queue_id)
+            origin = (await message_origin(conn, job.queue_id)
+                      if self.with_origin and body is not None else None)
         if body is None:
             return None, set()
-        return StoredMessage(job.queue_id, job.sender, body), current
+        return StoredMessage(job.queue_id, job.sender, body, origin), current

@@ -210,11 +210,13 @@ async def transaction(
     timeouts: Timeouts,
     *,
     per_recipient_data_replies: bool,
+    xforward: bytes = b"",
 ) -> tuple[list[Outcome], bool]:
     """Each recipient's outcome, and whether ``conn`` may go on (RSET and
     reuse, or QUIT): not once the conversation was cut short.
     ``per_recipient_data_replies``: LMTP's one end-of-data reply per
-    accepted recipient instead of SMTP's one for all."""
+    accepted recipient instead of SMTP's one for all. ``xforward``: an
+    XFORWARD command sent first when the server announces XFORWARD."""
     count = len(recipients)
     label = conn.address.label
     addresses = [message.sender, *(r.address for r in recipients)]
@@ -227,6 +229,8 @@ async def transaction(
     paths = [_path(r.address, encoding) for r in recipients]
     run = _Transaction(conn, timeouts, count)
     try:
+        if xforward and "xforward" in conn.extensions:
+            await run.xforward(xforward)
         await run.run(sender, params, paths, message.body, per_recipient_data_replies)
     except CUT_SHORT as exc:
         # Recipients already settled keep their outcome (LMTP: sent ones stay sent).
@@ -273,6 +277,12 @@ class _Transaction:
     def _settle(self, indexes: Iterable[int], result: Outcome) -> None:
         for index in indexes:
             self.outcomes[index] = result
+
+    async def xforward(self, line: bytes) -> None:
+        """Postfix smtp(8): a refused XFORWARD is logged by the server and
+        the transaction goes on; only a lost connection ends it."""
+        self.state = "sending XFORWARD"
+        await self.conn.command(line, self.timeouts.mail)
 
     async def run(
         self, sender: bytes, params: list[bytes], paths: list[bytes | None], body: bytes,

@@ -11,9 +11,11 @@ as ID`` only once cleanup has committed it, and ``451 4.3.0`` (or cleanup's
 own refusal) otherwise -- never a 250 on failure (invariant 1).
 
 Postfix parameters: smtpd_recipient_limit, smtpd_delay_reject (the
-restriction lists themselves: smtpd_check.py), smtpd_forbid_bare_newline_exclusions, mynetworks,
-smtpd_client_event_limit_exceptions, smtpd_tls_received_header,
-smtpd_sasl_authenticated_header.
+restriction lists themselves: smtpd_check.py), smtpd_forbid_bare_newline_exclusions,
+mynetworks, smtpd_client_event_limit_exceptions, smtpd_tls_received_header,
+smtpd_sasl_authenticated_header, content_filter and receive_override_options
+(no_unknown_recipient_checks in smtpd_check.py; the rest travel to cleanup
+with the message); postfleet's content_filter_domains.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from aiosmtpd.proxy_protocol import ProxyData
 
 from postfleet.core.maillog import maillog
 from postfleet.core.routing.store import RoutingView
+from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp.grammar import reply_line
@@ -52,6 +55,8 @@ class IngressHandler:
         self.routing = routing
         self.cleanup = cleanup
         self.checks = checks
+        self.filter_domains = domain_list(params.content_filter_domains, (),
+                                          parent_style=False)
 
     # -- restriction stages -------------------------------------------------------------
     async def facts(self, session: IngressSession, sender: str | None = None,
@@ -151,6 +156,8 @@ class IngressHandler:
                 body=envelope.original_content,
                 trace_id=trace_id,
                 body_type=_body_type(envelope.mail_options),
+                content_filter=self.content_filter(envelope.rcpt_tos),
+                overrides=self.params.receive_override_options,
             )
         except SubmitFailed as exc:
             log.warning("message from %s not queued: %s", session.describe(), exc,
@@ -172,6 +179,14 @@ class IngressHandler:
         if self.params.smtpd_sasl_authenticated_header and session.sasl_username:
             comments.append(f"(Authenticated sender: {session.sasl_username})")
         return comments
+
+    def content_filter(self, recipients: list[str]) -> str:
+        """content_filter, unless content_filter_domains names none of the
+        recipients' domains."""
+        if not self.params.content_filter_domains:
+            return self.params.content_filter
+        domains = (r.rpartition("@")[2] for r in recipients)
+        return self.params.content_filter if any(map(self.filter_domains.match, domains)) else ""
 
     async def handle_PROXY(
         self, server: Any, session: IngressSession, envelope: Any, proxy: ProxyData

@@ -18,7 +18,8 @@ smtpd_sasl_authenticated_header, smtpd_client_connection_count_limit,
 smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
 smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
 smtpd_client_event_limit_exceptions, anvil_rate_time_unit,
-smtpd_tls_received_header, smtpd_tls_loglevel; postfleet's own: cleanup_timeout,
+smtpd_tls_received_header, smtpd_tls_loglevel, content_filter,
+receive_override_options; postfleet's own: content_filter_domains, cleanup_timeout,
 drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
 empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
 entry per smtpd service, each with ``overrides`` playing the part of ``-o
@@ -82,6 +83,11 @@ TlsLevel = Annotated[Literal["", "none", "may", "encrypt"], BeforeValidator(_low
 SaslType = Annotated[Literal["builtin", "dovecot"], BeforeValidator(_lower)]
 ProxyProtocol = Annotated[Literal["", "haproxy"], BeforeValidator(_lower)]
 KEY_FILE_DEFAULT = "$smtpd_tls_cert_file"
+# Postfix's receive_override_options values.
+RECEIVE_OVERRIDE_OPTIONS = frozenset({
+    "no_unknown_recipient_checks", "no_address_mappings", "no_header_body_checks",
+    "no_milters",
+})
 
 
 class SmtpdParams(BaseModel):
@@ -163,6 +169,33 @@ class SmtpdParams(BaseModel):
     smtpd_tls_received_header: bool = False
     # 1 and more: the mail log says which TLS protocol and cipher each session used.
     smtpd_tls_loglevel: int = Field(default=0, ge=0, le=4)
+    # The content filter mail received here goes through before its
+    # destinations ("transport:nexthop", as Postfix); empty: none. A
+    # re-injection listener sets it empty and turns cleanup's stages off
+    # with receive_override_options (no_address_mappings, ...).
+    content_filter: str = ""
+    # postfleet's: when set, content_filter applies only to mail with a
+    # recipient in one of these domains (".example.org" for its subdomains),
+    # as a Postfix check_recipient_access table answering FILTER would.
+    content_filter_domains: PostfixList = Field(default_factory=list)
+    receive_override_options: PostfixList = Field(default_factory=list)
+
+    @field_validator("content_filter")
+    @classmethod
+    def _filter(cls, value: str) -> str:
+        value = value.strip()
+        if value and ":" not in value:
+            raise ValueError(f"content_filter {value!r}: need transport:nexthop")
+        return value
+
+    @field_validator("receive_override_options")
+    @classmethod
+    def _overrides(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - RECEIVE_OVERRIDE_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown receive_override_options: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(RECEIVE_OVERRIDE_OPTIONS))})")
+        return value
 
     @field_validator(*LIST_PARAMETERS)
     @classmethod

@@ -199,6 +199,7 @@ class RestrictionParams(Protocol):
     smtpd_end_of_data_restrictions: list[str]
     smtpd_sender_login_maps: list[str]
     smtpd_delay_reject: bool
+    receive_override_options: list[str]
 
 
 LIST_PARAMETERS = (
@@ -263,6 +264,8 @@ class Checks:
                 return refusal
         if run.defer_if_permit is not None:
             return run.defer_if_permit
+        if "no_unknown_recipient_checks" in self.params.receive_override_options:
+            return None  # a re-injection listener: the address was checked on the way in
         return rcpt_checks.unlisted_recipient(self.routing.snapshot, recipient)
 
     async def data(self, facts: Facts, recipients: int) -> SmtpReply | None:

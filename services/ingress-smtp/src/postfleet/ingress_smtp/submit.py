@@ -9,7 +9,8 @@ reply when it refused the message (``SubmitReply.refusal``, a structured
 reply), else Postfix's ``451 4.3.0 Error: queue file write error`` so the
 client retries.
 
-Postfix parameters: none (the deadline is ``cleanup_timeout``).
+Postfix parameters: content_filter and receive_override_options (passed on
+for cleanup to record and obey); the deadline is ``cleanup_timeout``.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class CleanupClient:
         body: bytes,
         trace_id: str,
         body_type: str = "",
+        content_filter: str = "",
+        overrides: Sequence[str] = (),
     ) -> str:
         envelope = cleanup_pb2.Envelope(
             sender=sender,
@@ -81,6 +84,12 @@ class CleanupClient:
             ),
             trace_id=trace_id,
             body_type=body_type,
+            content_filter=content_filter,
+            overrides=cleanup_pb2.ReceiveOverrides(
+                no_address_mappings="no_address_mappings" in overrides,
+                no_header_body_checks="no_header_body_checks" in overrides,
+                no_milters="no_milters" in overrides,
+            ),
         )
 
         async def requests() -> AsyncIterator[cleanup_pb2.SubmitRequest]:

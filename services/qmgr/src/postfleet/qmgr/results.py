@@ -81,7 +81,7 @@ async def apply_results(
                 await queue.hold_message(conn, res.queue_id)
                 applied.held += 1
                 applied.log_lines.append(
-                    (res.queue_id, f"hold: message content unreadable ({res.hold_reason})"))
+                    (res.queue_id, f"hold: {res.hold_reason}"))
         batch = _sort(results, messages, policy, now)
         await queue.mark_delivered(conn, batch.delivered)
         await queue.mark_deferred(conn, batch.deferred)

@@ -26,8 +26,9 @@ when its result is applied, or with its owner's lease.
 Postfix parameters: queue_run_delay, default_destination_concurrency_limit
 (or the snapshot's per-next-hop destination_concurrency_limits),
 default_destination_rate_delay, default_destination_recipient_limit,
-qmgr_message_recipient_limit; transport_maps, relayhost, default_transport
-via the routing snapshot.
+qmgr_message_recipient_limit, default_filter_nexthop (a message with a
+content filter goes to the filter, not its recipients' routes); transport_maps,
+relayhost, default_transport via the routing snapshot.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from postfleet.core.bus.jobs import job_id
 from postfleet.core.db import queue
 from postfleet.core.db.queue import Claimed, SlotRequest
 from postfleet.core.proto.delivery.v1 import delivery_pb2
-from postfleet.core.routing.resolver import resolve
+from postfleet.core.routing.resolver import filter_route, resolve
 from postfleet.core.routing.store import RoutingView
 from postfleet.qmgr.settings import QmgrSettings
 
@@ -137,13 +138,11 @@ class Scheduler:
                 return
 
     def _enqueue(self, claimed: list[Claimed]) -> None:
-        snapshot = self.routing.snapshot
         # One job per message, destination and attempt count: a result's
         # attempt then holds for every recipient in it.
         groups: dict[tuple[str, Destination, int], list[Claimed]] = defaultdict(list)
         for c in claimed:
-            route = resolve(snapshot, c.address)
-            groups[(c.queue_id, (route.transport, route.nexthop), c.attempt)].append(c)
+            groups[(c.queue_id, self._destination(c), c.attempt)].append(c)
         limit = max(1, self.s.default_destination_recipient_limit)
         for (qid, dest, _attempt), rcpts in groups.items():
             for i in range(0, len(rcpts), limit):
@@ -160,6 +159,15 @@ class Scheduler:
                 self.waiting[dest].append(job)
                 self._waiting_rcpts += len(part)
         WAITING.set(self._waiting_jobs())
+
+    def _destination(self, c: Claimed) -> Destination:
+        """A content filter overrides the recipient's route (Postfix's qmgr):
+        the message goes to its filter first, its recipients unchanged."""
+        if c.content_filter:
+            return filter_route(c.content_filter, c.address, self.s.default_filter_nexthop,
+                                self.s.myhostname)
+        route = resolve(self.routing.snapshot, c.address)
+        return route.transport, route.nexthop
 
     def _slot_requests(self) -> list[SlotRequest]:
         default = self.s.default_destination_concurrency_limit

@@ -4,7 +4,7 @@ Postfix parameters: queue_run_delay, minimal_backoff_time,
 maximal_backoff_time, bounce_queue_lifetime (of the notices qmgr queues;
 cleanup sets every other message's expiry),
 default_destination_concurrency_limit, default_destination_recipient_limit,
-qmgr_message_recipient_limit, myhostname.
+qmgr_message_recipient_limit, default_filter_nexthop, myhostname.
 """
 
 from __future__ import annotations
@@ -35,12 +35,15 @@ class QmgrSettings(CommonSettings):
     minimal_backoff_time: Seconds = 300
     maximal_backoff_time: Seconds = 4000
     # Postfix: 5d; a bare number means days.
-    bounce_queue_lifetime: Days = 5 * 86400
+    bounce_queue_lifetime: Days = 5  # validated as the settings are: a bare number is days
     default_destination_concurrency_limit: int = 20
     # Postfix: 0s (off). Above 0, one delivery at a time per destination,
     # this far apart, fleet-wide.
     default_destination_rate_delay: Seconds = 0
     default_destination_recipient_limit: int = 50
+    # A content filter written without a nexthop ("filter:") goes here; empty
+    # (Postfix's default): the recipient's domain.
+    default_filter_nexthop: str = ""
     # Recipients held in memory (claimed, not yet dispatched) at most.
     qmgr_message_recipient_limit: int = 20000
     # postfleet-specific: how many due recipients one claim takes, how long a

@@ -161,6 +161,30 @@ async def current_recipients(
     return set(rows.scalars())
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a queued message came from and its DSN envelope: what a content
+    filter hands back to cleanup with the filtered copy."""
+
+    client_name: str
+    client_addr: str
+    helo: str
+    protocol: str
+    sasl_username: str
+    ret: str
+    envid: str
+
+
+_ORIGIN = select(Message.client_name, Message.client_addr, Message.helo, Message.protocol,
+                 Message.sasl_username, Message.ret, Message.envid
+                 ).where(Message.queue_id == bindparam("qid"))
+
+
+async def message_origin(conn: AsyncConnection, queue_id: str) -> Origin | None:
+    row = (await conn.execute(_ORIGIN, {"qid": queue_id})).first()
+    return None if row is None else Origin(*row)
+
+
 # -- claims --------------------------------------------------------------------
 
 
@@ -176,6 +200,7 @@ class Claimed:
     sender: str
     trace_id: str
     arrived_at: datetime
+    content_filter: str = ""  # the message's content filter (transport:nexthop), if any
 
 
 async def claim_due(
@@ -221,11 +246,12 @@ async def claim_due(
             .values(state=MessageState.ACTIVE)
         )
         envelope = {m.queue_id: m for m in await conn.execute(
-            select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at)
+            select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
+                   Message.content_filter)
             .where(Message.queue_id.in_(qids)))}
     claimed = [
         Claimed(r.id, r.queue_id, r.address, r.orcpt, r.attempts, m.sender, m.trace_id,
-                m.arrived_at)
+                m.arrived_at, m.content_filter)
         for r in rows if (m := envelope.get(r.queue_id)) is not None
     ]
     claimed.sort(key=lambda c: (c.queue_id, c.id))

@@ -208,3 +208,17 @@ def client_in_mynetworks(snapshot: RoutingSnapshot, ip: str) -> bool:
     except ValueError:
         return False
     return any(addr in net for net in snapshot.networks)
+
+
+def filter_route(
+    content_filter: str, recipient: str, default_filter_nexthop: str, myhostname: str
+) -> tuple[str, str]:
+    """Where a message with a content filter goes instead of its recipient's
+    route, as Postfix's qmgr decides it: ``transport:nexthop`` as written;
+    without a nexthop, default_filter_nexthop, else the recipient's domain,
+    else myhostname."""
+    transport, _, nexthop = content_filter.partition(":")
+    if not nexthop:
+        _local, at, domain = recipient.rpartition("@")
+        nexthop = default_filter_nexthop or (domain if at else "") or myhostname
+    return transport, nexthop

@@ -164,3 +164,12 @@ ALIAS_EXPANSION_ERROR = SmtpReply(451, "4.6.0", "Alias expansion error")
 def recipient_rejected(reply: SmtpReply, recipient: str) -> SmtpReply:
     """smtpd's wording: ``550 5.1.1 <rcpt>: Recipient address rejected: TEXT``."""
     return reply.with_text(f"<{recipient}>: {RCPT_REJECTED}: {reply.text}")
+
+
+# -- content checks (cleanup's header_checks/body_checks REJECT, Postfix
+# cleanup_strerror's CLEANUP_STAT_CONT; the filter role's refusals) -----------
+CONTENT_REJECTED = SmtpReply(550, "5.7.1", "message content rejected")
+# The filter role's verdicts on a message (amavisd-new answers 554 5.7.0 too).
+VIRUS_FOUND = SmtpReply(554, "5.7.0", "Rejected: virus found")  # + ": NAME"
+SPAM_FOUND = SmtpReply(554, "5.7.0", "Rejected: spam")  # + " (score X)"
+SCANNER_UNAVAILABLE = SmtpReply(451, "4.3.0", "content scanner unavailable")  # + ": why"

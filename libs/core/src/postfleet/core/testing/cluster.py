@@ -30,6 +30,8 @@ LOOPBACK_NOWHERE = "127.0.0.1:1"
 
 # The roles a cluster runs, in start order (ingress last: it takes mail).
 CLUSTER_ROLES = ("cleanup", "qmgr", "delivery", "ingress-smtp")
+# Roles a test may add to a cluster (``Cluster(..., extra_roles=("filter",))``).
+OPTIONAL_ROLES = ("filter",)
 
 
 @dataclass
@@ -106,13 +108,14 @@ class Cluster:
     smtp_port: int = field(default_factory=free_port)
     cleanup_port: int = field(default_factory=free_port)
     roles: dict[str, RoleProcess] = field(default_factory=dict)
+    extra_roles: tuple[str, ...] = ()
     extra: dict[str, list[RoleProcess]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "postfleet.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config))
-        for name in CLUSTER_ROLES:
+        for name in (*CLUSTER_ROLES, *self.extra_roles):
             self.roles[name] = RoleProcess(
                 name, self._env_for(name), self.workdir / f"{name}.log", free_port()
             )
@@ -147,8 +150,12 @@ class Cluster:
     def role_env(self, role: str) -> dict[str, str]:
         return self.roles[role].env
 
+    @property
+    def all_roles(self) -> tuple[str, ...]:
+        return (*CLUSTER_ROLES, *self.extra_roles)
+
     def start(self, *names: str) -> None:
-        chosen = names or CLUSTER_ROLES
+        chosen = names or self.all_roles
         for name in chosen:  # start together, then wait: imports overlap
             self.roles[name].http_port = free_port()
             self.roles[name].env["POSTFLEET_HTTP_PORT"] = str(self.roles[name].http_port)
@@ -159,7 +166,7 @@ class Cluster:
             wait_port(self.smtp_port)
 
     def kill(self, *names: str) -> None:
-        for name in names or CLUSTER_ROLES:
+        for name in names or self.all_roles:
             self.roles[name].kill()
         for replica in self._extra(names):
             replica.kill()
@@ -167,7 +174,7 @@ class Cluster:
     def stop(self, *names: str) -> None:
         for replica in self._extra(names):
             replica.stop()
-        for name in names or CLUSTER_ROLES:
+        for name in names or self.all_roles:
             self.roles[name].stop()
 
     # -- replicas: a role scaled like a Deployment ------------------------------
@@ -196,7 +203,7 @@ class Cluster:
             replica.stop(timeout=grace)
 
     def _extra(self, names: tuple[str, ...]) -> list[RoleProcess]:
-        return [r for name in (names or CLUSTER_ROLES) for r in self.extra.get(name, [])]
+        return [r for name in (names or self.all_roles) for r in self.extra.get(name, [])]
 
     def logs(self) -> str:
         every = [*self.roles.items(),

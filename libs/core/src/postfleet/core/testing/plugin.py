@@ -13,6 +13,8 @@
   is the smtpd_sasl_path value.
 - ``test_ca``: a certificate authority of the test's own (testing/pki.py),
   to issue server certificates with the names a TLS test needs.
+- ``spamd`` / ``clamd``: SpamAssassin's spamd and ClamAV's clamd (test
+  signatures only) on free loopback ports (testing/scanners.py).
 - ``no_system_resolver``: the test fails if it asked the machine's resolver
   (testing/resolver_guard.py); a suite's conftest may make it autouse.
 
@@ -39,11 +41,12 @@ from postfleet.core.testing.dovecot_auth import DovecotAuth
 from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.pki import TestCa
 from postfleet.core.testing.resolver_guard import SystemResolverGuard
+from postfleet.core.testing.scanners import Clamd, Spamd
 from postfleet.core.testing.sink import SmtpSink
 
 # Fixtures that start a process (directly or through another fixture).
 PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres",
-                    "make_dovecot_auth", "test_ca"}
+                    "make_dovecot_auth", "test_ca", "spamd", "clamd"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -120,10 +123,11 @@ def make_cluster(
 ) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
-    def make(database_url: str, config: dict[str, Any] | None = None, **env: str) -> Cluster:
+    def make(database_url: str, config: dict[str, Any] | None = None,
+             extra_roles: tuple[str, ...] = (), **env: str) -> Cluster:
         cluster = Cluster(
             tmp_path / f"cluster{len(made)}", database_url, nats_server.url,
-            config=config or {}, env=env,
+            config=config or {}, env=env, extra_roles=extra_roles,
         )
         made.append(cluster)
         return cluster
@@ -131,6 +135,18 @@ def make_cluster(
     yield make
     for cluster in made:
         cluster.stop()
+
+
+@pytest.fixture
+def spamd(tmp_path: Path) -> Iterator[Spamd]:
+    with Spamd(tmp_path / "spamd") as server:
+        yield server
+
+
+@pytest.fixture
+def clamd(tmp_path: Path) -> Iterator[Clamd]:
+    with Clamd(tmp_path / "clamd") as server:
+        yield server
 
 
 class _Peer(Protocol):

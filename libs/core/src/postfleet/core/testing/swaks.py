@@ -58,18 +58,21 @@ def _wants_tls(args: tuple[str, ...]) -> bool:
 
 
 async def swaks(
-    port: int, *args: str, host: str = "127.0.0.1", timeout: float = 30.0
+    port: int, *args: str, host: str = "127.0.0.1", timeout: float = 30.0,
+    stdin: bytes | None = None,
 ) -> tuple[int, str]:
-    """Run swaks against ``host:port`` with ``args``: (exit status, transcript)."""
+    """Run swaks against ``host:port`` with ``args``: (exit status, transcript);
+    ``stdin`` is what swaks reads (``--data -`` sends it as the message)."""
     path = swaks_binary()
     if _wants_tls(args):
         await asyncio.to_thread(require_tls, path)
     proc = await asyncio.create_subprocess_exec(
         path, "--server", host, "--port", str(port), *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from postfleet.core.proto.smtp.v1 import reply_pb2 as postfleet_dot_core_dot_proto_dot_smtp_dot_v1_dot_reply__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-postfleet/core/proto/cleanup/v1/cleanup.proto\x12\x14postfleet.cleanup.v1\x1a(postfleet/core/proto/smtp/v1/reply.proto\"\\\n\rSubmitRequest\x12\x32\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1e.postfleet.cleanup.v1.EnvelopeH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\";\n\tRecipient\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05orcpt\x18\x02 \x01(\t\x12\x0e\n\x06notify\x18\x03 \x01(\t\"\x8b\x01\n\nClientInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0c\n\x04helo\x18\x04 \x01(\t\x12\x10\n\x08protocol\x18\x05 \x01(\t\x12\x15\n\rsasl_username\x18\x06 \x01(\t\x12\x19\n\x11received_comments\x18\x07 \x03(\t\"\xef\x01\n\x08\x45nvelope\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x33\n\nrecipients\x18\x02 \x03(\x0b\x32\x1f.postfleet.cleanup.v1.Recipient\x12\x30\n\x06\x63lient\x18\x03 \x01(\x0b\x32 .postfleet.cleanup.v1.ClientInfo\x12\x10\n\x08trace_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontent_filter\x18\x05 \x01(\t\x12\x13\n\x0bskip_filter\x18\x06 \x01(\x08\x12\x0b\n\x03ret\x18\x07 \x01(\t\x12\r\n\x05\x65nvid\x18\x08 \x01(\t\x12\x11\n\tbody_type\x18\t \x01(\t\"J\n\x0bSubmitReply\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x18.postfleet.smtp.v1.Reply2]\n\x07\x43leanup\x12R\n\x06Submit\x12#.postfleet.cleanup.v1.SubmitRequest\x1a!.postfleet.cleanup.v1.SubmitReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-postfleet/core/proto/cleanup/v1/cleanup.proto\x12\x14postfleet.cleanup.v1\x1a(postfleet/core/proto/smtp/v1/reply.proto\"\\\n\rSubmitRequest\x12\x32\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1e.postfleet.cleanup.v1.EnvelopeH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\";\n\tRecipient\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05orcpt\x18\x02 \x01(\t\x12\x0e\n\x06notify\x18\x03 \x01(\t\"\x8b\x01\n\nClientInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\x12\x0c\n\x04helo\x18\x04 \x01(\t\x12\x10\n\x08protocol\x18\x05 \x01(\t\x12\x15\n\rsasl_username\x18\x06 \x01(\t\x12\x19\n\x11received_comments\x18\x07 \x03(\t\"\xb8\x02\n\x08\x45nvelope\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x33\n\nrecipients\x18\x02 \x03(\x0b\x32\x1f.postfleet.cleanup.v1.Recipient\x12\x30\n\x06\x63lient\x18\x03 \x01(\x0b\x32 .postfleet.cleanup.v1.ClientInfo\x12\x10\n\x08trace_id\x18\x04 \x01(\t\x12\x16\n\x0e\x63ontent_filter\x18\x05 \x01(\t\x12\x13\n\x0bskip_filter\x18\x06 \x01(\x08\x12\x0b\n\x03ret\x18\x07 \x01(\t\x12\r\n\x05\x65nvid\x18\x08 \x01(\t\x12\x11\n\tbody_type\x18\t \x01(\t\x12\x39\n\toverrides\x18\n \x01(\x0b\x32&.postfleet.cleanup.v1.ReceiveOverrides\x12\x0c\n\x04hold\x18\x0b \x01(\x08\"b\n\x10ReceiveOverrides\x12\x1b\n\x13no_address_mappings\x18\x01 \x01(\x08\x12\x1d\n\x15no_header_body_checks\x18\x02 \x01(\x08\x12\x12\n\nno_milters\x18\x03 \x01(\x08\"J\n\x0bSubmitReply\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x18.postfleet.smtp.v1.Reply2]\n\x07\x43leanup\x12R\n\x06Submit\x12#.postfleet.cleanup.v1.SubmitRequest\x1a!.postfleet.cleanup.v1.SubmitReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,9 +39,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENTINFO']._serialized_start=269
   _globals['_CLIENTINFO']._serialized_end=408
   _globals['_ENVELOPE']._serialized_start=411
-  _globals['_ENVELOPE']._serialized_end=650
-  _globals['_SUBMITREPLY']._serialized_start=652
-  _globals['_SUBMITREPLY']._serialized_end=726
-  _globals['_CLEANUP']._serialized_start=728
-  _globals['_CLEANUP']._serialized_end=821
+  _globals['_ENVELOPE']._serialized_end=723
+  _globals['_RECEIVEOVERRIDES']._serialized_start=725
+  _globals['_RECEIVEOVERRIDES']._serialized_end=823
+  _globals['_SUBMITREPLY']._serialized_start=825
+  _globals['_SUBMITREPLY']._serialized_end=899
+  _globals['_CLEANUP']._serialized_start=901
+  _globals['_CLEANUP']._serialized_end=994
 # @@protoc_insertion_point(module_scope)

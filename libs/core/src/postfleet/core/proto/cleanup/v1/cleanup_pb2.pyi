@@ -136,24 +136,40 @@ class Envelope(_message.Message):
     RET_FIELD_NUMBER: _builtins.int
     ENVID_FIELD_NUMBER: _builtins.int
     BODY_TYPE_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
     sender: _builtins.str
     """"" is the null sender <>"""
     trace_id: _builtins.str
     content_filter: _builtins.str
-    """The content filter hop the message must take next (Postfix content_filter);
-    empty means none. Set by the filter role's re-injection to "" explicitly.
+    """The content filter the message must go through before its destinations
+    (Postfix content_filter, "transport:nexthop"): the submitting listener's
+    content_filter, or sendmail's; empty means none. A FILTER action of
+    cleanup's header/body checks overrides it.
     """
     skip_filter: _builtins.bool
+    """The message comes back from its content filter: no content filter is
+    recorded for it, whatever content_filter or a FILTER action says, so
+    nothing is filtered twice.
+    """
     ret: _builtins.str
     """DSN RET=FULL|HDRS"""
     envid: _builtins.str
     """DSN ENVID"""
     body_type: _builtins.str
     """7BIT, 8BITMIME"""
+    hold: _builtins.bool
+    """Queue the message on hold (a content filter's HOLD): it waits in the
+    hold queue until an administrator releases it (postsuper -H).
+    """
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recipient]: ...
     @_builtins.property
     def client(self) -> Global___ClientInfo: ...
+    @_builtins.property
+    def overrides(self) -> Global___ReceiveOverrides:
+        """Postfix receive_override_options, the part cleanup acts on."""
+
     def __init__(
         self,
         *,
@@ -166,14 +182,48 @@ class Envelope(_message.Message):
         ret: _builtins.str = ...,
         envid: _builtins.str = ...,
         body_type: _builtins.str = ...,
+        overrides: Global___ReceiveOverrides | None = ...,
+        hold: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "overrides", b"overrides"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_type", b"body_type", "client", b"client", "content_filter", b"content_filter", "envid", b"envid", "recipients", b"recipients", "ret", b"ret", "sender", b"sender", "skip_filter", b"skip_filter", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_type", b"body_type", "client", b"client", "content_filter", b"content_filter", "envid", b"envid", "hold", b"hold", "overrides", b"overrides", "recipients", b"recipients", "ret", b"ret", "sender", b"sender", "skip_filter", b"skip_filter", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
+
+@_typing.final
+class ReceiveOverrides(_message.Message):
+    """What a re-injection path turns off in cleanup (Postfix
+    receive_override_options; no_unknown_recipient_checks is smtpd's own).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NO_ADDRESS_MAPPINGS_FIELD_NUMBER: _builtins.int
+    NO_HEADER_BODY_CHECKS_FIELD_NUMBER: _builtins.int
+    NO_MILTERS_FIELD_NUMBER: _builtins.int
+    no_address_mappings: _builtins.bool
+    """canonical, virtual alias and alias mapping"""
+    no_header_body_checks: _builtins.bool
+    """header_checks, mime/nested_header_checks, body_checks"""
+    no_milters: _builtins.bool
+    """accepted; postfleet runs no milters in cleanup"""
+    def __init__(
+        self,
+        *,
+        no_address_mappings: _builtins.bool = ...,
+        no_header_body_checks: _builtins.bool = ...,
+        no_milters: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["no_address_mappings", b"no_address_mappings", "no_header_body_checks", b"no_header_body_checks", "no_milters", b"no_milters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveOverrides: _TypeAlias = ReceiveOverrides  # noqa: Y015
 
 @_typing.final
 class SubmitReply(_message.Message):

@@ -1,0 +1,3 @@
+from postfleet.filter.main import main
+
+main()

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from postfleet.ingress_smtp.settings import IngressSettings, Listener
+from postfleet.ingress_smtp.smtpd_check import Checks
 
 
 @pytest.fixture(autouse=True)
@@ -176,10 +177,12 @@ def test_content_filter_receive_overrides_and_filtered_domains() -> None:
         SmtpdParams(receive_override_options="no_address_mappings, no_such")
     params = SmtpdParams(content_filter="filter:", content_filter_domains=["a.test", ".b.test"])
     handler = IngressHandler(listener="smtp", params=params, routing=RoutingView(),
-                             cleanup=None)  # type: ignore[arg-type]
+                             cleanup=None, checks=Checks(params, RoutingView()))  # type: ignore[arg-type]
     assert handler.content_filter(["x@other.test", "y@a.test"]) == "filter:"
     assert handler.content_filter(["x@sub.b.test"]) == "filter:"
     assert handler.content_filter(["x@b.test", "y@sub.a.test"]) == ""
-    everything = IngressHandler(listener="smtp", params=SmtpdParams(content_filter="filter:"),
-                                routing=RoutingView(), cleanup=None)  # type: ignore[arg-type]
+    everything_params = SmtpdParams(content_filter="filter:")
+    everything = IngressHandler(listener="smtp", params=everything_params,
+                                routing=RoutingView(), cleanup=None,  # type: ignore[arg-type]
+                                checks=Checks(everything_params, RoutingView()))
     assert everything.content_filter(["x@any.test"]) == "filter:"

@@ -93,10 +93,21 @@ async def _migrated_engine(url: str, writer: bool, pool_size: int) -> AsyncEngin
 
 
 def run_role(name: str, settings_cls: type[S], run: Callable[[S], Awaitable[None]]) -> None:
-    """A role's ``main``: settings from env and the config file, logging, the loop."""
+    """A role's ``main``: settings from env and the config file, logging, the
+    loop -- uvloop where it is installed (every role spends much of its CPU
+    in the event loop; bench/README.md has the figures)."""
     settings = settings_cls()
     setup_logging(name, settings.log_format, settings.log_level)
+    _install_uvloop()
     asyncio.run(_call(run, settings))
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # not on this platform: asyncio's own loop
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def _call(run: Callable[[S], Awaitable[None]], settings: S) -> None:

@@ -1,0 +1,141 @@
+"""Where the time goes: every role of `postfleet run all` sampled with py-spy
+while smtp-source sends the comparison's workload (1 KB, one recipient, 20
+sessions, one message per connection), then per role the CPU seconds per
+message (from /proc) and the functions that take the most samples, by their
+own time and with what they call.
+
+    .venv/bin/python bench/profile.py                 # SQLite, 5000 messages
+    .venv/bin/python bench/profile.py --db postgres --top 25
+
+A benchmark: it prints figures and asserts nothing. py-spy needs root (or
+ptrace rights), as the benchmarks run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import Postfleet, _cpu_ticks  # noqa: E402
+
+from postfleet.core.sockets import free_port  # noqa: E402
+from postfleet.core.testing.ports import wait_port  # noqa: E402
+
+CLK_TCK = 100
+
+
+def role_pids(root: int) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for proc in psutil.Process(root).children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            continue
+        if "-m" in cmd:
+            name = cmd[cmd.index("-m") + 1].removeprefix("postfleet.")
+            key = name if name not in found else f"{name}#2"
+            found[key] = proc.pid
+        elif cmd and cmd[0].endswith("nats-server"):
+            found["nats-server"] = proc.pid
+    found["launcher"] = root
+    return found
+
+
+def summarize(raw: Path, top: int) -> list[str]:
+    """py-spy's raw (collapsed) stacks -> the top functions by self and total samples."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  for f in stack.split(";") if f]
+        if not frames:
+            continue
+        samples += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            total[frame] += count
+    out = [f"    {samples} samples; own time:"]
+    out += [f"      {100 * n / samples:5.1f}%  {f}" for f, n in own.most_common(top)]
+    out.append("    with callees:")
+    out += [f"      {100 * n / samples:5.1f}%  {f}" for f, n in total.most_common(top)
+            if not f.startswith(("<module>", "run (", "_run_once", "run_forever",
+                                 "run_until_complete", "_run (events"))]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("-m", "--messages", type=int, default=5000)
+    ap.add_argument("-s", "--sessions", type=int, default=20)
+    ap.add_argument("--top", type=int, default=15)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="postfleet-profile-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        sink_port = free_port()
+        sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody",
+                                 f"127.0.0.1:{sink_port}", "1024"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        mta = Postfleet(work / "mta", sink_port, args.db)
+        try:
+            wait_port(sink_port)
+            mta.start()
+            time.sleep(2)
+            pids = role_pids(mta.root_pid())
+            cpu0 = {name: _cpu_ticks(pid) for name, pid in pids.items()}
+            spies = {
+                name: subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+                     "--rate", "200", "--nonblocking", "--gil", "-o", str(work / f"{name}.txt"),
+                     "--pid", str(pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for name, pid in pids.items() if name != "nats-server"
+            }
+            before = mta.delivered()
+            t0 = time.monotonic()
+            subprocess.run(["/usr/sbin/smtp-source", "-s", str(args.sessions), "-m",
+                            str(args.messages), "-l", "1024", "-f", "bench@sender.test",
+                            "-t", "sink@example.test", f"127.0.0.1:{mta.port}"],
+                           capture_output=True, check=True)
+            while mta.delivered() < before + args.messages:
+                time.sleep(0.05)
+            elapsed = time.monotonic() - t0
+            cpu = {name: (_cpu_ticks(pid) - cpu0[name]) / CLK_TCK for name, pid in pids.items()}
+            for spy in spies.values():
+                spy.send_signal(2)  # SIGINT: py-spy writes what it has
+            for spy in spies.values():
+                spy.wait(30)
+        finally:
+            mta.stop()
+            sink.terminate()
+        print(f"postfleet ({args.db}): {args.messages} messages end to end in {elapsed:.1f} s "
+              f"({args.messages / elapsed:.0f} msg/s)")
+        print("CPU per message by process (ms):")
+        for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:14} {1000 * seconds / args.messages:6.2f}")
+        print(f"  {'total':14} {1000 * sum(cpu.values()) / args.messages:6.2f}")
+        for name in sorted(spies):
+            raw = work / f"{name}.txt"
+            if raw.exists():
+                print(f"\n  {name}:")
+                print("\n".join(summarize(raw, args.top)))
+
+
+if __name__ == "__main__":
+    main()

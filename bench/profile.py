@@ -25,10 +25,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import Postfleet, _cpu_ticks  # noqa: E402
+from compare import Postfleet, _cpu_ticks
 
-from postfleet.core.sockets import free_port  # noqa: E402
-from postfleet.core.testing.ports import wait_port  # noqa: E402
+from postfleet.core.sockets import free_port
+from postfleet.core.testing.ports import wait_port
 
 CLK_TCK = 100
 

@@ -30,6 +30,7 @@ from postfleet.core.maillog import maillog
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
+from postfleet.core.smtp.hooks import HookNames
 from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp.grammar import reply_line
 from postfleet.ingress_smtp.metrics import ACCEPTED
@@ -43,7 +44,7 @@ from postfleet.ingress_smtp.tls import tls_received_comments
 log = logging.getLogger(__name__)
 
 
-class IngressHandler:
+class IngressHandler(HookNames):
     """One per listener (its parameters may differ, like master.cf -o)."""
 
     def __init__(

@@ -83,6 +83,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
 from postfleet.core.maillog import maillog_event
 from postfleet.core.smtp import replies
+from postfleet.core.smtp.hooks import HookNames
 from postfleet.core.smtp.replies import SmtpReply, about
 from postfleet.ingress_smtp.anvil import Event, FleetAnvil
 from postfleet.ingress_smtp.grammar import (
@@ -116,7 +117,7 @@ _NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "RSET", "VRFY", "AUTH"})
 _LAST_IN_GROUP = frozenset({"HELO", "EHLO", "STARTTLS", "AUTH", "DATA", "NOOP", "VRFY", "QUIT"})
 
 
-class IngressSMTP(SMTP):
+class IngressSMTP(HookNames, SMTP):
     """One SMTP session, Postfix-flavoured."""
 
     def __init__(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict, deque
@@ -124,26 +125,48 @@ class Scheduler:
                 w.cancel()
 
     async def scan(self) -> None:
-        """Claim everything due (in batches) and dispatch what limits allow."""
+        """Claim everything due (in batches) and dispatch what limits allow:
+        claims and destination slots in one transaction per batch."""
         while True:
             room = self.s.qmgr_message_recipient_limit - self._waiting_rcpts
             limit = min(self.s.qmgr_claim_batch, room)
-            claimed = await queue.claim_due(self.engine, self.s.qmgr_owner, datetime.now(UTC),
-                                            self.s.qmgr_lease_time, limit)
-            if claimed:
-                CLAIMED.inc(len(claimed))
-                self._enqueue(claimed)
-            await self._dispatch()
+            planned: list[delivery_pb2.Job] = []
+            try:
+                claimed, granted = await queue.claim_and_book(
+                    self.engine, self.s.qmgr_owner, datetime.now(UTC),
+                    self.s.qmgr_lease_time, limit, functools.partial(self._plan, planned))
+            except BaseException:
+                self._forget(planned)  # their claims were never committed
+                raise
+            CLAIMED.inc(len(claimed))
+            await self._publish_granted(granted)
             if len(claimed) < limit or limit <= 0:
                 return
 
-    def _enqueue(self, claimed: list[Claimed]) -> None:
+    def _plan(self, planned: list[delivery_pb2.Job], claimed: list[Claimed]
+              ) -> list[SlotRequest]:
+        planned[:] = self._enqueue(claimed)
+        return self._slot_requests()
+
+    def _forget(self, jobs: list[delivery_pb2.Job]) -> None:
+        gone = {j.job_id for j in jobs}
+        for dest in list(self.waiting):
+            kept = deque(j for j in self.waiting[dest] if j.job_id not in gone)
+            self._waiting_rcpts -= sum(len(j.recipients) for j in self.waiting[dest]
+                                       if j.job_id in gone)
+            if kept:
+                self.waiting[dest] = kept
+            else:
+                del self.waiting[dest]
+
+    def _enqueue(self, claimed: list[Claimed]) -> list[delivery_pb2.Job]:
         # One job per message, destination and attempt count: a result's
         # attempt then holds for every recipient in it.
         groups: dict[tuple[str, Destination, int], list[Claimed]] = defaultdict(list)
         for c in claimed:
             groups[(c.queue_id, self._destination(c), c.attempt)].append(c)
         limit = max(1, self.s.default_destination_recipient_limit)
+        jobs: list[delivery_pb2.Job] = []
         for (qid, dest, _attempt), rcpts in groups.items():
             for i in range(0, len(rcpts), limit):
                 part = rcpts[i:i + limit]
@@ -158,7 +181,9 @@ class Scheduler:
                 )
                 self.waiting[dest].append(job)
                 self._waiting_rcpts += len(part)
+                jobs.append(job)
         WAITING.set(self._waiting_jobs())
+        return jobs
 
     def _destination(self, c: Claimed) -> Destination:
         """A content filter overrides the recipient's route (Postfix's qmgr):
@@ -180,14 +205,8 @@ class Scheduler:
                 self.s.default_destination_rate_delay))
         return requests
 
-    async def _dispatch(self) -> None:
-        """Publish every waiting job a destination slot can be had for."""
-        requests = self._slot_requests()
-        if not requests:
-            return
-        now = datetime.now(UTC)
-        granted = await queue.acquire_slots(self.engine, self.s.qmgr_owner, now,
-                                            self.s.qmgr_lease_time, requests)
+    async def _publish_granted(self, granted: dict[str, list[str]]) -> None:
+        """Publish the waiting jobs that got a destination slot."""
         batch: list[delivery_pb2.Job] = []
         for dest in list(self.waiting):
             count = len(granted.get(destination_key(dest), ()))
@@ -199,7 +218,8 @@ class Scheduler:
             if not jobs:
                 del self.waiting[dest]
         await self._publish(batch)
-        await self._note_pacing([r.destination for r in requests if r.rate_delay > 0])
+        if self.s.default_destination_rate_delay > 0:
+            await self._note_pacing([destination_key(d) for d in self.waiting])
         WAITING.set(self._waiting_jobs())
 
     async def _publish(self, batch: list[delivery_pb2.Job]) -> None:

@@ -24,12 +24,12 @@ Postfix parameters: none directly; this replaces the queue directories
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
@@ -146,9 +146,11 @@ async def load_body(conn: AsyncConnection, queue_id: str) -> bytes | None:
     return bytes(body)
 
 
+# No expanding IN: the statement is compiled once and cached; the job's ids
+# are matched here (a message has few open recipients at one attempt).
 _CURRENT = (select(Recipient.id).where(
-    Recipient.queue_id == bindparam("qid"), Recipient.id.in_(bindparam("ids", expanding=True)),
-    Recipient.attempts == bindparam("attempt"), open_recipient()))
+    Recipient.queue_id == bindparam("qid"), Recipient.attempts == bindparam("attempt"),
+    open_recipient()))
 
 
 async def current_recipients(
@@ -157,8 +159,8 @@ async def current_recipients(
     """Which of a job's recipients the job still speaks for: open, and not
     claimed again since (a newer attempt supersedes a job still on the bus
     after its qmgr died). Delivery sends to these only."""
-    rows = await conn.execute(_CURRENT, {"qid": queue_id, "ids": list(ids), "attempt": attempt})
-    return set(rows.scalars())
+    rows = await conn.execute(_CURRENT, {"qid": queue_id, "attempt": attempt})
+    return set(rows.scalars()) & set(ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +212,28 @@ async def claim_due(
     returns them grouped by message."""
     if limit <= 0:
         return []
+    async with engine.begin() as conn:
+        return await _claim(conn, owner, now, lease, limit)
+
+
+async def claim_and_book(
+    engine: AsyncEngine, owner: str, now: datetime, lease: float, limit: int,
+    plan: Callable[[list[Claimed]], Sequence[SlotRequest]],
+) -> tuple[list[Claimed], dict[str, list[str]]]:
+    """Claim (as claim_due) and take destination slots (as acquire_slots) in
+    one transaction: one commit -- one fsync on SQLite -- per queue scan.
+    ``plan`` turns what was claimed into the slot requests of every job now
+    waiting; it runs inside the transaction, so if the commit fails, the
+    caller must forget the jobs it planned."""
+    async with engine.begin() as conn:
+        claimed = await _claim(conn, owner, now, lease, limit) if limit > 0 else []
+        granted = await _book(conn, owner, now, lease, plan(claimed))
+    return claimed, granted
+
+
+async def _claim(
+    conn: AsyncConnection, owner: str, now: datetime, lease: float, limit: int
+) -> list[Claimed]:
     candidates = (
         select(Recipient.id)
         .join(Message, Message.queue_id == Recipient.queue_id)
@@ -235,20 +259,19 @@ async def claim_due(
                    Recipient.attempts)
         .execution_options(synchronize_session=False)
     )
-    async with engine.begin() as conn:
-        rows = (await conn.execute(stmt)).all()
-        if not rows:
-            return []
-        qids = {r.queue_id for r in rows}
-        await conn.execute(
-            update(Message)
-            .where(Message.queue_id.in_(qids), Message.state != MessageState.HOLD)
-            .values(state=MessageState.ACTIVE)
-        )
-        envelope = {m.queue_id: m for m in await conn.execute(
-            select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
+    rows = (await conn.execute(stmt)).all()
+    if not rows:
+        return []
+    qids = {r.queue_id for r in rows}
+    # Postfix's active queue; the envelope comes back from the same statement.
+    envelope = {m.queue_id: m for m in await conn.execute(
+        update(Message)
+        .where(Message.queue_id.in_(qids))
+        .values(state=case((Message.state == MessageState.HOLD, Message.state),
+                           else_=MessageState.ACTIVE))
+        .returning(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
                    Message.content_filter)
-            .where(Message.queue_id.in_(qids)))}
+        .execution_options(synchronize_session=False))}
     claimed = [
         Claimed(r.id, r.queue_id, r.address, r.orcpt, r.attempts, m.sender, m.trace_id,
                 m.arrived_at, m.content_filter)
@@ -341,23 +364,32 @@ async def acquire_slots(
     destination with a rate delay gets one job at a time, each at least the
     delay after the previous one (Postfix: concurrency 1 with a rate delay).
     """
+    if not any(r.job_ids for r in requests):
+        return {}
+    async with engine.begin() as conn:
+        return await _book(conn, owner, now, lease, requests)
+
+
+async def _book(
+    conn: AsyncConnection, owner: str, now: datetime, lease: float,
+    requests: Sequence[SlotRequest],
+) -> dict[str, list[str]]:
     granted: dict[str, list[str]] = {}
     until = now + timedelta(seconds=lease)
-    async with engine.begin() as conn:
-        for req in sorted(requests, key=lambda r: r.destination):
-            if not req.job_ids:
-                continue
-            await _lock_destination(conn, req.destination)
-            free = await _free_slots(conn, req, now)
-            if free <= 0:
-                continue
-            take = list(req.job_ids[:free])
-            await conn.execute(insert(DestinationSlot), [
-                {"job_id": j, "destination": req.destination, "owner": owner,
-                 "expires_at": until} for j in take])
-            if req.rate_delay > 0:
-                await _pace(conn, req.destination, now + timedelta(seconds=req.rate_delay))
-            granted[req.destination] = take
+    for req in sorted(requests, key=lambda r: r.destination):
+        if not req.job_ids:
+            continue
+        await _lock_destination(conn, req.destination)
+        free = await _free_slots(conn, req, now)
+        if free <= 0:
+            continue
+        take = list(req.job_ids[:free])
+        await conn.execute(insert(DestinationSlot), [
+            {"job_id": j, "destination": req.destination, "owner": owner,
+             "expires_at": until} for j in take])
+        if req.rate_delay > 0:
+            await _pace(conn, req.destination, now + timedelta(seconds=req.rate_delay))
+        granted[req.destination] = take
     return granted
 
 

@@ -108,17 +108,40 @@ def verify_dkim(resolver: Resolver, message: bytes,
     count = len(fields.values(message, "dkim-signature"))
     if not count:
         return ()
-    get_txt = txt_function(resolver)
+    lookup = txt_function(resolver)
+    # dkimpy reports a key it could not get as a failed signature; what the
+    # DNS said tells a temporary error and a missing key apart from a bad one.
+    asked: list[str] = []
+
+    def get_txt(name: bytes | str, timeout: float = 5) -> bytes | None:
+        try:
+            found = lookup(name, timeout=timeout)
+        except dkim.DnsTimeoutError:
+            asked.append("temperror")
+            raise
+        if found is None:
+            asked.append("permerror")
+        return found
+
     verifier = dkim.DKIM(message, minkey=1024, timeout=timeout)
     out: list[DkimResult] = []
     for index in range(count):
         verifier.domain = verifier.selector = None
         verifier.signature_fields = {}
+        asked.clear()
         try:
             ok = verifier.verify(idx=index, dnsfunc=get_txt)
             result, reason = ("pass", "") if ok else ("fail", "signature verification failed")
+            if not ok and asked:
+                result = asked[-1]
+                reason = ("key lookup failed" if result == "temperror"
+                          else "no key for the signature")
         except dkim.DnsTimeoutError as exc:
             result, reason = "temperror", str(exc)
+        except dkim.ValidationError as exc:
+            # The body hash mismatch is a signature that does not verify.
+            mismatch = "body hash mismatch" in str(exc)
+            result, reason = ("fail" if mismatch else "permerror"), str(exc)
         except dkim.DKIMException as exc:
             result, reason = "permerror", str(exc)
         sig = verifier.signature_fields or {}
@@ -201,6 +224,11 @@ def evaluate_dmarc(resolver: Resolver, message: bytes, spf_result: SpfResult | N
     published = applied.value or "none"
     if evaluated.result is dmarclib.DMARCResult.PASS:
         return DmarcResult("pass", domain, published, "none")
+    temporary = [r for r in (spf_result, *dkim_results)
+                 if r is not None and r.result == "temperror"]
+    if temporary:  # it might have passed: never refuse on a DNS hiccup
+        return DmarcResult("temperror", domain, published, "none",
+                           reason="an SPF or DKIM check failed temporarily")
     pct = policy.pct if 0 <= policy.pct <= 100 else 100
     drawn = random.uniform(0, 100) if sample is None else sample
     disposition = published

@@ -194,22 +194,32 @@ async def test_inbound_mail_is_checked_stamped_and_refused_under_p_reject(
 async def test_opendkim_signs_through_the_milter_protocol(
         database_url: str, smtp_sink: SmtpSink, make_opendkim: Callable[..., OpenDkim],
         make_dns: Callable[..., DnsServer], make_cluster: Callable[..., Cluster]) -> None:
+    """smtpd_milters for SMTP clients, non_smtpd_milters for `postfleet sendmail`."""
     milter = make_opendkim("example.org", "m1")
     dns = make_dns({"domains": ["example.org"],
                     "txt": {"m1._domainkey.example.org": txt(milter.private_key)}})
     cluster = await start(make_cluster(
-        database_url,
-        config(smtp_sink, ["127.0.0.0/8"], smtpd_milters=milter.socket)))
+        database_url, config(smtp_sink, ["127.0.0.0/8"], smtpd_milters=milter.socket,
+                             non_smtpd_milters=milter.socket)))
     code, text = await submit(cluster.smtp_port, "alice@example.org", "bob@example.test",
                               message("alice@example.org", "bob@example.test", "milter"))
     assert code == 250, text
-    (received,) = await smtp_sink.wait_for(1)
-    signature = received.header("DKIM-Signature")
-    assert signature is not None and "d=example.org" in signature, received.data[:600]
+    env = {**cluster.role_env("cleanup"), "POSTFLEET_CLEANUP_ADDRESS":
+           f"127.0.0.1:{cluster.cleanup_port}"}
+    sent = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "postfleet.cli", "sendmail", "-f",
+                         "alice@example.org", "bob@example.test"],
+        input=message("alice@example.org", "bob@example.test", "local"), env=env,
+        capture_output=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    received = await smtp_sink.wait_for(2)
     resolver = blocking_dns_client([dns.nameserver], 5)
-    verdicts = await asyncio.to_thread(inbound.verify_dkim, resolver, received.data)
-    assert [(v.result, v.domain, v.selector) for v in verdicts] == [
-        ("pass", "example.org", "m1")], milter.log()
+    for got in received:
+        assert got.header("DKIM-Signature") is not None, got.data[:600]
+        verdicts = await asyncio.to_thread(inbound.verify_dkim, resolver, got.data)
+        assert [(v.result, v.domain, v.selector) for v in verdicts] == [
+            ("pass", "example.org", "m1")], milter.log()
+    assert sorted(str(m.header("Subject")) for m in received) == ["local", "milter"]
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from postfleet.cleanup.settings import CleanupSettings
 from postfleet.core.db.queue import NewMessage, NewRecipient
 from postfleet.core.db.status import MessageState
-from postfleet.core.milter import wire
 from postfleet.core.milter.client import Milters, split_message
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2
 from postfleet.core.smtp.replies import SmtpReply
@@ -41,15 +40,7 @@ class NonSmtpdMilters:
     def __init__(self, settings: CleanupSettings) -> None:
         self.settings = settings
         self.specs = settings.milters(settings.non_smtpd_milters)
-        self.macro_lists = {
-            wire.SMFIC_CONNECT: settings.milter_connect_macros,
-            wire.SMFIC_HELO: settings.milter_helo_macros,
-            wire.SMFIC_MAIL: settings.milter_mail_macros,
-            wire.SMFIC_RCPT: settings.milter_rcpt_macros,
-            wire.SMFIC_DATA: settings.milter_data_macros,
-            wire.SMFIC_EOH: settings.milter_end_of_header_macros,
-            wire.SMFIC_BODYEOB: settings.milter_end_of_data_macros,
-        }
+        self.macro_lists = settings.stage_macros()
 
     def applies(self, env: cleanup_pb2.Envelope) -> bool:
         return bool(self.specs) and not env.client.address and not env.skip_filter \

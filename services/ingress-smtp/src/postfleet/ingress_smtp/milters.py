@@ -30,7 +30,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from postfleet.core.milter import client as milter
-from postfleet.core.milter import wire
 from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp.session import IngressSession
 from postfleet.ingress_smtp.settings import MAIL_NAME, SmtpdParams
@@ -53,15 +52,7 @@ class SmtpdMilters:
         self.myhostname = myhostname
         on = params.smtpd_milters and "no_milters" not in params.receive_override_options
         self.specs = params.milters(params.smtpd_milters) if on else []
-        self.macro_lists = {
-            wire.SMFIC_CONNECT: params.milter_connect_macros,
-            wire.SMFIC_HELO: params.milter_helo_macros,
-            wire.SMFIC_MAIL: params.milter_mail_macros,
-            wire.SMFIC_RCPT: params.milter_rcpt_macros,
-            wire.SMFIC_DATA: params.milter_data_macros,
-            wire.SMFIC_EOH: params.milter_end_of_header_macros,
-            wire.SMFIC_BODYEOB: params.milter_end_of_data_macros,
-        }
+        self.macro_lists = params.stage_macros()
         self.v = (params.milter_macro_v.replace("$mail_name", MAIL_NAME)
                   .replace("$mail_version", _mail_version()))
         self.daemon_name = params.milter_macro_daemon_name.replace("$myhostname", myhostname)

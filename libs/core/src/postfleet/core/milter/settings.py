@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, field_validator
 
+from postfleet.core.milter import wire
 from postfleet.core.postfix_list import PostfixList
 from postfleet.core.timeparse import Seconds, parse_time
 
@@ -92,6 +93,18 @@ class MilterParams(BaseModel):
 
     def milters(self, names: list[str]) -> list[MilterSpec]:
         return [parse_milter(entry, self) for entry in names]
+
+    def stage_macros(self) -> dict[bytes, str]:
+        """The milter_*_macros lists by the event they go with."""
+        return {
+            wire.SMFIC_CONNECT: self.milter_connect_macros,
+            wire.SMFIC_HELO: self.milter_helo_macros,
+            wire.SMFIC_MAIL: self.milter_mail_macros,
+            wire.SMFIC_RCPT: self.milter_rcpt_macros,
+            wire.SMFIC_DATA: self.milter_data_macros,
+            wire.SMFIC_EOH: self.milter_end_of_header_macros,
+            wire.SMFIC_BODYEOB: self.milter_end_of_data_macros,
+        }
 
 
 _SETTING = re.compile(r"^\s*([a-z_]+)\s*=\s*(.*?)\s*$")

@@ -84,7 +84,10 @@ def blocking_dns_client(nameservers: Sequence[str], lifetime: float) -> dns.reso
     """A synchronous resolver on these servers; none: the system's
     (/etc/resolv.conf), as Postfix leaves it to the operating system."""
     if not nameservers:
-        system = dns.resolver.Resolver()
+        try:
+            system = dns.resolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            system = dns.resolver.Resolver(configure=False)  # every query fails: temporary
         system.lifetime = lifetime
         return system
     client = dns.resolver.Resolver(configure=False)

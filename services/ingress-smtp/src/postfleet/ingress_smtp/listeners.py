@@ -66,8 +66,12 @@ class Listeners:
         # None for the system's resolver.
         self.resolver = (dns_client(settings.dns_nameservers, DNS_TIMEOUT)
                          if settings.dns_nameservers else None)
-        # Mail authentication's (blocking: pyspf and dkimpy run in a thread).
-        self.auth_resolver = blocking_dns_client(settings.dns_nameservers, AUTH_DNS_TIMEOUT)
+        # Mail authentication's (blocking: pyspf and dkimpy run in a thread),
+        # when a listener checks.
+        checking = any(settings.params_for(listener).smtpd_authentication_checks
+                       for listener in settings.listeners)
+        self.auth_resolver = (blocking_dns_client(settings.dns_nameservers, AUTH_DNS_TIMEOUT)
+                              if checking else None)
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
         self._tls: dict[tuple[str, str, str], ServerTls] = {}

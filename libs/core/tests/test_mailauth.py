@@ -14,6 +14,7 @@ from postfleet.core.mailauth import fields, inbound, keys, signing
 from postfleet.core.mailauth.lookup import txt_function
 from postfleet.core.nameservers import blocking_dns_client
 from postfleet.core.testing.dns import DnsServer
+from postfleet.core.testing.resolver_guard import SystemResolverGuard
 
 RSA = keys.generate("rsa")
 ED = keys.generate("ed25519")
@@ -71,7 +72,9 @@ def test_authentication_results_of_ours_are_replaced_others_kept() -> None:
 
 # -- against dnsmasq ----------------------------------------------------------------------
 @pytest.fixture
-def resolver(make_dns: Callable[..., DnsServer]) -> inbound.Resolver:
+def resolver(make_dns: Callable[..., DnsServer],
+             no_system_resolver: SystemResolverGuard) -> inbound.Resolver:
+    """dnsmasq's zone, and nothing asked of this machine's resolver."""
     dns = make_dns({
         "domains": ["example.test", "sub.example.test", "lists.test", "other.test"],
         "txt": {

@@ -5,7 +5,8 @@ records a real dnsmasq serves.
 - cleanup signs mail from mynetworks with the keys `postfleet dkim keygen`
   made (RSA and Ed25519);
 - ingress-smtp checks inbound mail (SPF, DKIM, DMARC), stamps
-  Authentication-Results and refuses a broken signature under p=reject;
+  Authentication-Results, refuses a broken signature under p=reject and
+  holds a failure under p=quarantine;
 - smtpd_milters: a real OpenDKIM signs through the milter protocol; a milter
   that never answers follows milter_default_action.
 """
@@ -25,7 +26,11 @@ from typing import Any
 import aiosmtplib
 import dkim
 import pytest
+from sqlalchemy import select
 
+from postfleet.core.db.engine import create_engine
+from postfleet.core.db.models import Message
+from postfleet.core.db.status import MessageState
 from postfleet.core.mailauth import inbound, keys
 from postfleet.core.mailauth.lookup import txt_function
 from postfleet.core.milter import wire
@@ -68,6 +73,16 @@ async def submit(port: int, sender: str, to: str, data: bytes) -> tuple[int, str
     finally:
         with contextlib.suppress(Exception):
             await smtp.quit()
+
+
+async def message_state(url: str, queue_id: str) -> str:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return str((await conn.execute(
+                select(Message.state).where(Message.queue_id == queue_id))).scalar_one())
+    finally:
+        await engine.dispose()
 
 
 def txt(private: bytes) -> list[str]:
@@ -127,13 +142,14 @@ async def test_mail_from_mynetworks_leaves_signed_with_the_keys_dkim_keygen_made
 def auth_zone(make_dns: Callable[..., DnsServer]) -> tuple[DnsServer, bytes]:
     private = keys.generate("rsa")
     dns = make_dns({
-        "domains": ["sender.test", "lists.test", "spf-fail.test"],
+        "domains": ["sender.test", "lists.test", "spf-fail.test", "quarantine.test"],
         "txt": {
             "sender.test": "v=spf1 ip4:127.0.0.1 -all",
             "_dmarc.sender.test": "v=DMARC1; p=reject; pct=100",
             "s1._domainkey.sender.test": txt(private),
             "lists.test": "v=spf1 -all",
             "spf-fail.test": "v=spf1 -all",
+            "_dmarc.quarantine.test": "v=DMARC1; p=quarantine",
         }})
     return dns, private
 
@@ -175,6 +191,14 @@ async def test_inbound_mail_is_checked_stamped_and_refused_under_p_reject(
     code, text = await submit(cluster.smtp_port, "bounces@lists.test", "bob@example.test",
                               broken)
     assert (code, text) == (550, "5.7.1 rejected by DMARC policy for sender.test")
+
+    # p=quarantine: accepted, and held (Postfix's hold queue, as OpenDMARC does it).
+    held = message("dave@quarantine.test", "bob@example.test", "held")
+    code, text = await submit(cluster.smtp_port, "bounces@lists.test", "bob@example.test",
+                              held)
+    assert code == 250, text
+    queue_id = text.rsplit(" ", 1)[1]
+    assert await message_state(database_url, queue_id) == MessageState.HOLD
 
     # SPF -all: tagged on one listener, refused at RCPT on the other.
     plain = message("carol@spf-fail.test", "bob@example.test", "spf")

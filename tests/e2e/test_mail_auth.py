@@ -16,10 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from postfleet.core.milter import wire
 from postfleet.core.nameservers import blocking_dns_client
 from postfleet.core.testing.cluster import Cluster
 from postfleet.core.testing.dns import DnsServer
+from postfleet.core.testing.milters import MilterScript, scripted_milter
 from postfleet.core.testing.opendkim import OpenDkim
 from postfleet.core.testing.ports import free_port
 from postfleet.core.testing.sink import SmtpSink
@@ -246,48 +246,16 @@ async def test_opendkim_signs_through_the_milter_protocol(
     assert sorted(str(m.header("Subject")) for m in received) == ["local", "milter"]
 
 
-@contextlib.asynccontextmanager
-async def silent_milter() -> AsyncIterator[int]:
-    """A milter that negotiates, lets every command through, and never
-    answers the end of the message (a hung content scanner)."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                (length,) = struct.unpack("!L", await reader.readexactly(4))
-                packet = await reader.readexactly(length)
-                command = packet[:1]
-                if command == wire.SMFIC_OPTNEG:
-                    writer.write(wire.packet(wire.SMFIC_OPTNEG, struct.pack(
-                        "!LLL", 6, wire.SMFIF_ADDHDRS, wire.SMFIP_NR_HDR | wire.SMFIP_NR_BODY)))
-                elif command in (wire.SMFIC_BODYEOB, wire.SMFIC_MACRO, wire.SMFIC_HEADER,
-                                 wire.SMFIC_BODY, wire.SMFIC_ABORT):
-                    continue  # no reply (and none ever at end of message)
-                elif command == wire.SMFIC_QUIT:
-                    break
-                else:
-                    writer.write(wire.packet(wire.SMFIR_CONTINUE))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield int(server.sockets[0].getsockname()[1])
-    finally:
-        server.close()
-
-
 async def test_a_milter_that_times_out_follows_milter_default_action(
         database_url: str, smtp_sink: SmtpSink,
         make_cluster: Callable[..., Cluster]) -> None:
-    async with silent_milter() as port:
+    # A milter that lets every command through and never answers the end of
+    # the message (a hung content scanner).
+    async with scripted_milter(MilterScript(silent=frozenset({wire.SMFIC_BODYEOB}))) as name:
         lenient = free_port()
         cluster = make_cluster(
             database_url,
-            config(smtp_sink, ["127.0.0.0/8"], smtpd_milters=f"inet:127.0.0.1:{port}",
+            config(smtp_sink, ["127.0.0.0/8"], smtpd_milters=name,
                    milter_content_timeout="2s"))
         cluster.role_env("ingress-smtp")["POSTFLEET_LISTENERS"] = listeners(
             ("smtp", cluster.smtp_port, {}),

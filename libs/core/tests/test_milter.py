@@ -4,16 +4,14 @@ milter_default_action when the milter is away."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import struct
-from collections.abc import AsyncIterator
 
 import pytest
 
 from postfleet.core.milter import wire
 from postfleet.core.milter.client import Milters, split_message
 from postfleet.core.milter.settings import MilterParams, parse_milter
+from postfleet.core.testing.milters import MilterScript, scripted_milter
 from postfleet.core.testing.ports import free_port
 
 MACROS = {wire.SMFIC_CONNECT: "j {daemon_name}", wire.SMFIC_MAIL: "{mail_addr}",
@@ -41,56 +39,13 @@ def test_milter_entries_and_their_own_settings() -> None:
     assert MilterParams().milter_default_action == "tempfail"  # Postfix's default
 
 
-class Script:
-    """What the scripted milter answers to the first events of each kind (then
-    continue); it records what it got."""
-
-    def __init__(self, replies: dict[bytes, list[bytes]]) -> None:
-        self.replies = replies
-        self.seen: list[tuple[bytes, bytes]] = []
-
-
-@contextlib.asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[str]:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                (length,) = struct.unpack("!L", await reader.readexactly(4))
-                packet = await reader.readexactly(length)
-                command, data = packet[:1], packet[1:]
-                script.seen.append((command, data))
-                if command == wire.SMFIC_OPTNEG:
-                    # Macros for MAIL asked for by name (SMFIR_SETSYMLIST in OPTNEG).
-                    writer.write(wire.packet(wire.SMFIC_OPTNEG, struct.pack(
-                        "!LLL", 6, wire.ACTIONS_V6, wire.SMFIP_NR_HDR)
-                        + struct.pack("!L", 2) + b"{mail_addr} {auth_authen}\0"))
-                elif command in (wire.SMFIC_MACRO, wire.SMFIC_HEADER, wire.SMFIC_ABORT):
-                    continue
-                elif command == wire.SMFIC_QUIT:
-                    break
-                else:
-                    answer = script.replies.pop(command, [wire.packet(wire.SMFIR_CONTINUE)])
-                    writer.write(b"".join(answer))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"inet:127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-
-
 def milters(*names: str, **params: object) -> Milters:
     settings = MilterParams(smtpd_milters=list(names), **params)  # type: ignore[arg-type]
     return Milters(settings.milters(settings.smtpd_milters), MACROS)
 
 
 async def test_verdicts_macros_and_end_of_message_edits() -> None:
-    script = Script({
+    script = MilterScript(macros={2: "{mail_addr} {auth_authen}"}, replies={
         wire.SMFIC_RCPT: [wire.packet(wire.SMFIR_REPLYCODE,
                                       b"550 5.1.1 <nobody@x.test>: 100%% unknown\0")],
         wire.SMFIC_BODYEOB: [
@@ -106,7 +61,7 @@ async def test_verdicts_macros_and_end_of_message_edits() -> None:
             wire.packet(wire.SMFIR_QUARANTINE, wire.strings("looks odd")),
             wire.packet(wire.SMFIR_CONTINUE),
         ]})
-    async with scripted(script) as name:
+    async with scripted_milter(script) as name:
         chain = milters(name)
         assert (await chain.connect("client.test", "192.0.2.1", 4321,
                                     {"j": "mx.test", "{daemon_name}": "mx"})).reply is None
@@ -139,7 +94,8 @@ async def test_verdicts_macros_and_end_of_message_edits() -> None:
 async def test_reject_and_tempfail_at_end_of_message() -> None:
     for reply, text in ((wire.SMFIR_REJECT, "550 5.7.1 Command rejected"),
                         (wire.SMFIR_TEMPFAIL, "451 4.7.1 Service unavailable - try again later")):
-        async with scripted(Script({wire.SMFIC_BODYEOB: [wire.packet(reply)]})) as name:
+        script = MilterScript({wire.SMFIC_BODYEOB: [wire.packet(reply)]})
+        async with scripted_milter(script) as name:
             chain = milters(name)
             await chain.connect("c", "127.0.0.1", 1, {})
             await chain.mail("a@x.test", [], {})

@@ -4,6 +4,7 @@ and helpers to create resources and wait for their statuses."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from postfleet.operator.secrets import KubernetesSecrets
 
 NAMESPACE = "default"
 API = f"/apis/postfleet.io/v1alpha1/namespaces/{NAMESPACE}"
+SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 T = TypeVar("T")
 
 
@@ -194,3 +196,29 @@ def events_for(cluster: KopfEmulator, name: str) -> list[dict[str, Any]]:
 
 async def current_snapshot(js: JetStreamContext) -> RoutingSnapshot | None:
     return await read_snapshot(js)
+
+
+def encoded(data: dict[str, str]) -> dict[str, str]:
+    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
+async def put_secret(cluster: KopfEmulator, name: str, data: dict[str, str]) -> None:
+    """Create the Secret, or change its data."""
+    if secret(cluster, name) is None:
+        body = {"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": NAMESPACE}, "data": encoded(data)}
+        async with cluster.post(SECRETS, json=body) as resp:
+            assert resp.status < 300, await resp.text()
+        return
+    headers = {"Content-Type": "application/merge-patch+json"}
+    async with cluster.patch(f"{SECRETS}/{name}", json={"data": encoded(data)},
+                             headers=headers) as resp:
+        assert resp.status < 300, await resp.text()
+
+
+def secret(cluster: KopfEmulator, name: str) -> dict[str, str] | None:
+    key = (kmock.resource("v1/secrets"), NAMESPACE, name)
+    if key not in cluster.objects or cluster.objects[key].deleted:
+        return None
+    data: dict[str, Any] = cluster.objects[key].raw.get("data") or {}
+    return {k: base64.b64decode(v).decode() for k, v in data.items()}

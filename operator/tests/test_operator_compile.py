@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from postfleet.core.mailauth import keys
 from postfleet.core.routing.resolver import AddressClass, resolve
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.operator.compile import (
@@ -760,3 +761,41 @@ def test_one_bad_resource_never_breaks_the_good_ones() -> None:
     assert compiled.errors[("Widget", "mail", "odd")] == "unknown kind Widget"
     assert compiled.snapshot.mydestination[-1] == "a.example"
     assert compiled.snapshot.transport_maps == {"b.example": "relay:"}
+
+
+ED25519_KEY = keys.generate("ed25519").decode()
+
+
+@pytest.mark.parametrize(("dkim", "data", "message"), [
+    ({"selector": "s1", "secretRef": {"name": "k"}}, {"private.key": ED25519_KEY},
+     'Secret mail/k key "private.key" is an ed25519 key, spec.dkim.algorithm is '
+     "rsa-sha256"),
+    ({"selector": "s1", "secretRef": {"name": "k"}}, {"other": ED25519_KEY},
+     'Secret mail/k has no key "private.key"'),
+    ({"selector": "bad selector", "secretRef": {"name": "k"}}, {},
+     "spec.dkim.selector 'bad selector' is not a selector"),
+    ({"selector": "s1", "algorithm": "rsa-sha1", "secretRef": {"name": "k"}}, {},
+     "spec.dkim.algorithm 'rsa-sha1': use rsa-sha256 or ed25519-sha256"),
+    ({"selector": "s1", "secretRef": {"name": "k", "key": "x"}}, {"x": "not a key"},
+     'Secret mail/k key "x": neither a PEM RSA key nor a base64 Ed25519 seed (32 bytes)'),
+])
+def test_a_dkim_problem_stops_signing_not_routing(
+        dkim: dict[str, Any], data: dict[str, str], message: str) -> None:
+    res = md("a", {"domain": "example.org", "class": "relay", "dkim": dkim})
+    compiled = compile_routing([res], BASE, {("mail", "k"): data})
+    outcome = compiled.outcomes[res.key]
+    assert outcome.ok and outcome.dkim is not None
+    assert (outcome.dkim["signing"], outcome.dkim["message"]) == (False, message)
+    assert compiled.dkim_keys == {}
+    assert "example.org" in compiled.snapshot.relay_domains
+
+
+def test_a_signing_key_is_returned_apart_from_the_snapshot() -> None:
+    res = md("a", {"domain": "example.org", "class": "relay", "dkim": {
+        "selector": "e1", "algorithm": "ed25519-sha256", "secretRef": {"name": "k"}}})
+    compiled = compile_routing([res], BASE, {("mail", "k"): {"private.key": ED25519_KEY}})
+    assert compiled.dkim_keys == {"e1._domainkey.example.org": ED25519_KEY}
+    dkim = compiled.outcomes[res.key].dkim
+    assert dkim is not None and dkim["signing"] is True
+    assert dkim["dnsRecord"] == keys.dns_record("e1", "example.org", ED25519_KEY.encode())
+    assert ED25519_KEY not in compiled.snapshot.to_json().decode()

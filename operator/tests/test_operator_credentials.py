@@ -7,52 +7,29 @@ Ready."""
 
 from __future__ import annotations
 
-import base64
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import kmock
 import operator_fixtures as fixtures
 from kmock_support import KopfEmulator
 from nats.js import JetStreamContext
 from operator_fixtures import StartOperator
-from operator_testkit import NAMESPACE, create, current_snapshot, eventually, wait_status
+from operator_testkit import (
+    create,
+    current_snapshot,
+    eventually,
+    put_secret,
+    secret,
+    wait_status,
+)
 
 cluster, crds, js, start_operator = (
     fixtures.cluster, fixtures.crds, fixtures.js, fixtures.start_operator)
 
-SECRETS = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 RELAY = {"host": "smtp.isp.example", "port": 587, "mx": False}
 TABLE_SECRET = "postfleet-sasl-passwords"
-
-
-def encoded(data: dict[str, str]) -> dict[str, str]:
-    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-
-
-async def put_secret(cluster: KopfEmulator, name: str, data: dict[str, str]) -> None:
-    """Create the Secret, or change its data."""
-    if secret(cluster, name) is None:
-        body = {"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": name, "namespace": NAMESPACE}, "data": encoded(data)}
-        async with cluster.post(SECRETS, json=body) as resp:
-            assert resp.status < 300, await resp.text()
-        return
-    headers = {"Content-Type": "application/merge-patch+json"}
-    async with cluster.patch(f"{SECRETS}/{name}", json={"data": encoded(data)},
-                             headers=headers) as resp:
-        assert resp.status < 300, await resp.text()
-
-
-def secret(cluster: KopfEmulator, name: str) -> dict[str, str] | None:
-    key = (kmock.resource("v1/secrets"), NAMESPACE, name)
-    if key not in cluster.objects or cluster.objects[key].deleted:
-        return None
-    data: dict[str, Any] = cluster.objects[key].raw.get("data") or {}
-    return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
 
 def password_table(cluster: KopfEmulator) -> str | None:

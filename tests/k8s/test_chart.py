@@ -362,6 +362,28 @@ def test_delivery_mounts_the_operators_password_table(chart, monkeypatch):
         assert "sasl" not in [v["name"] for v in other["spec"]["template"]["spec"]["volumes"]]
 
 
+def test_cleanup_mounts_the_operators_dkim_keys(chart, monkeypatch):
+    deployments = chart.objects("default", "Deployment")
+    cleanup, operator = deployments["cleanup"], deployments["operator"]
+    secret = env_of(operator)["POSTFLEET_DKIM_SECRET_NAME"]["value"]
+    pod = cleanup["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "dkim"]
+    assert volume["secret"] == {"secretName": secret, "optional": True, "defaultMode": 0o440}
+    assert {"name": "dkim", "mountPath": "/etc/postfleet/dkim", "readOnly": True} in (
+        container(cleanup)["volumeMounts"])
+    from postfleet.cleanup.settings import CleanupSettings
+    monkeypatch.setenv("POSTFLEET_DKIM_KEY_DIRECTORY",
+                       env_of(cleanup)["POSTFLEET_DKIM_KEY_DIRECTORY"]["value"])
+    assert CleanupSettings().dkim_key_directory == "/etc/postfleet/dkim"
+    # A site's own directory wins; without the operator there is nothing to mount.
+    for extra, directory in ((("--set", "cleanup.config.dkim_key_directory=/keys"), ["/keys"]),
+                             (("--set", "operator.enabled=false"), [])):
+        other = chart.objects("default", "Deployment", *extra)["cleanup"]
+        assert [e["value"] for e in container(other)["env"]
+                if e["name"] == "POSTFLEET_DKIM_KEY_DIRECTORY"] == directory
+        assert "dkim" not in [v["name"] for v in other["spec"]["template"]["spec"]["volumes"]]
+
+
 def test_ingress_env_is_what_the_role_reads(chart, monkeypatch):
     """The production env, fed to the role's own settings: names and values parse."""
     from postfleet.ingress_smtp.settings import IngressSettings

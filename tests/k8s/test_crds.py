@@ -76,7 +76,8 @@ def example_resources() -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.parametrize(
     ("kind", "plural", "short", "columns"),
     [
-        ("MailDomain", "maildomains", "md", {"Domain": ".spec.domain", "Class": ".spec.class"}),
+        ("MailDomain", "maildomains", "md", {"Domain": ".spec.domain", "Class": ".spec.class",
+                                             "DKIM": ".status.dkim.signing"}),
         ("Transport", "transports", "tr", {
             "Match": ".spec.match", "Transport": ".spec.transport",
             "Nexthop": ".spec.nexthop.host"}),
@@ -100,7 +101,9 @@ def test_crd_shape(crd_schemas, kind, plural, short, columns):
         assert printed[name]["jsonPath"] == path
 
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-    assert set(status) == {"conditions", "snapshotVersion", "observedGeneration", "message"}
+    dkim = {"dkim"} if kind == "MailDomain" else set()
+    assert set(status) == {"conditions", "snapshotVersion", "observedGeneration", "message",
+                           *dkim}
     condition = status["conditions"]["items"]
     assert set(condition["required"]) == {"type", "status"}
 
@@ -113,6 +116,9 @@ def test_maildomain_spec(crd_schemas):
         "local", "relay", "virtualAlias", "virtualMailbox"]
     assert spec["properties"]["includeSubdomains"]["type"] == "boolean"
     assert spec["properties"]["aliases"]["additionalProperties"]["type"] == "array"
+    dkim = spec["properties"]["dkim"]
+    assert set(dkim["required"]) == {"selector", "secretRef"}
+    assert dkim["properties"]["algorithm"]["enum"] == ["rsa-sha256", "ed25519-sha256"]
 
 
 def test_transport_spec(crd_schemas):

@@ -177,12 +177,13 @@ def test_content_filter_receive_overrides_and_filtered_domains() -> None:
         SmtpdParams(receive_override_options="no_address_mappings, no_such")
     params = SmtpdParams(content_filter="filter:", content_filter_domains=["a.test", ".b.test"])
     handler = IngressHandler(listener="smtp", params=params, routing=RoutingView(),
-                             cleanup=None, checks=Checks(params, RoutingView()))  # type: ignore[arg-type]
+                             cleanup=None,  # type: ignore[arg-type]
+                             checks=Checks(params, RoutingView(), None))
     assert handler.content_filter(["x@other.test", "y@a.test"]) == "filter:"
     assert handler.content_filter(["x@sub.b.test"]) == "filter:"
     assert handler.content_filter(["x@b.test", "y@sub.a.test"]) == ""
-    everything_params = SmtpdParams(content_filter="filter:")
-    everything = IngressHandler(listener="smtp", params=everything_params,
-                                routing=RoutingView(), cleanup=None,  # type: ignore[arg-type]
-                                checks=Checks(everything_params, RoutingView()))
+    plain = SmtpdParams(content_filter="filter:")
+    everything = IngressHandler(listener="smtp", params=plain, routing=RoutingView(),
+                                cleanup=None,  # type: ignore[arg-type]
+                                checks=Checks(plain, RoutingView(), None))
     assert everything.content_filter(["x@any.test"]) == "filter:"

@@ -30,6 +30,9 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
   postfleet user add|del|list [NAME] --file FILE
                                       the built-in SASL user table
                                       (smtpd_sasl_type = builtin)
+  postfleet dkim keygen --domain D --selector S --out DIR [--type rsa|ed25519]
+                                      a DKIM key for cleanup's dkim_key_directory
+                                      and the TXT record to publish
   postfleet sendmail [-f sender] [-t] [-i] [--] [recipient ...]
                                       sendmail(1): submit standard input
                                       through cleanup (`postfleet sendmail
@@ -103,7 +106,41 @@ def _parser() -> argparse.ArgumentParser:
                       help="the table (default: POSTFLEET_SMTPD_SASL_PATH)")
     user.add_argument("--password-stdin", action="store_true",
                       help="read the password from the first line of standard input")
+
+    dkim = sub.add_parser("dkim", help="DKIM keys for signing (cleanup's dkim_key_directory)")
+    dsub = dkim.add_subparsers(dest="dkim_command", required=True)
+    keygen = dsub.add_parser(
+        "keygen", help="make a signing key and print its DNS record",
+        description="Write a new private key to DIR/<selector>._domainkey.<domain> (mode "
+        "0600; the file name is what dkim_key_directory expects) and the TXT record to "
+        "publish to the same name plus .txt, and print the record. Point cleanup's "
+        "dkim_key_directory at DIR; mail from authenticated or mynetworks clients "
+        "whose From: is in DOMAIN (or a subdomain) is then signed.")
+    keygen.add_argument("--domain", required=True, help="the signing domain (d=)")
+    keygen.add_argument("--selector", required=True, help="the selector (s=)")
+    keygen.add_argument("--out", type=Path, required=True, help="the key directory")
+    keygen.add_argument("--type", choices=["rsa", "ed25519"], default="rsa",
+                        help="rsa (rsa-sha256, the default) or ed25519 (ed25519-sha256)")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key")
     return p
+
+
+def _dkim(args: argparse.Namespace) -> int:
+    from postfleet.core.mailauth import keys
+
+    try:
+        keys.check_selector(args.selector)
+        path = args.out / keys.record_name(args.selector, args.domain)
+        if path.exists() and not args.force:
+            raise SystemExit(f"postfleet dkim: {path} exists (--force replaces it)")
+        private = keys.generate(args.type, args.bits)
+        keys.write_key(args.out, args.selector, args.domain, private)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"postfleet dkim: {exc}") from None
+    print(f"# private key: {path}")
+    print(keys.dns_record(args.selector, args.domain, private))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -234,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return _sendmail(argv[1:])
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "routes": _routes, "route": _route, "queue": _queue,
-                "import-postfix": _import_postfix, "user": _user}
+                "import-postfix": _import_postfix, "user": _user, "dkim": _dkim}
     return handlers[args.command](args)
 
 

@@ -99,6 +99,12 @@ ROLE_PARAMETERS = frozenset({
     "smtp_tls_loglevel", "smtp_starttls_timeout", "smtp_sasl_auth_enable",
     "smtp_sasl_password_maps", "smtp_sasl_security_options", "smtp_sasl_tls_security_options",
     "smtp_sasl_mechanism_filter", "smtp_sasl_auth_soft_bounce",
+    # milters (ingress-smtp's smtpd_milters, cleanup's non_smtpd_milters)
+    "smtpd_milters", "non_smtpd_milters", "milter_protocol", "milter_default_action",
+    "milter_connect_timeout", "milter_command_timeout", "milter_content_timeout",
+    "milter_connect_macros", "milter_helo_macros", "milter_mail_macros", "milter_rcpt_macros",
+    "milter_data_macros", "milter_end_of_header_macros", "milter_end_of_data_macros",
+    "milter_macro_daemon_name",
 })
 # Parameters that also belong to a role, besides the routing snapshot.
 SHARED_WITH_ROLES = frozenset({"myhostname", "recipient_delimiter"})

@@ -33,6 +33,16 @@ as the smtp client looks them up: the next hop as written in transport_maps
 (``[mail.example.org]:587``), or, without a nexthop, the matched domain
 (``example.org``, ``.example.org``). The Secrets' contents are read by the
 caller and passed in, so compiling stays pure.
+
+A MailDomain's ``dkim`` ({selector, algorithm, secretRef}) names the Secret
+holding its private DKIM key (key ``private.key`` by default). The key goes
+into ``Compiled.dkim_keys`` under its DNS name
+(``<selector>._domainkey.<domain>``), never into the snapshot, for the
+operator to write into the Secret the chart mounts as cleanup's
+dkim_key_directory; the domain's outcome carries the DKIM status (the TXT
+record to publish, and whether it signs). A missing Secret or a key that is
+not what ``algorithm`` says leaves the domain routed (mail still flows) but
+not signing, with the reason in ``status.dkim``.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from postfleet.core.mailauth import keys as dkim_keys
 from postfleet.core.routing.snapshot import RoutingSnapshot
 
 MAILDOMAIN = "MailDomain"
@@ -79,6 +90,9 @@ SecretData = Mapping[str, str] | str | None  # decoded data, a read error, or no
 # The TLS levels the smtp client enforces (CRD enum minus dane, dane-only, fingerprint).
 TLS_LEVELS = ("none", "may", "encrypt", "verify", "secure")
 DEFAULT_SECRET_KEY = "password"
+DEFAULT_DKIM_KEY = "private.key"
+DKIM_ALGORITHMS: dict[str, dkim_keys.KeyType] = {"rsa-sha256": "rsa",
+                                                 "ed25519-sha256": "ed25519"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,8 @@ class Outcome:
 
     error: str | None = None
     notes: tuple[str, ...] = ()
+    # A MailDomain's status.dkim: selector, algorithm, dnsRecord, signing, message.
+    dkim: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -119,6 +135,9 @@ class Compiled:
     # smtp_sasl_password_maps entries (next hop -> username:password): never
     # in the snapshot.
     sasl_passwords: dict[str, str] = field(default_factory=dict)
+    # DKIM private keys by file name <selector>._domainkey.<domain>: never in
+    # the snapshot either.
+    dkim_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> dict[ResourceKey, str]:
@@ -147,8 +166,10 @@ def compile_routing(
         try:
             if not isinstance(res.spec, Mapping):
                 raise Invalid("spec must be a mapping")
+            dkim = None
             if res.kind == MAILDOMAIN:
                 notes = tables.add_maildomain(res)
+                dkim = tables.add_dkim(res)
             elif res.kind == TRANSPORT:
                 notes = tables.add_transport(res)
             else:
@@ -156,8 +177,9 @@ def compile_routing(
         except Invalid as exc:
             outcomes[res.key] = Outcome(error=str(exc))
         else:
-            outcomes[res.key] = Outcome(notes=tuple(notes))
-    return Compiled(tables.snapshot(), outcomes, dict(sorted(tables.passwords.items())))
+            outcomes[res.key] = Outcome(notes=tuple(notes), dkim=dkim)
+    return Compiled(tables.snapshot(), outcomes, dict(sorted(tables.passwords.items())),
+                    dict(sorted(tables.dkim_keys.items())))
 
 
 # -- validation helpers -------------------------------------------------------
@@ -296,6 +318,7 @@ class _Tables:
         self.tls: dict[str, str] = dict(base.smtp_tls_policy_maps)
         self.tls_owner: dict[str, str] = dict.fromkeys(self.tls, BASE_OWNER)
         self.passwords: dict[str, str] = {}
+        self.dkim_keys: dict[str, str] = {}
         self.password_owner: dict[str, str] = {}
         # domain entry (domain or .domain) -> (class, owner)
         self.claims: dict[str, tuple[str, str]] = {}
@@ -357,6 +380,49 @@ class _Tables:
             self.aliases[key] = targets
             self.alias_owner[key] = str(res)
         return notes
+
+    def add_dkim(self, res: Resource) -> dict[str, Any] | None:
+        """The domain's DKIM status; its key joins dkim_keys when it signs."""
+        spec = res.spec.get("dkim")
+        if spec is None:
+            return None
+        domain = check_domain(res.spec.get("domain"), "spec.domain")
+        if not isinstance(spec, Mapping):
+            return {"signing": False, "message": "spec.dkim must be a mapping"}
+        selector = spec.get("selector")
+        algorithm = spec.get("algorithm") or "rsa-sha256"
+        status: dict[str, Any] = {"selector": selector, "algorithm": algorithm,
+                                  "signing": False}
+        ref = spec.get("secretRef")
+        if not isinstance(selector, str) or dkim_keys.parse_name(
+                f"{selector}._domainkey.{domain}") is None:
+            return {**status, "message": f"spec.dkim.selector {selector!r} is not a selector"}
+        if algorithm not in DKIM_ALGORITHMS:
+            return {**status, "message": f"spec.dkim.algorithm {algorithm!r}: use "
+                    + " or ".join(DKIM_ALGORITHMS)}
+        if not (isinstance(ref, Mapping) and ref.get("name")):
+            return {**status, "message": "spec.dkim.secretRef needs a name"}
+        name, item = str(ref["name"]), str(ref.get("key") or DEFAULT_DKIM_KEY)
+        data = self.secrets.get((res.namespace, name))
+        where = f"Secret {res.namespace}/{name}"
+        if data is None or isinstance(data, str) or item not in data:
+            why = (f"{where} not found" if data is None else
+                   f"{where} cannot be read: {data}" if isinstance(data, str) else
+                   f'{where} has no key "{item}"')
+            return {**status, "message": why + (" (spec.dkim.generate makes one)"
+                                                if data is None else "")}
+        private = data[item].encode()
+        try:
+            kind = dkim_keys.key_type(private)
+            record = dkim_keys.dns_record(selector, domain, private)
+        except dkim_keys.BadKey as exc:
+            return {**status, "message": f'{where} key "{item}": {exc}'}
+        if kind != DKIM_ALGORITHMS[algorithm]:
+            return {**status, "message": f'{where} key "{item}" is an {kind} key, '
+                    f"spec.dkim.algorithm is {algorithm}"}
+        self.dkim_keys[dkim_keys.record_name(selector, domain)] = data[item]
+        return {**status, "signing": True, "dnsRecord": record,
+                "message": f"signing as {selector}._domainkey.{domain}: publish dnsRecord"}
 
     def _check_aliases(self, res: Resource, domain: str) -> dict[str, list[str]]:
         raw = res.spec.get("aliases") or {}

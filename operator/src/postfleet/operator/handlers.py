@@ -18,6 +18,14 @@ smtp_sasl_password_maps table is written to the delivery role's Secret
 (secrets.py) before the snapshot is published, so a Transport is Ready only
 once its credentials are in place and its TLS policy is in the snapshot.
 
+MailDomains with ``dkim``: the Secret named in spec.dkim.secretRef is read
+at each compilation (and by the status timer, for rotation); with
+``generate: true`` and no key there, the operator generates one
+(spec.dkim.algorithm) into that Secret first. The signing keys are written
+to the cleanup role's Secret before the snapshot is published, and the
+domain's ``status.dkim`` says whether it signs and which TXT record to
+publish (``dnsRecord``).
+
 Postfix parameters written: see ``compile`` (mydestination, relay_domains,
 virtual_alias_domains, virtual_alias_maps, virtual_mailbox_domains,
 transport_maps, smtp_tls_policy_maps; smtp_sasl_password_maps apart).
@@ -37,9 +45,12 @@ import kopf
 from nats.js import JetStreamContext
 from prometheus_client import Gauge
 
+from postfleet.core.mailauth import keys as dkim_keys
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import publish_snapshot, read_snapshot
 from postfleet.operator.compile import (
+    DEFAULT_DKIM_KEY,
+    DKIM_ALGORITHMS,
     MAILDOMAIN,
     TRANSPORT,
     Compiled,
@@ -123,6 +134,7 @@ class RoutingOperator:
         self.js = js
         self.secrets = secrets
         self._written: dict[str, str] | None = None  # the password table last written
+        self._dkim_written: dict[str, str] | None = None  # the DKIM keys last written
         self.base = base or RoutingSnapshot()
         self.status_interval = status_interval
         self.retry_delay = retry_delay
@@ -138,6 +150,7 @@ class RoutingOperator:
         live = [e for e in entries if not e.deleting]
         async with self._lock:
             secrets = await self._read_secrets(e.resource for e in live)
+            await self._generate_keys((e.resource for e in live), secrets)
             compiled = compile_routing((e.resource for e in live), self.base, secrets)
             try:
                 # Credentials in place before the snapshot that routes to them.
@@ -146,6 +159,11 @@ class RoutingOperator:
                     self._written = dict(compiled.sasl_passwords)
                     log.info("smtp_sasl_password_maps written: %d next hops",
                              len(compiled.sasl_passwords))
+                if self.secrets is not None and compiled.dkim_keys != self._dkim_written:
+                    await self.secrets.write_dkim_keys(compiled.dkim_keys)
+                    self._dkim_written = dict(compiled.dkim_keys)
+                    log.info("DKIM signing keys written: %s",
+                             ", ".join(compiled.dkim_keys) or "none")
                 current = await read_snapshot(self.js)
                 if current is None or _content(current) != _content(compiled.snapshot):
                     current = await publish_snapshot(self.js, compiled.snapshot)
@@ -161,8 +179,35 @@ class RoutingOperator:
             INVALID_RESOURCES.set(len(compiled.errors))
             return compiled
 
+    async def _generate_keys(self, resources: Iterable[Resource],
+                             found: dict[SecretKey, SecretData]) -> None:
+        """spec.dkim.generate: a new key into the named Secret when it has none."""
+        if self.secrets is None:
+            return
+        for res in resources:
+            dkim = res.spec.get("dkim") if res.kind == MAILDOMAIN else None
+            key = _secret_ref(res)
+            if not (isinstance(dkim, Mapping) and dkim.get("generate") and key is not None):
+                continue
+            item = str((dkim.get("secretRef") or {}).get("key") or DEFAULT_DKIM_KEY)
+            data = found.get(key)
+            if isinstance(data, str) or (data is not None and item in data):
+                continue
+            kind = DKIM_ALGORITHMS.get(str(dkim.get("algorithm") or "rsa-sha256"))
+            if kind is None:
+                continue  # the status says why
+            private = dkim_keys.generate(kind).decode()
+            try:
+                await self.secrets.add_key(key[0], key[1], item, private)
+            except SecretError as exc:
+                found[key] = str(exc)
+                continue
+            found[key] = {**(data or {}), item: private}
+            log.info("%s: generated a %s DKIM key into Secret %s/%s key %s", res, kind, *key, item)
+
     async def _read_secrets(self, resources: Iterable[Resource]) -> dict[SecretKey, SecretData]:
-        """The Secrets that Transports name in spec.authSecretRef."""
+        """The Secrets that Transports name in spec.authSecretRef and
+        MailDomains in spec.dkim.secretRef."""
         wanted = {key for res in resources if (key := _secret_ref(res)) is not None}
         found: dict[SecretKey, SecretData] = {}
         for namespace, name in sorted(wanted):
@@ -195,6 +240,7 @@ class RoutingOperator:
             cond.get("status") == status
             and cond.get("message") == message
             and current.get("message") == message
+            and current.get("dkim") == outcome.dkim
             and current.get("observedGeneration") == generation
             # a wiped KV restarts numbering: never point past the version in force
             and 0 < (current.get("snapshotVersion") or 0) <= self.version
@@ -215,6 +261,7 @@ class RoutingOperator:
             "snapshotVersion": self.version,
             "observedGeneration": generation,
             "message": message,
+            "dkim": outcome.dkim,
         }
 
     def update_status(self, kind: str, body: kopf.Body, patch: kopf.Patch) -> None:
@@ -254,8 +301,9 @@ class RoutingOperator:
             await self.reconcile(kwargs[i] for i in INDEX_IDS.values())
 
         async def status(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-            if kind == TRANSPORT and (body.get("spec") or {}).get("authSecretRef"):
-                # Its Secret may have changed (a rotated password): compile again.
+            spec = body.get("spec") or {}
+            if spec.get("authSecretRef") or spec.get("dkim"):
+                # Its Secret may have changed (a rotated password or key): compile again.
                 await self.reconcile(kwargs[i] for i in INDEX_IDS.values())
             self.update_status(kind, body, patch)
 
@@ -281,7 +329,11 @@ class _QuietStatusTimer(logging.Filter):
 
 
 def _secret_ref(res: Resource) -> SecretKey | None:
-    ref = res.spec.get("authSecretRef") if res.kind == TRANSPORT else None
+    if res.kind == TRANSPORT:
+        ref = res.spec.get("authSecretRef")
+    else:
+        dkim = res.spec.get("dkim")
+        ref = dkim.get("secretRef") if isinstance(dkim, Mapping) else None
     if isinstance(ref, Mapping) and isinstance(ref.get("name"), str) and ref["name"]:
         return (res.namespace, ref["name"])
     return None

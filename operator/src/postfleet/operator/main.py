@@ -49,10 +49,12 @@ async def serve(settings: OperatorSettings, login: LoginFn = cluster_login) -> N
         api = await api_client()
         secrets: KubernetesSecrets | None = None
         if api is None:
-            log.warning("no Kubernetes API client: Transports with authSecretRef stay not Ready")
+            log.warning("no Kubernetes API client: Transports with authSecretRef stay not "
+                        "Ready, MailDomains with dkim do not sign")
         else:
             stack.push_async_callback(api.close)
-            secrets = KubernetesSecrets(api, settings.sasl_secret_home, settings.sasl_secret_name)
+            secrets = KubernetesSecrets(api, settings.sasl_secret_home, settings.sasl_secret_name,
+                                        settings.dkim_secret_name)
         operator = RoutingOperator(
             js, base, status_interval=settings.status_interval, retry_delay=settings.retry_delay,
             secrets=secrets,

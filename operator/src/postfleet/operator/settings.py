@@ -8,7 +8,8 @@ routing tables (myhostname, mynetworks, relayhost, the default mydestination,
 launcher's; MailDomain and Transport resources add to them.
 
 Postfix parameters read: myhostname, and the ``routing:`` block's tables;
-written apart: smtp_sasl_password_maps (sasl_secret_name).
+written apart: smtp_sasl_password_maps (sasl_secret_name) and cleanup's
+DKIM keys (dkim_secret_name).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class OperatorSettings(CommonSettings):
     # namespace defaults to the first watched namespace, else "default".
     sasl_secret_name: str = "postfleet-sasl-passwords"
     sasl_secret_namespace: str = ""
+    # The Secret the operator writes the DKIM signing keys into (from
+    # MailDomains' spec.dkim), in the same namespace; the chart mounts it into
+    # cleanup as dkim_key_directory.
+    dkim_secret_name: str = "postfleet-dkim-keys"
     # The base tables: the config file's top-level ``routing:`` block.
     routing: dict[str, Any] = Field(default_factory=dict)
 

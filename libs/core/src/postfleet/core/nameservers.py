@@ -6,8 +6,11 @@ list where a deployment (or a test's loopback dnsmasq) wants other servers.
 Each entry is ``ip``, ``ip:port`` or ``[ip6]:port`` (a bare IPv6 address
 means port 53); a name server is an address, never a name.
 
-``dns_client`` builds a dnspython resolver on such a list. It reads no file
-and sends nothing until its first query.
+``dns_client`` builds a dnspython resolver on such a list; ``blocking_dns_client``
+builds the same for libraries that only ask synchronously (dkimpy, pyspf,
+run in a worker thread), and takes an empty list as "the system's resolver",
+as the roles' own lookups do. Neither reads a file nor sends anything until
+its first query.
 
 Postfix parameters: none (postfleet's own: dns_nameservers).
 """
@@ -57,16 +60,36 @@ def check_nameservers(values: Sequence[str]) -> list[str]:
     return list(values)
 
 
-def dns_client(nameservers: Sequence[str], lifetime: float) -> dns.asyncresolver.Resolver:
-    """A dnspython resolver that asks these servers and nothing else (no
-    /etc/resolv.conf, no search list); one lookup takes ``lifetime`` at most."""
-    if not nameservers:
-        raise ValueError("dns_client needs at least one name server")
-    client = dns.asyncresolver.Resolver(configure=False)
+def _configure(client: dns.resolver.BaseResolver, nameservers: Sequence[str],
+               lifetime: float) -> None:
     client.nameservers = [
         dns.nameserver.Do53Nameserver(*parse_nameserver(ns)) for ns in nameservers
     ]
     client.lifetime = lifetime
     client.timeout = min(lifetime, TRY_SECONDS)
     client.cache = dns.resolver.LRUCache(4096)  # honours each record's TTL
+
+
+def dns_client(nameservers: Sequence[str], lifetime: float) -> dns.asyncresolver.Resolver:
+    """A dnspython resolver that asks these servers and nothing else (no
+    /etc/resolv.conf, no search list); one lookup takes ``lifetime`` at most."""
+    if not nameservers:
+        raise ValueError("dns_client needs at least one name server")
+    client = dns.asyncresolver.Resolver(configure=False)
+    _configure(client, nameservers, lifetime)
+    return client
+
+
+def blocking_dns_client(nameservers: Sequence[str], lifetime: float) -> dns.resolver.Resolver:
+    """A synchronous resolver on these servers; none: the system's
+    (/etc/resolv.conf), as Postfix leaves it to the operating system."""
+    if not nameservers:
+        try:
+            system = dns.resolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            system = dns.resolver.Resolver(configure=False)  # every query fails: temporary
+        system.lifetime = lifetime
+        return system
+    client = dns.resolver.Resolver(configure=False)
+    _configure(client, nameservers, lifetime)
     return client

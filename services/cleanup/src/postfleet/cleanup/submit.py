@@ -28,13 +28,19 @@ HOLD queues it on hold, REDIRECT replaces its recipients. The submitter's
 receive_override_options turn off address mapping (no_address_mappings) and
 the checks (no_header_body_checks).
 
+Then non_smtpd_milters for local submissions (milters.py), and last DKIM
+signing or ARC sealing (signing.py): the message as queued is the message
+as it leaves.
+
 Postfix parameters: myhostname, message_size_limit, maximal_queue_lifetime,
 bounce_queue_lifetime, header_checks, mime_header_checks,
 nested_header_checks, body_checks, body_checks_size_limit; through the
 submitter: content_filter, receive_override_options; through the snapshot: myorigin, canonical_maps,
 sender_canonical_maps, recipient_canonical_maps, virtual_alias_maps,
 virtual_alias_recursion_limit, virtual_alias_expansion_limit,
-propagate_unmatched_extensions, recipient_delimiter.
+propagate_unmatched_extensions, recipient_delimiter, mynetworks;
+non_smtpd_milters (milters.py);
+postfleet's own: dkim_key_directory, arc_seal_domain.
 """
 
 from __future__ import annotations
@@ -51,8 +57,10 @@ import grpc
 from prometheus_client import Counter
 
 from postfleet.cleanup.headers import fix_up
+from postfleet.cleanup.milters import NonSmtpdMilters
 from postfleet.cleanup.queue_writer import QueueWriter
 from postfleet.cleanup.settings import CleanupSettings
+from postfleet.cleanup.signing import Signer
 from postfleet.core.checks.message import Checks, Verdict
 from postfleet.core.db.errors import storage_full
 from postfleet.core.db.queue import NewMessage, NewRecipient
@@ -81,6 +89,9 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         self.writer = writer
         self.routing = routing or RoutingView()
         self.checks = Checks(settings)
+        self.milters = NonSmtpdMilters(settings)
+        self.signer = Signer(settings.dkim_key_directory, settings.arc_seal_domain,
+                             settings.myhostname)
 
     async def Submit(
         self, request_iterator: AsyncIterator[cleanup_pb2.SubmitRequest],
@@ -122,6 +133,21 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
                 MESSAGES.inc()
                 return cleanup_pb2.SubmitReply(queue_id=message.queue_id)
             message = _applied(message, verdict, envelope.skip_filter)
+        if self.milters.applies(envelope):
+            milted = await self.milters.run(message)
+            if milted.refusal is not None:
+                return _refuse("milter", milted.refusal)
+            if milted.discard:
+                maillog("cleanup", message.queue_id, "milter-discard: END-OF-MESSAGE from "
+                        "local; milter triggers DISCARD action")
+                MESSAGES.inc()
+                return cleanup_pb2.SubmitReply(queue_id=message.queue_id)
+            message = milted.message
+        if self.signer:
+            signed = self.signer.process(
+                self.routing.snapshot, envelope, message.queue_id, message.body,
+                [r.address for r in message.recipients], message.content_filter)
+            message = dataclasses.replace(message, body=signed)
         try:
             await self.writer.write(message)
         except Exception as exc:

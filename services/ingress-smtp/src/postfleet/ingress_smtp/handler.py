@@ -16,24 +16,36 @@ mynetworks, smtpd_client_event_limit_exceptions, smtpd_tls_received_header,
 smtpd_sasl_authenticated_header, content_filter and receive_override_options
 (no_unknown_recipient_checks in smtpd_check.py; the rest travel to cleanup
 with the message); postfleet's content_filter_domains.
+
+Mail authentication (authcheck.py) and smtpd_milters (milters.py) hook in
+here: SPF and the milters' RCPT after the restrictions accept a recipient,
+the milters' CONNECT/HELO/MAIL/DATA before the restriction stages of those
+commands, and at end of DATA the DKIM/DMARC checks, then the milters' view of
+the message, before it goes to cleanup. Clients in mynetworks or
+authenticated are trusted: their mail is not checked (it is signed, in
+cleanup).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.proxy_protocol import ProxyData
 
+from postfleet.core.mailauth.lookup import Resolver
 from postfleet.core.maillog import maillog
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.hooks import HookNames
 from postfleet.core.smtp.replies import SmtpReply
+from postfleet.ingress_smtp.authcheck import MailAuthentication
 from postfleet.ingress_smtp.grammar import reply_line
 from postfleet.ingress_smtp.metrics import ACCEPTED
+from postfleet.ingress_smtp.milters import SmtpdMilters
 from postfleet.ingress_smtp.restrictions import client_listed
 from postfleet.ingress_smtp.session import IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
@@ -49,13 +61,16 @@ class IngressHandler(HookNames):
 
     def __init__(
         self, *, listener: str, params: SmtpdParams, routing: RoutingView, cleanup: CleanupClient,
-        checks: Checks,
+        checks: Checks, myhostname: str = "localhost", resolver: Resolver | None = None,
     ) -> None:
         self.listener = listener
         self.params = params
         self.routing = routing
         self.cleanup = cleanup
         self.checks = checks
+        self.milters = SmtpdMilters(params, myhostname)
+        self.auth = (MailAuthentication(params, myhostname, resolver)
+                     if resolver is not None and params.smtpd_authentication_checks else None)
         self.filter_domains = domain_list(params.content_filter_domains, (),
                                           parent_style=False)
 
@@ -66,15 +81,17 @@ class IngressHandler(HookNames):
                      recipient, session.sasl_username, session.pipelined)
 
     async def check_connect(self, session: IngressSession) -> SmtpReply | None:
-        """smtpd_client_restrictions when smtpd_delay_reject = no."""
-        if self.checks.delay_reject:
-            return None
+        """smtpd_milters' CONNECT; smtpd_client_restrictions when smtpd_delay_reject = no."""
+        refusal = await self.milters.connect(session)
+        if refusal is not None or self.checks.delay_reject:
+            return refusal
         return self._logged(await self.checks.client(await self.facts(session)), "CONNECT",
                             session)
 
     async def check_helo(self, session: IngressSession, helo: str) -> SmtpReply | None:
-        if self.checks.delay_reject:
-            return None
+        refusal = await self.milters.helo(session, helo)
+        if refusal is not None or self.checks.delay_reject:
+            return refusal
         facts = await self.facts(session)
         facts.helo = helo
         return self._logged(await self.checks.helo(facts), "HELO", session)
@@ -82,8 +99,17 @@ class IngressHandler(HookNames):
     async def check_data(self, session: IngressSession, envelope: Any) -> SmtpReply | None:
         facts = await self.facts(session, envelope.mail_from,
                                  envelope.rcpt_tos[0] if envelope.rcpt_tos else None)
-        return self._logged(await self.checks.data(facts, len(envelope.rcpt_tos)), "DATA",
-                            session, envelope)
+        refusal = self._logged(await self.checks.data(facts, len(envelope.rcpt_tos)), "DATA",
+                               session, envelope)
+        return refusal or await self.milters.data(session, envelope)
+
+    def trusted(self, session: IngressSession) -> bool:
+        """Authenticated or in mynetworks: mail we sign rather than check."""
+        return bool(session.sasl_username) or client_listed(
+            self.routing.snapshot, ["$mynetworks"], session.client_ip)
+
+    async def session_closed(self, session: IngressSession) -> None:
+        await self.milters.close(session)
 
     def _logged(self, refusal: SmtpReply | None, where: str, session: IngressSession,
                 envelope: Any = None, recipient: str = "") -> SmtpReply | None:
@@ -119,6 +145,10 @@ class IngressHandler(HookNames):
                 envelope.mail_from = None
                 return reply_line(refusal)
         envelope.mail_from = address
+        refusal = await self.milters.mail(session, envelope, address, options)
+        if refusal is not None:
+            envelope.mail_from = None
+            return reply_line(refusal)
         envelope.mail_options.extend(options)
         return reply_line(replies.SENDER_OK)
 
@@ -132,8 +162,13 @@ class IngressHandler(HookNames):
             return reply_line(replies.TOO_MANY_RECIPIENTS)
         refusal = await self.checks.recipient(
             await self.facts(session, envelope.mail_from, address))
+        if refusal is None and self.auth is not None and not self.trusted(session):
+            refusal = await self.auth.at_rcpt(session, envelope, address)
         if refusal is not None:
             self._logged(refusal, "RCPT", session, envelope, address)
+            return reply_line(refusal)
+        refusal = await self.milters.rcpt(session, envelope, address, options)
+        if refusal is not None:
             return reply_line(refusal)
         envelope.rcpt_tos.append(address)
         return reply_line(replies.RCPT_OK)
@@ -144,21 +179,33 @@ class IngressHandler(HookNames):
         refusal = self._logged(await self.checks.end_of_data(facts, len(envelope.rcpt_tos)),
                                "END-OF-MESSAGE", session, envelope)
         if refusal is not None:
+            await self.milters.end_message(session)
             return reply_line(refusal)
+        message = await self.end_of_data(session, envelope)
+        if message.refusal is not None:
+            await self.milters.end_message(session)
+            self._logged(message.refusal, "END-OF-MESSAGE", session, envelope)
+            return reply_line(message.refusal)
+        if message.discard:
+            maillog("smtpd", "NOQUEUE", f"milter-discard: END-OF-MESSAGE from "
+                    f"{session.describe()}: milter triggers DISCARD action; "
+                    f"from=<{envelope.mail_from}> proto={session.protocol}")
+            return reply_line(replies.OK)
         trace_id = uuid.uuid4().hex
         name = await session.resolved_name()
         try:
             queue_id = await self.cleanup.submit(
-                sender=envelope.mail_from,
-                recipients=list(envelope.rcpt_tos),
+                sender=message.sender,
+                recipients=message.recipients,
                 client=ClientInfo(name, session.client_ip, session.client_port, session.helo,
                                   session.protocol, session.sasl_username,
                                   tuple(self._received_comments(session))),
-                body=envelope.original_content,
+                body=message.body,
                 trace_id=trace_id,
                 body_type=_body_type(envelope.mail_options),
                 content_filter=self.content_filter(envelope.rcpt_tos),
                 overrides=self.params.receive_override_options,
+                hold=message.hold,
             )
         except SubmitFailed as exc:
             log.warning("message from %s not queued: %s", session.describe(), exc,
@@ -171,6 +218,30 @@ class IngressHandler(HookNames):
         log.info("queued %d bytes for %d recipients", len(envelope.original_content),
                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
         return reply_line(replies.queued_as(queue_id))
+
+    async def end_of_data(self, session: IngressSession, envelope: Any) -> EndOfData:
+        """The message as the checks and the milters leave it."""
+        out = EndOfData(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        if self.auth is not None and not self.trusted(session):
+            checked = await self.auth.at_end_of_data(session, envelope, out.body)
+            out.body, out.refusal, out.hold = checked.body, checked.refusal, checked.hold
+            if out.refusal is not None:
+                return out
+        outcome = await self.milters.message(session, envelope, out.body)
+        if outcome is None:
+            return out
+        decision = outcome.decision
+        out.refusal, out.discard = decision.reply, decision.discard
+        out.hold = out.hold or decision.hold
+        out.body = outcome.message()
+        if outcome.sender is not None:
+            out.sender = outcome.sender
+        dropped = {r.lower() for r in outcome.del_recipients}
+        out.recipients = [r for r in out.recipients if r.lower() not in dropped]
+        out.recipients += [r for r in outcome.add_recipients if r not in out.recipients]
+        if not out.recipients and out.refusal is None and not out.discard:
+            out.discard = True  # the milters took every recipient away
+        return out
 
     def _received_comments(self, session: IngressSession) -> list[str]:
         """smtpd_tls_received_header, smtpd_sasl_authenticated_header."""
@@ -201,6 +272,18 @@ class IngressHandler(HookNames):
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtpd session error", exc_info=error)
         return reply_line(replies.CONFIG_ERROR)
+
+
+@dataclass
+class EndOfData:
+    """What goes to cleanup after the checks and the milters."""
+
+    sender: str
+    recipients: list[str]
+    body: bytes
+    refusal: SmtpReply | None = None
+    discard: bool = False
+    hold: bool = False
 
 
 def _body_type(options: list[str]) -> str:

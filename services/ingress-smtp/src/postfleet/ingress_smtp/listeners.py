@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 
-from postfleet.core.nameservers import dns_client
+from postfleet.core.nameservers import blocking_dns_client, dns_client
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
 from postfleet.ingress_smtp.anvil import FleetAnvil
@@ -46,6 +46,8 @@ from postfleet.ingress_smtp.submit import CleanupClient
 from postfleet.ingress_smtp.tls import ServerTls
 
 log = logging.getLogger(__name__)
+
+AUTH_DNS_TIMEOUT = 10.0  # one SPF/DKIM/DMARC lookup, all retries included
 
 
 class Listeners:
@@ -64,6 +66,12 @@ class Listeners:
         # None for the system's resolver.
         self.resolver = (dns_client(settings.dns_nameservers, DNS_TIMEOUT)
                          if settings.dns_nameservers else None)
+        # Mail authentication's (blocking: pyspf and dkimpy run in a thread),
+        # when a listener checks.
+        checking = any(settings.params_for(listener).smtpd_authentication_checks
+                       for listener in settings.listeners)
+        self.auth_resolver = (blocking_dns_client(settings.dns_nameservers, AUTH_DNS_TIMEOUT)
+                              if checking else None)
         self.ports: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
         self._tls: dict[tuple[str, str, str], ServerTls] = {}
@@ -83,6 +91,7 @@ class Listeners:
         handler = IngressHandler(
             listener=listener.name, params=params, routing=self.routing, cleanup=self.cleanup,
             checks=Checks(params, self.routing, self.resolver),
+            myhostname=self.settings.myhostname, resolver=self.auth_resolver,
         )
         myhostname = self.settings.myhostname
         tls = self._server_tls(params)

@@ -195,6 +195,9 @@ class IngressSMTP(HookNames, SMTP):
         first = self.transport is None
         super().connection_made(transport)
         if first:
+            sockname = transport.get_extra_info("sockname")
+            if isinstance(sockname, tuple) and sockname:
+                self.smtpd_session().server_ip = str(sockname[0])
             self._sessions.add(self)
             CONNECTIONS.labels(self.listener).inc()
             SESSIONS.labels(self.listener).inc()
@@ -208,6 +211,9 @@ class IngressSMTP(HookNames, SMTP):
         self._lost = True
         if self.session is not None:
             self.smtpd_session().cancel_lookup()
+            # smtpd_milters: QUIT and close this connection's conversations.
+            self.loop.create_task(self.event_handler.session_closed(self.smtpd_session()),
+                                  name="smtpd-milters-close")
         if self in self._sessions:
             self._sessions.discard(self)
             SESSIONS.labels(self.listener).dec()

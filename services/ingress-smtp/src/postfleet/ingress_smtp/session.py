@@ -13,6 +13,7 @@ import logging
 from aiosmtpd.proxy_protocol import AF, PROTO, V2_CMD, ProxyData
 from aiosmtpd.smtp import Session
 
+from postfleet.core.milter.client import Milters
 from postfleet.ingress_smtp.peername import UNKNOWN, NameLookup, system_client_name
 from postfleet.ingress_smtp.restrictions import normalize_ip
 
@@ -38,6 +39,10 @@ class IngressSession(Session):
         # The client a PROXY header named: (address, port); None = the socket's peer.
         self.proxied: tuple[str, int] | None = None
         self._name_lookup = name_lookup  # peername.py: system resolver or dns_nameservers
+        # The address the client connected to (milters' {daemon_addr}).
+        self.server_ip = ""
+        # smtpd_milters' conversations for this connection (milters.py).
+        self.milters: Milters | None = None
         self._lookup: asyncio.Task[str] | None = None
 
     @property

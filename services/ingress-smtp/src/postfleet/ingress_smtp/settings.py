@@ -19,7 +19,14 @@ smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
 smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
 smtpd_client_event_limit_exceptions, anvil_rate_time_unit,
 smtpd_tls_received_header, smtpd_tls_loglevel, content_filter,
-receive_override_options; postfleet's own: content_filter_domains, cleanup_timeout,
+receive_override_options, smtpd_milters, milter_protocol, milter_default_action,
+milter_connect_timeout, milter_command_timeout, milter_content_timeout,
+milter_connect_macros, milter_helo_macros, milter_mail_macros,
+milter_rcpt_macros, milter_data_macros, milter_end_of_header_macros,
+milter_end_of_data_macros, milter_macro_daemon_name (``MilterParams``,
+postfleet.core.milter); postfleet's own: smtpd_authentication_checks,
+smtpd_spf_reject_fail, smtpd_dmarc_reject_failures (authcheck.py),
+content_filter_domains, cleanup_timeout,
 drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
 empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
 entry per smtpd service, each with ``overrides`` playing the part of ``-o
@@ -48,6 +55,7 @@ from pydantic import (
     model_validator,
 )
 
+from postfleet.core.milter.settings import MilterParams
 from postfleet.core.nameservers import check_nameservers
 from postfleet.core.postfix_list import PostfixList
 from postfleet.core.settings import CommonSettings
@@ -90,7 +98,7 @@ RECEIVE_OVERRIDE_OPTIONS = frozenset({
 })
 
 
-class SmtpdParams(BaseModel):
+class SmtpdParams(MilterParams):
     """The per-session parameters; a listener may override any of them (-o)."""
 
     # Bytes of message content; 0 = no limit.
@@ -179,6 +187,18 @@ class SmtpdParams(BaseModel):
     # as a Postfix check_recipient_access table answering FILTER would.
     content_filter_domains: PostfixList = Field(default_factory=list)
     receive_override_options: PostfixList = Field(default_factory=list)
+    # Inbound mail authentication (authcheck.py), postfleet's own: SPF at the
+    # first RCPT (Received-SPF), DKIM and DMARC at end of DATA, stamped in
+    # Authentication-Results; for clients neither in mynetworks nor
+    # authenticated (their mail is signed instead). Off by default, as
+    # Postfix without a policy server or milter.
+    smtpd_authentication_checks: bool = False
+    # SPF "fail" (-all): 550 5.7.23 at RCPT instead of a tag.
+    smtpd_spf_reject_fail: bool = False
+    # OpenDMARC's RejectFailures: a DMARC failure under p=reject answers 550
+    # 5.7.1 at end of DATA, under p=quarantine the message goes on hold;
+    # otherwise only Authentication-Results tells.
+    smtpd_dmarc_reject_failures: bool = False
 
     @field_validator("content_filter")
     @classmethod

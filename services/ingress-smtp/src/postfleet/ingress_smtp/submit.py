@@ -72,6 +72,7 @@ class CleanupClient:
         body_type: str = "",
         content_filter: str = "",
         overrides: Sequence[str] = (),
+        hold: bool = False,
     ) -> str:
         envelope = cleanup_pb2.Envelope(
             sender=sender,
@@ -90,6 +91,7 @@ class CleanupClient:
                 no_header_body_checks="no_header_body_checks" in overrides,
                 no_milters="no_milters" in overrides,
             ),
+            hold=hold,
         )
 
         async def requests() -> AsyncIterator[cleanup_pb2.SubmitRequest]:

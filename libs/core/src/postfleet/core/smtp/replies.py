@@ -173,3 +173,14 @@ CONTENT_REJECTED = SmtpReply(550, "5.7.1", "message content rejected")
 VIRUS_FOUND = SmtpReply(554, "5.7.0", "Rejected: virus found")  # + ": NAME"
 SPAM_FOUND = SmtpReply(554, "5.7.0", "Rejected: spam")  # + " (score X)"
 SCANNER_UNAVAILABLE = SmtpReply(451, "4.3.0", "content scanner unavailable")  # + ": why"
+
+
+# -- mail authentication (ingress-smtp's checks; OpenDMARC's and
+# postfix-policyd-spf-python's replies; RFC 7372 gives SPF its 5.7.23) -------
+SPF_REJECTED = SmtpReply(550, "5.7.23", "Message rejected due to: SPF fail - not authorized")
+DMARC_REJECTED = SmtpReply(550, "5.7.1", "rejected by DMARC policy for")  # + " DOMAIN"
+# Milters (Postfix smtpd_milter/cleanup_milter.c): a milter's reject and
+# tempfail without a reply of its own, and milter_default_action's.
+MILTER_REJECTED = SmtpReply(550, "5.7.1", "Command rejected")
+MILTER_TEMPFAIL = SmtpReply(451, "4.7.1", "Service unavailable - try again later")
+MILTER_CONFIG_ERROR = SmtpReply(451, "4.3.5", "Server configuration problem - try again later")

@@ -15,6 +15,9 @@
   to issue server certificates with the names a TLS test needs.
 - ``spamd`` / ``clamd``: SpamAssassin's spamd and ClamAV's clamd (test
   signatures only) on free loopback ports (testing/scanners.py).
+- ``make_opendkim``: ``make_opendkim(domain, selector)`` starts OpenDKIM
+  signing for that domain (testing/opendkim.py); ``.socket`` is the
+  smtpd_milters value.
 - ``no_system_resolver``: the test fails if it asked the machine's resolver
   (testing/resolver_guard.py); a suite's conftest may make it autouse.
 
@@ -39,6 +42,7 @@ from postfleet.core.testing.databases import fresh_postgres, sqlite_url
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.dovecot_auth import DovecotAuth
 from postfleet.core.testing.nats import NatsServer
+from postfleet.core.testing.opendkim import OpenDkim
 from postfleet.core.testing.pki import TestCa
 from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.core.testing.scanners import Clamd, Spamd
@@ -46,7 +50,7 @@ from postfleet.core.testing.sink import SmtpSink
 
 # Fixtures that start a process (directly or through another fixture).
 PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres",
-                    "make_dovecot_auth", "test_ca", "spamd", "clamd"}
+                    "make_dovecot_auth", "test_ca", "spamd", "clamd", "make_opendkim"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -183,6 +187,12 @@ def make_dns(tmp_path: Path) -> Iterator[Callable[..., DnsServer]]:
 @pytest.fixture
 def make_dovecot_auth(tmp_path: Path) -> Iterator[Callable[[Path], DovecotAuth]]:
     with _peers(tmp_path, "dovecot-auth", DovecotAuth) as make:
+        yield make
+
+
+@pytest.fixture
+def make_opendkim(tmp_path: Path) -> Iterator[Callable[..., OpenDkim]]:
+    with _peers(tmp_path, "opendkim", OpenDkim) as make:
         yield make
 
 

@@ -209,7 +209,7 @@ class ReceiveOverrides(_message.Message):
     no_header_body_checks: _builtins.bool
     """header_checks, mime/nested_header_checks, body_checks"""
     no_milters: _builtins.bool
-    """accepted; postfleet runs no milters in cleanup"""
+    """non_smtpd_milters (smtpd's own skip smtpd_milters)"""
     def __init__(
         self,
         *,

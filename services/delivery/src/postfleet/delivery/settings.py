@@ -79,7 +79,7 @@ class DeliverySettings(CommonSettings):
     delivery_result_retry_time: Seconds = 30.0
     # SIGTERM: finish jobs in hand for at most this long; the rest are redelivered.
     delivery_drain_timeout: Seconds = 30.0
-    delivery_db_pool_size: int = 10
+    delivery_db_pool_size: int = 20
 
     # -- smtp client (Postfix smtp(8)) -------------------------------------------
     smtp_helo_name: str = "$myhostname"

@@ -215,8 +215,8 @@ class IngressHandler(HookNames):
                 if session.sasl_username else "")
         maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
         ACCEPTED.labels(self.listener).inc()
-        log.info("queued %d bytes for %d recipients", len(envelope.original_content),
-                 len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
+        log.debug("queued %d bytes for %d recipients", len(envelope.original_content),
+                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
         return reply_line(replies.queued_as(queue_id))
 
     async def end_of_data(self, session: IngressSession, envelope: Any) -> EndOfData:

@@ -90,6 +90,7 @@ async def consume_results(
         RESULTS.labels(RecipientStatus.EXPIRED).inc(applied.expired)
         job_ids = [r.job_id for r in results if r.job_id]
         scheduler.finished(job_ids)
-        scheduler.wake()
+        if scheduler.waiting or applied.notices:
+            scheduler.wake()  # a freed slot, or a notice to send
         with contextlib.suppress(Exception):  # lost: the others look again within 1 s
             await nc.publish(subjects.SLOTS_FREED, "\n".join(job_ids).encode())

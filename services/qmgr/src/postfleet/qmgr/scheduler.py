@@ -96,7 +96,9 @@ class Scheduler:
 
     # -- the loop -------------------------------------------------------------
     async def run(self, stopping: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
         while not stopping.is_set():
+            started = loop.time()
             try:
                 await self.scan()
             except Exception:
@@ -104,6 +106,12 @@ class Scheduler:
                 await asyncio.sleep(1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._next_wake(stopping), self._next_delay())
+            # Wake-ups that come close together share one scan (one claim
+            # transaction for many new messages): at most one scan per
+            # qmgr_scan_interval, however often cleanup commits.
+            pause = started + self.s.qmgr_scan_interval - loop.time()
+            if pause > 0 and not stopping.is_set():
+                await asyncio.sleep(pause)
             self.wakeup.clear()
 
     def _next_delay(self) -> float:

@@ -51,6 +51,9 @@ class QmgrSettings(CommonSettings):
     # dies (renewed every third of it while it lives), how many results one
     # database transaction applies.
     qmgr_claim_batch: int = 500
+    # Woken by every cleanup commit, qmgr scans at most this often: the
+    # messages committed meanwhile share one claim transaction.
+    qmgr_scan_interval: Seconds = 0.02
     qmgr_lease_time: Seconds = 30
     qmgr_result_batch: int = 256
     # A dispatched job whose result never came back (lost on the bus) is

@@ -33,6 +33,9 @@ def create_engine(url: str, *, pool_size: int = 5, writer: bool = True) -> Async
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        # Readers (delivery's many concurrent jobs) need connections more
+        # than a writer does; each aiosqlite connection is a thread.
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
     else:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     engine = create_async_engine(url, **kwargs)

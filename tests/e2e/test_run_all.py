@@ -86,6 +86,7 @@ async def test_run_all_serves_restarts_and_stops_cleanly(
         ingress = _children(launcher.pid, "postfleet.ingress_smtp")
         assert len(ingress) == 2
         ingress[0].kill()
+        await asyncio.to_thread(psutil.wait_procs, [ingress[0]], 10)  # gone, with its sessions
         for i in range(10):
             await send(port, "dave@example.test", subject=f"while one smtpd is down {i}")
         await smtp_sink.wait_for(12)

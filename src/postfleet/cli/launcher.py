@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from postfleet.cli.supervisor import Child, die_with_parent
+from postfleet.core.configfile import load_config_file
 from postfleet.core.roles import MONOLITH_ROLES
-from postfleet.core.settings import load_config_file
 from postfleet.core.sockets import free_port
 
 STOP_GRACE_S = 30.0
@@ -42,6 +42,21 @@ READY_TIMEOUT_S = 60.0
 # Like master.cf's process limit for smtpd, but fixed: processes that share
 # the listening ports.
 DEFAULT_INGRESS_PROCESSES = 2
+
+
+def uses_filter_role(cfg: Any) -> bool:
+    """Does the config send mail to the built-in filter (a ``filter:``
+    content_filter anywhere, or a ``filter:`` section of settings)?"""
+    if isinstance(cfg, dict):
+        if isinstance(cfg.get("filter"), dict):
+            return True
+        value = cfg.get("content_filter")
+        if isinstance(value, str) and value.strip().startswith("filter:"):
+            return True
+        return any(uses_filter_role(v) for v in cfg.values())
+    if isinstance(cfg, list):
+        return any(uses_filter_role(v) for v in cfg)
+    return False
 
 
 def say(text: str) -> None:
@@ -88,6 +103,8 @@ class Launcher:
             raise SystemExit("ingress_processes must be at least 1")
         out: list[tuple[str, str]] = []
         for role in MONOLITH_ROLES:
+            if role == "filter" and not uses_filter_role(cfg):
+                continue  # nothing routes mail to it: no process to pay for
             n = count if role == "ingress-smtp" else 1
             out += [(f"{role}-{i}", role) for i in range(1, n + 1)]
         return out
@@ -125,18 +142,17 @@ class Launcher:
         return env
 
     async def prepare(self, env: dict[str, str], cfg: dict[str, Any]) -> None:
-        from postfleet.cli.routes import publish_config_routes
-        from postfleet.core.db.engine import create_engine
-        from postfleet.core.db.migrate import upgrade
-
+        """Migrate the queue store and publish the config's routes -- in a
+        child process, so the launcher, which lives as long as the tier,
+        never holds SQLAlchemy, Alembic or the routing model in memory."""
         say("migrating the queue store")
-        engine = create_engine(env["POSTFLEET_DATABASE_URL"])
-        try:
-            await upgrade(engine)
-        finally:
-            await engine.dispose()
-        version = await publish_config_routes(env["POSTFLEET_NATS_URL"], cfg)
-        say(f"routing snapshot version {version} published")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "postfleet.cli.prepare", env=env,
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit("preparing the queue store and routes failed; see above")
+        say(out.decode().strip())
 
     async def run(self) -> int:
         self.var_dir.mkdir(parents=True, exist_ok=True)

@@ -24,18 +24,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.bus.connect import close, connect, ensure_bus
-from postfleet.core.db.engine import create_engine
-from postfleet.core.db.migrate import upgrade
 from postfleet.core.logs import setup_logging
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.settings import CommonSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -84,6 +84,11 @@ async def role_runtime(
 
 
 async def _migrated_engine(url: str, writer: bool, pool_size: int) -> AsyncEngine:
+    # Imported here: a role without the queue store (ingress-smtp) never
+    # loads SQLAlchemy (memory, issue 13).
+    from postfleet.core.db.engine import create_engine
+    from postfleet.core.db.migrate import upgrade
+
     migrator = create_engine(url)
     try:
         await upgrade(migrator)

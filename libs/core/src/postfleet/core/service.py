@@ -10,14 +10,21 @@ A role's ``main`` builds its parts, then::
 
 ``/healthz`` answers 200 while the process lives, ``/readyz`` 200 only while
 the role takes work (false during start-up and drain), ``/metrics`` is the
-Prometheus registry. The HTTP app is Starlette on uvicorn; a role may mount
-more routes (qmgr's admin API) with ``extra_routes``.
+Prometheus registry.
+
+Two servers for those three GETs: a role with an API of its own (qmgr's
+admin API, FastAPI, ``extra_app``) runs Starlette on uvicorn and mounts it;
+every other role answers them with a few lines of asyncio below (written by
+hand on purpose: an ASGI server costs each of those processes several MiB
+of memory to answer probes and Prometheus, which send a GET and read the
+reply).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import socket
@@ -25,23 +32,15 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
 
 from postfleet.core.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
-
-class _Server(uvicorn.Server):
-    # The role owns signal handling; uvicorn must not take SIGTERM from it.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+REQUEST_TIMEOUT_S = 5.0
+MAX_HEADER_LINES = 100
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
 class Service:
@@ -59,8 +58,9 @@ class Service:
         self._ready = False
         self._checks = checks or {}
         self._extra_app = extra_app
-        self._server: _Server | None = None
+        self._uvicorn: Any = None
         self._server_task: asyncio.Task[None] | None = None
+        self._plain: asyncio.Server | None = None
         self.http_port: int | None = None
 
     def set_ready(self, ready: bool) -> None:
@@ -72,42 +72,90 @@ class Service:
     def request_stop(self) -> None:
         self.stopping.set()
 
-    # -- HTTP ---------------------------------------------------------------
-    def _routes(self) -> list[BaseRoute]:
-        routes: list[BaseRoute] = [
-            Route("/healthz", self._healthz),
-            Route("/readyz", self._readyz),
-            Route("/metrics", self._metrics),
-        ]
-        if self._extra_app is not None:
-            routes.append(Mount("/", app=self._extra_app))
-        return routes
+    # -- the three answers ----------------------------------------------------
+    def healthz(self) -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "ok", "role": self.name}
 
-    async def _healthz(self, _request: Request) -> Response:
-        return JSONResponse({"status": "ok", "role": self.name})
-
-    async def _readyz(self, _request: Request) -> Response:
+    def readyz(self) -> tuple[int, dict[str, Any]]:
         failing = [name for name, check in self._checks.items() if not check()]
         ok = self._ready and not failing and not self.stopping.is_set()
-        body = {"ready": ok, "role": self.name, "failing": failing}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        return (200 if ok else 503), {"ready": ok, "role": self.name, "failing": failing}
 
-    async def _metrics(self, _request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    def answer(self, method: str, path: str) -> tuple[int, str, bytes]:
+        """Status, content type and body for a GET."""
+        path = path.split("?", 1)[0]
+        if path == "/metrics":
+            return (200, CONTENT_TYPE_LATEST, generate_latest()) if method in ("GET", "HEAD") \
+                else (405, "text/plain", b"")
+        probe = {"/healthz": self.healthz, "/readyz": self.readyz}.get(path)
+        if probe is None:
+            return 404, "application/json", b'{"detail": "Not Found"}'
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b""
+        status, doc = probe()
+        return status, "application/json", json.dumps(doc).encode()
 
-    async def _start_http(self) -> None:
+    # -- HTTP ---------------------------------------------------------------
+    def _socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.http_host, self.settings.http_port))
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            Starlette(routes=self._routes()), log_level="warning", access_log=False,
-            lifespan="off",
-        )
-        self._server = _Server(config)
-        self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        return sock
+
+    async def _start_http(self) -> None:
+        sock = self._socket()
+        if self._extra_app is not None:
+            self._server_task = asyncio.create_task(self._serve_asgi(sock))
+        else:
+            sock.listen(64)
+            self._plain = await asyncio.start_server(self._handle, sock=sock)
         log.info("%s health and metrics on http://%s:%d/", self.name,
                  self.settings.http_host, self.http_port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
+            for _ in range(MAX_HEADER_LINES):  # the headers are not needed
+                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+            method, path = [*request.decode("latin-1").split(), "", ""][:2]
+            status, ctype, body = self.answer(method, path or "/")
+            head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+                    f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n").encode()
+            writer.write(head if method == "HEAD" else head + body)
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, UnicodeError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _serve_asgi(self, sock: socket.socket) -> None:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response
+        from starlette.routing import Mount, Route
+
+        async def route(request: Request) -> Response:
+            status, ctype, body = self.answer(request.method, request.url.path)
+            return Response(body, status_code=status, media_type=ctype)
+
+        class _Server(uvicorn.Server):
+            # The role owns signal handling; uvicorn must not take SIGTERM from it.
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        app = Starlette(routes=[Route("/healthz", route), Route("/readyz", route),
+                                Route("/metrics", route), Mount("/", app=self._extra_app)])
+        self._uvicorn = _Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                               lifespan="off"))
+        await self._uvicorn.serve(sockets=[sock])
 
     # -- context --------------------------------------------------------------
     async def __aenter__(self) -> Service:
@@ -124,9 +172,13 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         self._ready = False
-        if self._server is not None:
-            self._server.should_exit = True
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
         if self._server_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server_task, 5)
+        if self._plain is not None:
+            self._plain.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._plain.wait_closed(), 5)
         log.info("%s stopped", self.name)

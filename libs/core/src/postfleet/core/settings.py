@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from pydantic import Field
 from pydantic_settings import (
     BaseSettings,
@@ -23,18 +21,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-CONFIG_ENV = "POSTFLEET_CONFIG"
+from postfleet.core.configfile import CONFIG_ENV, load_config_file
 
-
-def load_config_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """Read a postfleet YAML file; an empty or missing path gives no values."""
-    if not path:
-        return {}
-    text = Path(path).read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the top level must be a mapping of parameters")
-    return data
+__all__ = ["CONFIG_ENV", "CommonSettings", "load_config_file"]
 
 
 class _YamlSource(PydanticBaseSettingsSource):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from postfleet.core.db.status import Outcome as Status
 from postfleet.core.maillog import maillog
@@ -49,7 +50,6 @@ from postfleet.delivery.hostlookup import (
     Resolver,
     resolver_for,
 )
-from postfleet.delivery.mtasts import MtaSts, http_client
 from postfleet.delivery.outcome import (
     RELAY_NONE,
     Delivery,
@@ -94,6 +94,9 @@ from postfleet.delivery.wire import dot_stuff, rejected, reply_dsn, reply_text, 
 
 UNLISTED = "MX host {host} is not listed in the MTA-STS policy of {domain}"
 
+if TYPE_CHECKING:
+    from postfleet.delivery.mtasts import MtaSts
+
 __all__ = ["SmtpTransport", "dot_stuff", "smtp_path"]
 
 
@@ -117,6 +120,9 @@ class SmtpTransport:
         self.mta_sts: MtaSts | None = None
         if settings.smtp_mta_sts_enable and isinstance(self.resolver, DnsResolver):
             # MTA-STS needs DNS (TXT records): off when DNS lookups are.
+            # Imported only then: its HTTP client is memory most sites never use.
+            from postfleet.delivery.mtasts import MtaSts, http_client
+
             self.mta_sts = MtaSts(
                 self.resolver,
                 http_client(self.contexts.verifying(), settings.smtp_mta_sts_timeout),

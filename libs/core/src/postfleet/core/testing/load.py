@@ -26,6 +26,7 @@ TAG_HEADER = "X-Load-Tag"
 class LoadReport:
     sent: int = 0
     accepted: dict[str, str] = field(default_factory=dict)  # tag -> queue id
+    accepted_at: dict[str, float] = field(default_factory=dict)  # tag -> monotonic time
     gave_up: list[str] = field(default_factory=list)  # tags never accepted
     refused: list[str] = field(default_factory=list)  # tags refused with a 5xx
     attempts: int = 0
@@ -91,6 +92,7 @@ async def _deliver_one(
             async with aiosmtplib.SMTP(hostname=host, port=port, timeout=30) as smtp:
                 _, reply = await smtp.sendmail(sender, [rcpt], data)
             report.accepted[tag] = reply.rsplit(" ", 1)[-1]
+            report.accepted_at[tag] = time.monotonic()
             return
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code >= 500:

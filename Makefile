@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= examples/quickstart/postfleet.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint peers proto bench clean
+.PHONY: install run test lint peers proto bench chaos clean
 
 install: $(VENV)/.installed
 
@@ -36,8 +36,14 @@ test: install peers lint
 proto: install
 	$(BIN)/python scripts/gen_proto.py
 
+# postfleet beside a private Postfix on the same workload, in one run
+# (bench/README.md keeps the latest table); `make chaos` kills random role
+# processes under load and counts what was lost or duplicated.
 bench: install peers
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/compare.py
+
+chaos: install peers
+	$(BIN)/python bench/chaos.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

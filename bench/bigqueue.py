@@ -18,16 +18,12 @@ import asyncio
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import PG_ADMIN, Postfleet, measure
-
-from postfleet.core.sockets import free_port
-from postfleet.core.testing.ports import wait_port
+from compare import PG_ADMIN, Postfleet, measure, sink_and_workdir
 
 FILL = """
 INSERT INTO messages (queue_id, sender, size, body, client_name, client_addr, helo, protocol,
@@ -80,35 +76,25 @@ def main() -> None:
     args = ap.parse_args()
     results: dict[str, list[tuple[float, float]]] = {"empty": [], "big": []}
     listing: list[tuple[float, int]] = []
-    with tempfile.TemporaryDirectory(prefix="postfleet-bigqueue-") as tmp:
-        work = Path(tmp)
-        work.chmod(0o755)
-        sink_port = free_port()
-        sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody",
-                                 f"127.0.0.1:{sink_port}", "1024"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_port(sink_port)
-            for i in range(args.runs):
-                for kind in ("empty", "big"):
-                    mta = Postfleet(work / f"{kind}-{i}", sink_port, "postgres")
-                    mta.start()
-                    try:
-                        if kind == "big":
-                            took = asyncio.run(fill(mta.pg_name, args.deferred))
-                            print(f"run {i + 1}: {args.deferred} deferred recipients "
-                                  f"inserted in {took:.0f} s", flush=True)
-                        time.sleep(2)
-                        run = measure(mta, args.messages, args.sessions, 1024, 900)
-                        if kind == "big":
-                            listing.append(time_queue_list(mta.work / "var"))
-                    finally:
-                        mta.stop()
-                    results[kind].append((run.accept, run.e2e))
-                    print(f"run {i + 1} {kind} queue: accept {run.accept:.0f}/s, "
-                          f"end to end {run.e2e:.0f}/s", flush=True)
-        finally:
-            sink.terminate()
+    with sink_and_workdir("postfleet-bigqueue-") as (work, sink_port):
+        for i in range(args.runs):
+            for kind in ("empty", "big"):
+                mta = Postfleet(work / f"{kind}-{i}", sink_port, "postgres")
+                mta.start()
+                try:
+                    if kind == "big":
+                        took = asyncio.run(fill(mta.pg_name, args.deferred))
+                        print(f"run {i + 1}: {args.deferred} deferred recipients "
+                              f"inserted in {took:.0f} s", flush=True)
+                    time.sleep(2)
+                    run = measure(mta, args.messages, args.sessions, 1024, 900)
+                    if kind == "big":
+                        listing.append(time_queue_list(mta.work / "var"))
+                finally:
+                    mta.stop()
+                results[kind].append((run.accept, run.e2e))
+                print(f"run {i + 1} {kind} queue: accept {run.accept:.0f}/s, "
+                      f"end to end {run.e2e:.0f}/s", flush=True)
     empty_e2e = statistics.median(e for _, e in results["empty"])
     big_e2e = statistics.median(e for _, e in results["big"])
     empty_acc = statistics.median(a for a, _ in results["empty"])

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -45,6 +46,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -228,6 +230,24 @@ async def _drop_pg(name: str) -> None:
     conn = await asyncpg.connect(PG_ADMIN)
     await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await conn.close()
+
+
+@contextlib.contextmanager
+def sink_and_workdir(prefix: str) -> Iterator[tuple[Path, int]]:
+    """A private directory (readable by postfix and nobody) and Postfix's
+    smtp-sink on a free port, the next hop of every benchmark."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        port = free_port()
+        sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", f"127.0.0.1:{port}",
+                                 "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port)
+            yield work, port
+        finally:
+            sink.terminate()
+            sink.wait(10)
 
 
 # -- what is measured -----------------------------------------------------------
@@ -414,6 +434,18 @@ def report(runs: list[Run], names: list[str], args: argparse.Namespace) -> None:
             print(f"  {n}: " + ", ".join(parts))
 
 
+def _one_run(name: str, here: Path, sink_port: int, args: argparse.Namespace) -> Run:
+    here.mkdir()
+    mta: Mta = (Postfix(here, sink_port) if name == "postfix" else
+                Postfleet(here, sink_port, name.split("-")[1]))
+    mta.start()
+    try:
+        time.sleep(2)  # settle
+        return measure(mta, args.messages, args.sessions, args.size, args.timeout)
+    finally:
+        mta.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -430,37 +462,15 @@ def main() -> None:
             raise SystemExit(f"{tool} missing: run `make peers` (Debian package postfix)")
     names = args.only or ["postfix", "postfleet-sqlite", "postfleet-postgres"]
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="postfleet-compare-") as tmp:
-        work = Path(tmp)
-        work.chmod(0o755)
-        sink_port = free_port()
-        sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody",
-                                 f"127.0.0.1:{sink_port}", "1024"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_port(sink_port)
-            for i in range(args.runs):
-                for name in names:
-                    here = work / f"{name}-{i}"
-                    here.mkdir()
-                    mta: Mta = (Postfix(here, sink_port) if name == "postfix" else
-                                Postfleet(here, sink_port, name.split("-")[1]))
-                    mta.start()
-                    try:
-                        time.sleep(2)  # settle
-                        run = measure(mta, args.messages, args.sessions, args.size,
-                                      args.timeout)
-                    finally:
-                        mta.stop()
-                    runs.append(run)
-                    print(f"run {i + 1} {name}: accept {run.accept:.0f}/s, end to end "
-                          f"{run.e2e:.0f}/s, {run.cpu_per_msg_ms:.2f} ms CPU/msg, "
-                          f"RSS {_mib(run.total_rss)} MiB, PSS {_mib(run.total_pss)} MiB, "
-                          f"latency p50 {run.p50_ms:.1f} ms p99 {run.p99_ms:.1f} ms",
-                          flush=True)
-        finally:
-            sink.terminate()
-            sink.wait(10)
+    with sink_and_workdir("postfleet-compare-") as (work, sink_port):
+        for i in range(args.runs):
+            for name in names:
+                run = _one_run(name, work / f"{name}-{i}", sink_port, args)
+                runs.append(run)
+                print(f"run {i + 1} {name}: accept {run.accept:.0f}/s, end to end "
+                      f"{run.e2e:.0f}/s, {run.cpu_per_msg_ms:.2f} ms CPU/msg, "
+                      f"RSS {_mib(run.total_rss)} MiB, PSS {_mib(run.total_pss)} MiB, "
+                      f"latency p50 {run.p50_ms:.1f} ms p99 {run.p99_ms:.1f} ms", flush=True)
     report(runs, names, args)
 
 

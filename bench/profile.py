@@ -17,7 +17,6 @@ import argparse
 import collections
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +24,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import Postfleet, _cpu_ticks
-
-from postfleet.core.sockets import free_port
-from postfleet.core.testing.ports import wait_port
+from compare import Postfleet, _cpu_ticks, sink_and_workdir
 
 CLK_TCK = 100
 
@@ -85,16 +81,9 @@ def main() -> None:
     ap.add_argument("-s", "--sessions", type=int, default=20)
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="postfleet-profile-") as tmp:
-        work = Path(tmp)
-        work.chmod(0o755)
-        sink_port = free_port()
-        sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody",
-                                 f"127.0.0.1:{sink_port}", "1024"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with sink_and_workdir("postfleet-profile-") as (work, sink_port):
         mta = Postfleet(work / "mta", sink_port, args.db)
         try:
-            wait_port(sink_port)
             mta.start()
             time.sleep(2)
             pids = role_pids(mta.root_pid())
@@ -123,7 +112,6 @@ def main() -> None:
                 spy.wait(30)
         finally:
             mta.stop()
-            sink.terminate()
         print(f"postfleet ({args.db}): {args.messages} messages end to end in {elapsed:.1f} s "
               f"({args.messages / elapsed:.0f} msg/s)")
         print("CPU per message by process (ms):")

@@ -6,9 +6,12 @@ recipient lists and reject_unlisted_recipient) on the routing snapshot in
 force at that moment (it changes live, DESIGN invariant 6). The protocol asks
 the handler for the other stages: connect, HELO and MAIL (without
 smtpd_delay_reject), DATA, and end-of-data before the message goes out.
-DATA: the message goes to cleanup; the client hears ``250 2.0.0 Ok: queued
-as ID`` only once cleanup has committed it, and ``451 4.3.0`` (or cleanup's
-own refusal) otherwise -- never a 250 on failure (invariant 1).
+DATA (or BDAT LAST): the message goes to cleanup with its DSN parameters
+(RET, ENVID, each recipient's NOTIFY and ORCPT) and, when the client asked
+for SMTPUTF8, the UTF8SMTP protocol; the client hears ``250 2.0.0 Ok: queued
+as ID`` (after BDAT: ``Ok: N bytes queued as ID``) only once cleanup has
+committed it, and ``451 4.3.0`` (or cleanup's own refusal) otherwise --
+never a 250 on failure (invariant 1).
 
 Postfix parameters: smtpd_recipient_limit, smtpd_delay_reject (the
 restriction lists themselves: smtpd_check.py), smtpd_forbid_bare_newline_exclusions,
@@ -30,11 +33,12 @@ from postfleet.core.maillog import maillog
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
+from postfleet.core.smtp.dsn import smtputf8_protocol
 from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp.grammar import reply_line
 from postfleet.ingress_smtp.metrics import ACCEPTED
 from postfleet.ingress_smtp.restrictions import client_listed
-from postfleet.ingress_smtp.session import IngressSession
+from postfleet.ingress_smtp.session import IngressEnvelope, IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
 from postfleet.ingress_smtp.smtpd_check import Checks, Facts
 from postfleet.ingress_smtp.submit import CleanupClient, ClientInfo, SubmitFailed
@@ -137,7 +141,9 @@ class IngressHandler:
         envelope.rcpt_tos.append(address)
         return reply_line(replies.RCPT_OK)
 
-    async def handle_DATA(self, server: Any, session: IngressSession, envelope: Any) -> str:
+    async def handle_DATA(
+        self, server: Any, session: IngressSession, envelope: IngressEnvelope
+    ) -> str:
         facts = await self.facts(session, envelope.mail_from,
                                  envelope.rcpt_tos[0] if envelope.rcpt_tos else None)
         refusal = self._logged(await self.checks.end_of_data(facts, len(envelope.rcpt_tos)),
@@ -146,14 +152,18 @@ class IngressHandler:
             return reply_line(refusal)
         trace_id = uuid.uuid4().hex
         name = await session.resolved_name()
+        sender, body = envelope.mail_from or "", envelope.original_content or b""
+        protocol = (smtputf8_protocol(session.ssl is not None, bool(session.sasl_username))
+                    if envelope.smtp_utf8 else session.protocol)
         try:
             queue_id = await self.cleanup.submit(
-                sender=envelope.mail_from,
+                sender=sender,
                 recipients=list(envelope.rcpt_tos),
+                dsn=list(envelope.dsn), ret=envelope.ret, envid=envelope.envid,
                 client=ClientInfo(name, session.client_ip, session.client_port, session.helo,
-                                  session.protocol, session.sasl_username,
+                                  protocol, session.sasl_username,
                                   tuple(self._received_comments(session))),
-                body=envelope.original_content,
+                body=body,
                 trace_id=trace_id,
                 body_type=_body_type(envelope.mail_options),
                 content_filter=self.content_filter(envelope.rcpt_tos),
@@ -167,9 +177,10 @@ class IngressHandler:
                 if session.sasl_username else "")
         maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
         ACCEPTED.labels(self.listener).inc()
-        log.info("queued %d bytes for %d recipients", len(envelope.original_content),
+        log.info("queued %d bytes for %d recipients", len(body),
                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
-        return reply_line(replies.queued_as(queue_id))
+        return reply_line(replies.queued_as(
+            queue_id, envelope.bdat_size if envelope.bdat else None))
 
     def _received_comments(self, session: IngressSession) -> list[str]:
         """smtpd_tls_received_header, smtpd_sasl_authenticated_header."""

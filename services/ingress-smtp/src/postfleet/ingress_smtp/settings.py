@@ -19,7 +19,7 @@ smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
 smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
 smtpd_client_event_limit_exceptions, anvil_rate_time_unit,
 smtpd_tls_received_header, smtpd_tls_loglevel, content_filter,
-receive_override_options; postfleet's own: content_filter_domains, cleanup_timeout,
+receive_override_options, smtputf8_enable; postfleet's own: content_filter_domains, cleanup_timeout,
 drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
 empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
 entry per smtpd service, each with ``overrides`` playing the part of ``-o
@@ -179,6 +179,9 @@ class SmtpdParams(BaseModel):
     # as a Postfix check_recipient_access table answering FILTER would.
     content_filter_domains: PostfixList = Field(default_factory=list)
     receive_override_options: PostfixList = Field(default_factory=list)
+    # RFC 6531: EHLO offers SMTPUTF8 and MAIL takes it (Postfix's default
+    # at compatibility_level >= 1).
+    smtputf8_enable: bool = True
 
     @field_validator("content_filter")
     @classmethod

@@ -183,8 +183,8 @@ class FilterJobs:
         decision: Decision,
     ) -> str:
         recipients = ([cleanup_pb2.Recipient(address=decision.redirect)] if decision.redirect
-                      else [cleanup_pb2.Recipient(address=r.address, orcpt=r.orcpt)
-                            for r in rcpts])
+                      else [cleanup_pb2.Recipient(address=r.address, orcpt=r.dsn_orcpt,
+                                                  notify=r.notify) for r in rcpts])
         envelope = cleanup_pb2.Envelope(
             sender=job.sender, recipients=recipients, trace_id=job.trace_id,
             client=cleanup_pb2.ClientInfo(

@@ -195,12 +195,19 @@ class Claimed:
     id: int
     queue_id: str
     address: str
-    orcpt: str
+    orig_rcpt: str  # the address as received (orig_to= in the log)
     attempt: int
     sender: str
     trace_id: str
     arrived_at: datetime
     content_filter: str = ""  # the message's content filter (transport:nexthop), if any
+    # RFC 3461 (postfleet.core.smtp.dsn's forms) and the message's protocol
+    # (UTF8SMTP...: the sender asked for SMTPUTF8).
+    orcpt: str = ""
+    notify: str = ""
+    ret: str = ""
+    envid: str = ""
+    protocol: str = ""
 
 
 async def claim_due(
@@ -231,8 +238,8 @@ async def claim_due(
             lease_expires_at=now + timedelta(seconds=lease),
             attempts=Recipient.attempts + 1,
         )
-        .returning(Recipient.id, Recipient.queue_id, Recipient.address, Recipient.orcpt,
-                   Recipient.attempts)
+        .returning(Recipient.id, Recipient.queue_id, Recipient.address, Recipient.orig_rcpt,
+                   Recipient.attempts, Recipient.orcpt, Recipient.notify)
         .execution_options(synchronize_session=False)
     )
     async with engine.begin() as conn:
@@ -247,11 +254,12 @@ async def claim_due(
         )
         envelope = {m.queue_id: m for m in await conn.execute(
             select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
-                   Message.content_filter)
+                   Message.content_filter, Message.ret, Message.envid, Message.protocol)
             .where(Message.queue_id.in_(qids)))}
     claimed = [
-        Claimed(r.id, r.queue_id, r.address, r.orcpt, r.attempts, m.sender, m.trace_id,
-                m.arrived_at, m.content_filter)
+        Claimed(r.id, r.queue_id, r.address, r.orig_rcpt, r.attempts, m.sender, m.trace_id,
+                m.arrived_at, m.content_filter, r.orcpt, r.notify, m.ret, m.envid,
+                m.protocol)
         for r in rows if (m := envelope.get(r.queue_id)) is not None
     ]
     claimed.sort(key=lambda c: (c.queue_id, c.id))
@@ -656,6 +664,20 @@ async def reschedule(
         stmt = stmt.where(Recipient.queue_id == queue_id)
     async with engine.begin() as conn:
         return (await conn.execute(stmt)).rowcount
+
+
+async def reschedule_site(engine: AsyncEngine, domain: str, now: datetime) -> int:
+    """Make the open recipients of one site (recipient domain, any case) due
+    now: ETRN and ``postqueue -s`` (Postfix's flush service, which keeps a
+    log of deferred mail per destination domain). Returns how many."""
+    suffix = "@" + domain.lower().rstrip(".")
+    async with engine.begin() as conn:
+        return (await conn.execute(
+            update(Recipient)
+            .where(open_recipient(), func.lower(Recipient.address).endswith(suffix,
+                                                                            autoescape=True))
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False))).rowcount
 
 
 async def set_state(engine: AsyncEngine, queue_id: str, state: MessageState) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,7 +53,13 @@ class _YamlSource(PydanticBaseSettingsSource):
         return self._data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        # Field names, and the Postfix names a field takes as an alias
+        # (2bounce_notice_recipient: Python cannot spell it).
         names = set(self.settings_cls.model_fields)
+        for info in self.settings_cls.model_fields.values():
+            alias = info.validation_alias
+            if isinstance(alias, AliasChoices):
+                names.update(a for a in alias.choices if isinstance(a, str))
         return {k: v for k, v in self._data.items() if k in names}
 
 

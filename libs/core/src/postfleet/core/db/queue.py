@@ -527,6 +527,33 @@ async def mark_failed(
     return None if found is None else Failed(row.id, found.orig_rcpt, found.orcpt, found.notify)
 
 
+async def open_dsn_facts(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Failed]:
+    """The DSN facts (original recipient, ORCPT, NOTIFY) of those of ``ids``
+    still open, locked on PostgreSQL until the caller's transaction ends:
+    read before a result finishes or defers them, so that only a real
+    transition sends a success or delay notice."""
+    found: dict[int, Failed] = {}
+    for part in _chunks(list(ids)):
+        rows = await conn.execute(
+            select(Recipient.id, Recipient.orig_rcpt, Recipient.orcpt, Recipient.notify)
+            .where(Recipient.id.in_(part), open_recipient())
+            .with_for_update(of=Recipient))
+        found.update({r.id: Failed(r.id, r.orig_rcpt, r.orcpt, r.notify) for r in rows})
+    return found
+
+
+async def last_deferrals(conn: AsyncConnection, qids: set[str]) -> dict[str, datetime]:
+    """When each message was last logged deferred (none: never), from the
+    delivery log: what tells whether its delay warning went out already."""
+    if not qids:
+        return {}
+    rows = await conn.execute(
+        select(DeliveryLog.queue_id, func.max(DeliveryLog.logged_at))
+        .where(DeliveryLog.queue_id.in_(qids), DeliveryLog.status == RecipientStatus.DEFERRED)
+        .group_by(DeliveryLog.queue_id))
+    return {qid: when for qid, when in rows if when is not None}
+
+
 async def hold_message(conn: AsyncConnection, queue_id: str) -> int:
     """Put a message on hold (postsuper -h) and give up the leases on its
     open recipients: nothing delivers it until an administrator releases it.

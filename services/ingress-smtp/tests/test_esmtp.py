@@ -1,14 +1,17 @@
 """Postfix 3.7's ESMTP extensions over a real socket: the EHLO keywords in
 Postfix's order, DSN parameters (RFC 3461), SMTPUTF8 (RFC 6531), BDAT (RFC
-3030) with DATA's end-of-data safety, and ETRN's replies. The replies are
-the ones a private Postfix 3.7 gives (tests/e2e/test_esmtp_parity.py holds
-the two side by side)."""
+3030) with DATA's end-of-data safety, ETRN's replies, and the session
+transcripts smtpd mails to the postmaster (notify_classes). The replies are
+the ones a private Postfix 3.7 gives (tests/e2e/test_esmtp_dsn.py holds the
+two side by side)."""
 
 from __future__ import annotations
 
 import pytest
 
 from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.testing.waiting import eventually
+from postfleet.ingress_smtp.transcript import Transcript, error_class
 
 # A client outside mynetworks (no bare <LF> exemption), relaying to d.example.
 OUTSIDE = RoutingSnapshot(mynetworks=["10.0.0.0/8"], relay_domains=["d.example"])
@@ -176,3 +179,51 @@ async def test_etrn_replies_without_a_flush_service(make_ingress, dialogs) -> No
     assert await d.line("ETRN d.example") == "458 Unable to queue messages"
     await d.cmd("MAIL FROM:<a@b.example>")
     assert await d.line("ETRN d.example") == "503 Error: MAIL transaction in progress"
+
+
+# -- the postmaster's session transcripts (notify_classes) ------------------------
+
+
+async def test_policy_and_protocol_errors_send_a_transcript(make_ingress, dialogs,
+                                                            cleanup) -> None:
+    snapshot = RoutingSnapshot(myhostname="mx.postfleet.test", mynetworks=["10.0.0.0/8"])
+    ingress = await make_ingress(snapshot=snapshot, overrides={
+        "notify_classes": "policy, protocol", "smtpd_error_sleep_time": 0,
+        "error_notice_recipient": "errors"})
+    d = await dialogs(ingress.port())
+    await d.cmd("EHLO client.test")
+    await d.cmd("AUTH PLAIN c2VjcmV0")
+    await d.cmd("MAIL FROM:<a@b.example>")
+    assert (await d.cmd("RCPT TO:<x@y.example>"))[0] == 554
+    assert await d.line("QUIT") == "221 2.0.0 Bye"
+    await d.closed()
+    [notice] = await _eventually_submitted(cleanup)
+    envelope = notice.envelope
+    assert envelope.sender == "double-bounce@mx.postfleet.test"
+    assert [r.address for r in envelope.recipients] == ["errors@mx.postfleet.test"]
+    text = notice.body.decode()
+    assert "Subject: postfleet SMTP server: errors from unknown[127.0.0.1]" in text
+    assert "Transcript of session follows." in text
+    assert (" In:  RCPT TO:<x@y.example>\r\n"
+            " Out: 554 5.7.1 <x@y.example>: Relay access denied") in text
+    assert " In:  AUTH PLAIN\r\n" in text and "c2VjcmV0" not in text  # no credentials
+
+
+def test_refusals_are_classed_as_postfix_classes_them() -> None:
+    kept = Transcript()
+    kept.command("MAIL", "FROM a@b.example")
+    kept.reply("501 5.5.4 Syntax: MAIL FROM:<address>")
+    assert kept.take({"resource", "software"}) is None  # Postfix's default classes
+    assert kept.lines == [] and kept.classes == set()
+    for line, klass in [("451 4.3.0 Error: queue file write error", "resource"),
+                        ("451 4.3.5 Server configuration error", "software"),
+                        ("552 5.3.4 Message size exceeds fixed limit", "policy"),
+                        ("554 5.7.1 <x@y>: Relay access denied", "policy"),
+                        ("502 5.5.2 Error: command not recognized", "protocol")]:
+        assert error_class(line) == klass
+    assert error_class("421 4.4.2 mx Error: timeout exceeded") is None
+
+
+async def _eventually_submitted(cleanup) -> list:
+    return await eventually(lambda: cleanup.servicer.submitted, timeout=10,
+                            what="a submission to cleanup")

@@ -176,10 +176,11 @@ def test_content_filter_receive_overrides_and_filtered_domains() -> None:
         SmtpdParams(receive_override_options="no_address_mappings, no_such")
     params = SmtpdParams(content_filter="filter:", content_filter_domains=["a.test", ".b.test"])
     handler = IngressHandler(listener="smtp", params=params, routing=RoutingView(),
-                             cleanup=None)  # type: ignore[arg-type]
+                             cleanup=None, checks=None)  # type: ignore[arg-type]
     assert handler.content_filter(["x@other.test", "y@a.test"]) == "filter:"
     assert handler.content_filter(["x@sub.b.test"]) == "filter:"
     assert handler.content_filter(["x@b.test", "y@sub.a.test"]) == ""
     everything = IngressHandler(listener="smtp", params=SmtpdParams(content_filter="filter:"),
-                                routing=RoutingView(), cleanup=None)  # type: ignore[arg-type]
+                                routing=RoutingView(), cleanup=None,
+                                checks=None)  # type: ignore[arg-type]
     assert everything.content_filter(["x@any.test"]) == "filter:"

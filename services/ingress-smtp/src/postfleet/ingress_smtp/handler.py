@@ -30,11 +30,13 @@ from typing import Any
 from aiosmtpd.proxy_protocol import ProxyData
 
 from postfleet.core.maillog import maillog
+from postfleet.core.notices import qualify
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.dsn import smtputf8_protocol
 from postfleet.core.smtp.replies import SmtpReply
+from postfleet.ingress_smtp import transcript
 from postfleet.ingress_smtp.grammar import reply_line
 from postfleet.ingress_smtp.metrics import ACCEPTED
 from postfleet.ingress_smtp.restrictions import client_listed
@@ -92,6 +94,7 @@ class IngressHandler:
                 envelope: Any = None, recipient: str = "") -> SmtpReply | None:
         """Postfix's "NOQUEUE: reject: RCPT from name[ip]: 554 ...; from=<> to=<>" line."""
         if refusal is not None:
+            session.transcript.next_class = "policy"
             sender = "" if envelope is None else f" from=<{envelope.mail_from}>"
             to = f" to=<{recipient}>" if recipient else ""
             maillog("smtpd", "NOQUEUE",
@@ -181,6 +184,22 @@ class IngressHandler:
                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
         return reply_line(replies.queued_as(
             queue_id, envelope.bdat_size if envelope.bdat else None))
+
+    async def notify_postmaster(self, client: str, lines: list[str], reason: str) -> None:
+        """Mail a session transcript to error_notice_recipient (transcript.py)."""
+        origin = self.routing.snapshot.origin
+        to = qualify(self.params.error_notice_recipient, origin)
+        try:
+            queue_id = await self.cleanup.submit(
+                sender=qualify(self.params.double_bounce_sender, origin), recipients=[to],
+                client=ClientInfo("", "", 0, "", "local"),
+                body=transcript.notice(lines, reason, client, to, origin),
+                trace_id=uuid.uuid4().hex)
+        except SubmitFailed as exc:
+            log.warning("postmaster notify: %s", exc)
+            return
+        log.info("session transcript of %s sent to %s", client, to,
+                 extra={"queue_id": queue_id})
 
     def _received_comments(self, session: IngressSession) -> list[str]:
         """smtpd_tls_received_header, smtpd_sasl_authenticated_header."""

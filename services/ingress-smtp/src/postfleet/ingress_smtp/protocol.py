@@ -133,6 +133,8 @@ _NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "RSET", "VRFY", "ETRN", "
 FlushSite = Callable[[str], Awaitable[bool | None]]
 _SKIP_PIECE = 64 * 1024  # bytes read at a time from a BDAT chunk
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# Postmaster transcripts being sent (kept referenced until done).
+_NOTICES: set[asyncio.Task[None]] = set()
 # Postfix's SMTPD_CMD_FLAG_LAST: nothing may be pipelined behind these.
 _LAST_IN_GROUP = frozenset({"HELO", "EHLO", "STARTTLS", "AUTH", "DATA", "NOOP", "VRFY", "QUIT"})
 
@@ -235,6 +237,7 @@ class IngressSMTP(SMTP):
         self._lost = True
         if self.session is not None:
             self.smtpd_session().cancel_lookup()
+            self._chat_reset(0)
         if self in self._sessions:
             self._sessions.discard(self)
             SESSIONS.labels(self.listener).dec()
@@ -270,6 +273,7 @@ class IngressSMTP(SMTP):
                 self.smtpd_session().access_denied = refusal
                 text = reply_line(refusal)
         text = postfix_text(text)
+        self.smtpd_session().transcript.reply(text)
         code, final = text[:3], text[3:4] != "-"
         failing = code[:1] in ("4", "5")
         session = self.smtpd_session()
@@ -338,6 +342,8 @@ class IngressSMTP(SMTP):
         """Send a 421 naming this server (if given) and close the session; safe
         from any context, including the session's own command."""
         transport = self.transport
+        if reply is not None and self.session is not None:
+            self.smtpd_session().transcript.reason = reply.text
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             if reply is not None and self._may_speak():
                 line = reply_line(reply.with_text(f"{self.myhostname} {reply.text}"))
@@ -430,6 +436,7 @@ class IngressSMTP(SMTP):
                 self.hang_up(replies.SHUTTING_DOWN)
                 return
             session = self.smtpd_session()
+            session.transcript.command(name, arg)
             if session.access_denied is not None and name != "QUIT":
                 await self.reply(about(replies.ACCESS_DENIED, session.describe()))
                 return
@@ -613,7 +620,22 @@ class IngressSMTP(SMTP):
             if self.transport is not None:
                 self._reset_timeout()
             self._set_post_data_state()
+        self._chat_reset(self.params.smtpd_history_flush_threshold)
         return reply_line(replies.OK) if status is MISSING else str(status)
+
+    def _chat_reset(self, threshold: int) -> None:
+        """Postfix's chat_reset: past ``threshold`` lines the transcript starts
+        afresh, and goes to the postmaster first when it had errors of a
+        class in notify_classes."""
+        kept = self.smtpd_session().transcript
+        if len(kept.lines) <= threshold:
+            return
+        taken = kept.take(set(self.params.notify_classes))
+        if taken is not None:
+            task = self.loop.create_task(self.event_handler.notify_postmaster(
+                self.smtpd_session().describe(), *taken), name="smtpd-notify")
+            _NOTICES.add(task)
+            task.add_done_callback(_NOTICES.discard)
 
     def _bare_newline_mode(self) -> str:
         """smtpd_forbid_bare_newline for this client (its exclusions say "no")."""

@@ -17,6 +17,7 @@ from aiosmtpd.smtp import Envelope, Session
 
 from postfleet.ingress_smtp.peername import UNKNOWN, NameLookup, system_client_name
 from postfleet.ingress_smtp.restrictions import normalize_ip
+from postfleet.ingress_smtp.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class IngressSession(Session):
         # The client a PROXY header named: (address, port); None = the socket's peer.
         self.proxied: tuple[str, int] | None = None
         self._name_lookup = name_lookup  # peername.py: system resolver or dns_nameservers
+        # The conversation the postmaster may be sent (transcript.py).
+        self.transcript = Transcript()
         self._lookup: asyncio.Task[str] | None = None
 
     @property

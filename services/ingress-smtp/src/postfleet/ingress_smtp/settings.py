@@ -19,12 +19,15 @@ smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
 smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
 smtpd_client_event_limit_exceptions, anvil_rate_time_unit,
 smtpd_tls_received_header, smtpd_tls_loglevel, content_filter,
-receive_override_options, smtputf8_enable; postfleet's own: content_filter_domains, cleanup_timeout,
-drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
-empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
-entry per smtpd service, each with ``overrides`` playing the part of ``-o
-name=value``. Environment: ``POSTFLEET_<NAME>`` (``POSTFLEET_LISTENERS`` is
-JSON); YAML: top level or the ``ingress_smtp:`` section.
+receive_override_options, smtputf8_enable, notify_classes,
+error_notice_recipient, double_bounce_sender, smtpd_history_flush_threshold
+(the postmaster's session transcripts, transcript.py); postfleet's own:
+content_filter_domains, cleanup_timeout, drain_timeout, dns_nameservers
+(the resolver smtpd_peername_lookup asks; empty: the system's, as Postfix).
+The ``listeners`` list is master.cf: one entry per smtpd service, each with
+``overrides`` playing the part of ``-o name=value``. Environment:
+``POSTFLEET_<NAME>`` (``POSTFLEET_LISTENERS`` is JSON); YAML: top level or
+the ``ingress_smtp:`` section.
 
 TLS follows Postfix: ``smtpd_tls_security_level`` empty (the default) or
 ``none`` means no TLS even with a certificate configured, ``may`` offers
@@ -49,6 +52,12 @@ from pydantic import (
 )
 
 from postfleet.core.nameservers import check_nameservers
+from postfleet.core.notices import (
+    DEFAULT_NOTIFY_CLASSES,
+    DOUBLE_BOUNCE,
+    POSTMASTER,
+    NotifyClasses,
+)
 from postfleet.core.postfix_list import PostfixList
 from postfleet.core.settings import CommonSettings
 from postfleet.core.timeparse import Seconds
@@ -182,6 +191,13 @@ class SmtpdParams(BaseModel):
     # RFC 6531: EHLO offers SMTPUTF8 and MAIL takes it (Postfix's default
     # at compatibility_level >= 1).
     smtputf8_enable: bool = True
+    # Session transcripts to the postmaster (transcript.py): the error
+    # classes that send one, to whom, from whom, and how many lines a
+    # session keeps before a finished transaction starts a new transcript.
+    notify_classes: NotifyClasses = Field(default_factory=lambda: list(DEFAULT_NOTIFY_CLASSES))
+    error_notice_recipient: str = POSTMASTER
+    double_bounce_sender: str = DOUBLE_BOUNCE
+    smtpd_history_flush_threshold: int = Field(default=100, ge=0)
 
     @field_validator("content_filter")
     @classmethod

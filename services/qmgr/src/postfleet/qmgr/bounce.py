@@ -48,13 +48,11 @@ from email.utils import format_datetime, make_msgid
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postfleet.core.db.queue import MessageFacts, NewMessage, NewRecipient, bodies, enqueue
+from postfleet.core.notices import DEFAULT_NOTIFY_CLASSES, DOUBLE_BOUNCE, POSTMASTER, qualify
 from postfleet.core.queueid import new_queue_id
 from postfleet.core.smtp.dsn import notify_wants
 
 HEADERS_LIMIT = 64 * 1024
-# Postfix's notify_classes words.
-NOTIFY_CLASSES = frozenset({"bounce", "2bounce", "data", "delay", "policy", "protocol",
-                            "resource", "software"})
 
 _CLOSING = "                   The mail system"
 _HELP = """For further assistance, please send mail to postmaster.
@@ -102,19 +100,18 @@ class NoticeItem:
 class NoticePolicy:
     """The parameters that decide who gets which notice, and their texts."""
 
-    notify_classes: frozenset[str] = frozenset({"resource", "software"})
-    bounce_notice_recipient: str = "postmaster"
-    two_bounce_notice_recipient: str = "postmaster"
-    delay_notice_recipient: str = "postmaster"
-    double_bounce_sender: str = "double-bounce"
+    notify_classes: frozenset[str] = frozenset(DEFAULT_NOTIFY_CLASSES)
+    bounce_notice_recipient: str = POSTMASTER
+    two_bounce_notice_recipient: str = POSTMASTER
+    delay_notice_recipient: str = POSTMASTER
+    double_bounce_sender: str = DOUBLE_BOUNCE
     bounce_size_limit: int = 50000
     delay_warning_time: float = 0.0
     bounce_queue_lifetime: float = 5 * 86400.0
     myorigin: str = ""  # empty: myhostname
 
     def qualify(self, address: str, myhostname: str) -> str:
-        """A bare name gets @myorigin, as Postfix's cleanup appends it."""
-        return address if "@" in address else f"{address}@{self.myorigin or myhostname}"
+        return qualify(address, self.myorigin or myhostname)
 
 
 @dataclass

@@ -18,8 +18,14 @@ import secrets
 import socket
 from typing import ClassVar
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 
+from postfleet.core.notices import (
+    DEFAULT_NOTIFY_CLASSES,
+    DOUBLE_BOUNCE,
+    POSTMASTER,
+    NotifyClasses,
+)
 from postfleet.core.postfix_list import PostfixList
 from postfleet.core.settings import CommonSettings
 from postfleet.core.timeparse import Days, Hours, Seconds
@@ -50,17 +56,17 @@ class QmgrSettings(CommonSettings):
     # (Postfix's default): the recipient's domain.
     default_filter_nexthop: str = ""
     # Delivery status notifications (bounce.py), Postfix's names and defaults.
-    notify_classes: PostfixList = Field(default_factory=lambda: ["resource", "software"])
-    bounce_notice_recipient: str = "postmaster"
+    notify_classes: NotifyClasses = Field(default_factory=lambda: list(DEFAULT_NOTIFY_CLASSES))
+    bounce_notice_recipient: str = POSTMASTER
     # Postfix's 2bounce_notice_recipient (a name Python cannot spell): in the
     # YAML file and as POSTFLEET_2BOUNCE_NOTICE_RECIPIENT.
     two_bounce_notice_recipient: str = Field(
-        default="postmaster",
+        default=POSTMASTER,
         validation_alias=AliasChoices("two_bounce_notice_recipient",
                                       "2bounce_notice_recipient",
                                       "POSTFLEET_2BOUNCE_NOTICE_RECIPIENT"))
-    delay_notice_recipient: str = "postmaster"
-    double_bounce_sender: str = "double-bounce"
+    delay_notice_recipient: str = POSTMASTER
+    double_bounce_sender: str = DOUBLE_BOUNCE
     # Bytes of the original a failure notice returns whole (RET=FULL); a
     # larger one goes back as its headers only.
     bounce_size_limit: int = Field(default=50000, ge=0)
@@ -87,14 +93,3 @@ class QmgrSettings(CommonSettings):
     # (and those a dead process held, back after the results' 10 s ack wait)
     # before taking back the work a previous life of this qmgr held.
     qmgr_takeback_wait: Seconds = 15
-
-    @field_validator("notify_classes")
-    @classmethod
-    def _classes(cls, value: list[str]) -> list[str]:
-        from postfleet.qmgr.bounce import NOTIFY_CLASSES
-
-        unknown = sorted({v.lower() for v in value} - NOTIFY_CLASSES)
-        if unknown:
-            raise ValueError(f"unknown notify_classes: {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(NOTIFY_CLASSES))})")
-        return [v.lower() for v in value]

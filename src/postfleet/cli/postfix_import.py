@@ -99,6 +99,11 @@ ROLE_PARAMETERS = frozenset({
     "smtp_tls_loglevel", "smtp_starttls_timeout", "smtp_sasl_auth_enable",
     "smtp_sasl_password_maps", "smtp_sasl_security_options", "smtp_sasl_tls_security_options",
     "smtp_sasl_mechanism_filter", "smtp_sasl_auth_soft_bounce",
+    # ESMTP extensions and notices (smtpd, qmgr's bounce daemon and flush)
+    "smtputf8_enable", "smtpd_history_flush_threshold", "notify_classes",
+    "error_notice_recipient", "double_bounce_sender", "bounce_notice_recipient",
+    "2bounce_notice_recipient", "delay_notice_recipient", "bounce_size_limit",
+    "delay_warning_time", "fast_flush_domains",
 })
 # Parameters that also belong to a role, besides the routing snapshot.
 SHARED_WITH_ROLES = frozenset({"myhostname", "recipient_delimiter"})

@@ -53,14 +53,19 @@ class _YamlSource(PydanticBaseSettingsSource):
         return self._data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        # Field names, and the Postfix names a field takes as an alias
-        # (2bounce_notice_recipient: Python cannot spell it).
-        names = set(self.settings_cls.model_fields)
-        for info in self.settings_cls.model_fields.values():
-            alias = info.validation_alias
-            if isinstance(alias, AliasChoices):
-                names.update(a for a in alias.choices if isinstance(a, str))
+        names = parameter_names(self.settings_cls)
         return {k: v for k, v in self._data.items() if k in names}
+
+
+def parameter_names(settings_cls: type[BaseSettings]) -> set[str]:
+    """The names a settings class takes: its fields, and the Postfix names a
+    field takes as an alias (2bounce_notice_recipient: Python cannot spell it)."""
+    names = set(settings_cls.model_fields)
+    for info in settings_cls.model_fields.values():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(a for a in alias.choices if isinstance(a, str))
+    return names
 
 
 # Top-level mapping values that are parameters, not role sections.

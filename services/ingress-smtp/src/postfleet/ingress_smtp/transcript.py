@@ -27,6 +27,9 @@ from email.utils import format_datetime
 from postfleet.core.smtp import replies
 from postfleet.ingress_smtp.settings import MAIL_NAME
 
+# Lines kept at most: a session that never ends a transaction (NOOP after
+# NOOP) keeps only its last ones.
+MAX_LINES = 1000
 _POLICY_STATUSES = frozenset({
     replies.SIZE_EXCEEDED.status, replies.TOO_MANY_RECIPIENTS.status})
 _RESOURCE_STATUSES = frozenset({
@@ -62,14 +65,19 @@ class Transcript:
 
     def command(self, name: str, arg: str | None) -> None:
         shown = arg.split()[0] if name == "AUTH" and arg else arg  # never the credentials
-        self.lines.append(f"In:  {name} {shown}" if shown else f"In:  {name}")
+        self._keep(f"In:  {name} {shown}" if shown else f"In:  {name}")
 
     def reply(self, line: str) -> None:
-        self.lines.append(f"Out: {line}")
+        self._keep(f"Out: {line}")
         klass = error_class(line)
         if klass is not None and line[3:4] != "-":
             self.classes.add(self.next_class or klass)
             self.next_class = None
+
+    def _keep(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) > MAX_LINES:
+            del self.lines[:len(self.lines) - MAX_LINES]
 
     def take(self, notify: set[str]) -> tuple[list[str], str] | None:
         """Start afresh; what to mail (the lines, the abort reason) when the

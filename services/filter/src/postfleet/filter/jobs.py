@@ -235,7 +235,11 @@ def _result(
         transport=job.transport, nexthop=job.nexthop, relay=job.transport,
         started_at=started, finished_at=time.time(), hold_reason=hold_reason)
     for rcpt, (dsn, reply) in outcomes:
+        # A filtered copy queued again carries the recipient's DSN request on
+        # (NOTIFY, ORCPT): a success notice is for its final delivery.
+        requeued = dsn.startswith("2") and " queued as " in reply
         result.recipients.add(id=rcpt.id, address=rcpt.address,
                               outcome=Outcome.from_dsn(dsn).to_proto(), dsn=dsn, reply=reply,
-                              diagnostic=reply if not dsn.startswith("2") else "")
+                              diagnostic=reply if not dsn.startswith("2") else "",
+                              dsn_passed_on=requeued)
     return result

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable
 from email import message_from_bytes
 from email.message import Message as EmailMessage
+from pathlib import Path
 
 import aiosmtplib
 import pytest
@@ -17,7 +18,10 @@ from sqlalchemy import select
 
 from postfleet.core.db.engine import create_engine
 from postfleet.core.db.models import Recipient
+from postfleet.core.sasl_users import UserTable
 from postfleet.core.testing.cluster import Cluster
+from postfleet.core.testing.dovecot_auth import DovecotAuth
+from postfleet.core.testing.pki import TestCa
 from postfleet.core.testing.postfix import PostfixSink, PrivatePostfix, ehlo_keywords
 from postfleet.core.testing.sink import SmtpSink
 from postfleet.core.testing.swaks import swaks
@@ -102,6 +106,38 @@ async def test_ehlo_and_replies_as_postfix_3_7(
     replies = {name: await _converse(port, dialog)
                for name, port in (("postfix", postfix.port), ("postfleet", cluster.smtp_port))}
     assert replies["postfleet"] == replies["postfix"]
+
+
+async def test_ehlo_with_starttls_and_auth_as_postfix_3_7(
+        database_url: str, make_cluster: Callable[..., Cluster], smtp_sink: SmtpSink,
+        postfix_sink: PostfixSink, private_postfix: Callable[..., PrivatePostfix],
+        make_dovecot_auth: Callable[..., DovecotAuth], test_ca: TestCa, tmp_path: Path) -> None:
+    """STARTTLS where configured and AUTH where enabled (Dovecot's mechanisms
+    for both), in Postfix's places; after STARTTLS, no STARTTLS."""
+    users = tmp_path / "users"
+    UserTable(users).add("alice@sender.test", "secret")
+    auth = make_dovecot_auth(users)
+    cert, key = test_ca.issue("mx", dns=["mx.postfleet.test"], ips=["127.0.0.1"])
+    same = {"smtpd_tls_security_level": "may", "smtpd_tls_cert_file": str(cert),
+            "smtpd_tls_key_file": str(key), "smtpd_sasl_auth_enable": "yes",
+            "smtpd_sasl_type": "dovecot", "smtpd_sasl_path": auth.sasl_path}
+    postfix = private_postfix({"myhostname": "mx.postfleet.test", **same})
+    config = _config(postfix_sink, smtp_sink, smtp_sink)
+    config["ingress_smtp"] = dict(same)
+    cluster = await start(make_cluster(database_url, config))
+    ehlo = {}
+    for name, port in (("postfix", postfix.port), ("postfleet", cluster.smtp_port)):
+        code, out = await swaks(port, "--quit-after", "EHLO", "--ehlo", "client.test")
+        assert code == 0, out
+        code, tls = await swaks(port, "--quit-after", "EHLO", "--ehlo", "client.test", "--tls")
+        assert code == 0, tls
+        ehlo[name] = (ehlo_keywords(out), ehlo_keywords(tls))
+    assert ehlo["postfleet"] == ehlo["postfix"]
+    plain, under_tls = ehlo["postfix"]
+    assert plain == ["PIPELINING", "SIZE 10240000", "VRFY", "ETRN", "STARTTLS",
+                     "AUTH PLAIN LOGIN", "ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8",
+                     "CHUNKING"]
+    assert under_tls == [k for k in plain if k != "STARTTLS"]
 
 
 async def _converse(port: int, commands: list[str]) -> list[str]:

@@ -174,12 +174,15 @@ class PrivatePostfix:
 
 
 def ehlo_keywords(transcript: str) -> list[str]:
-    """The EHLO reply's keywords (the greeting name left out) in a swaks
-    transcript, in the server's order."""
-    after = transcript.split(" -> EHLO ", 1)[1].splitlines()[1:]
-    lines = []
-    for line in after:
-        if not line.startswith("<-  250"):
+    """The keywords of the last EHLO reply (the greeting name left out) in a
+    swaks transcript, in the server's order; under TLS swaks draws its arrows
+    "~>" and "<~" instead of "->" and "<-"."""
+    lines = transcript.splitlines()
+    last = max(i for i, line in enumerate(lines) if line[1:].startswith(("-> EHLO ",
+                                                                          "~> EHLO ")))
+    keywords = []
+    for line in lines[last + 1:]:
+        if line[:7] not in ("<-  250", "<~  250"):
             break
-        lines.append(line[len("<-  250-"):])
-    return lines[1:]
+        keywords.append(line[len("<-  250-"):])
+    return keywords[1:]

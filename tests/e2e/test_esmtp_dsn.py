@@ -201,6 +201,38 @@ async def _empty(url: str) -> bool:
     return (await queue_counts(url)) == {"messages": 0, "recipients": 0}
 
 
+async def test_failure_notice_shaped_as_postfix_3_7s(
+        database_url: str, make_cluster: Callable[..., Cluster], postfix_sink: PostfixSink,
+        private_postfix: Callable[..., PrivatePostfix]) -> None:
+    """The same message bounced by both (the next hop refuses it): the same
+    report, field by field, but for what is each server's own (ids, dates)."""
+    with SmtpSink() as plain, SmtpSink() as senders:
+        plain.handler.rcpt_replies["gone@plain.test"] = (
+            "550 5.1.1 <gone@plain.test>: Recipient address rejected: User unknown")
+        postfix = private_postfix({
+            "myhostname": "mx.postfleet.test", "relay_domains": "plain.test",
+            "transport_maps": f"inline:{{plain.test=smtp:{plain.nexthop},"
+                              f"sender.test=smtp:{senders.nexthop}}}"})
+        config = _config(postfix_sink, plain, senders)
+        cluster = await start(make_cluster(database_url, config))
+        for port in (postfix.port, cluster.smtp_port):
+            await _send(port, ["gone@plain.test"], mail_options=("RET=HDRS", "ENVID=E+2B1"),
+                        rcpt_options=("NOTIFY=FAILURE", "ORCPT=rfc822;Gone+40plain.test"))
+        notices = await senders.wait_for(2, timeout=60)
+    theirs, ours = sorted(notices, key=lambda m: b"ESMTP Postfix" not in m.data)
+    assert _shape(ours.data) == _shape(theirs.data)
+
+
+def _shape(data: bytes) -> tuple[object, ...]:
+    """A report with what differs by nature (ids, dates, boundaries) left out."""
+    subject, fields, returned = _report(data)
+    mine = ("X-Postfix-Queue-ID", "Arrival-Date", "Reporting-MTA")
+    kept = [f for f in fields if not f.startswith(mine)]
+    notice = message_from_bytes(data)
+    text = notice.get_payload()[0].get_payload().replace("\r\n", "\n")
+    return (subject, notice["From"], notice["Auto-Submitted"], text, kept, returned)
+
+
 async def test_failure_delay_and_double_bounce_notices(
         database_url: str, make_cluster: Callable[..., Cluster], postfix_sink: PostfixSink
 ) -> None:

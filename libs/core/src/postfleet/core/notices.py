@@ -11,6 +11,7 @@ Postfix parameters: notify_classes, double_bounce_sender, myorigin (passed in).
 
 from __future__ import annotations
 
+import textwrap
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -34,6 +35,13 @@ def _known_classes(value: list[str]) -> list[str]:
 
 
 NotifyClasses = Annotated[PostfixList, AfterValidator(_known_classes)]
+
+
+def line_wrap(text: str, length: int, indent: int) -> list[str]:
+    """Postfix's line_wrap: break at white space before ``length`` columns;
+    the lines after the first are indented by ``indent`` (and as long in all)."""
+    return textwrap.wrap(text, length, subsequent_indent=" " * indent, break_long_words=False,
+                         break_on_hyphens=False) or [""]
 
 
 def qualify(address: str, myorigin: str) -> str:

@@ -19,11 +19,11 @@ myorigin (qualifies them; from the routing snapshot).
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from postfleet.core.notices import line_wrap
 from postfleet.core.smtp import replies
 from postfleet.ingress_smtp.settings import MAIL_NAME
 
@@ -102,8 +102,7 @@ def notice(lines: list[str], reason: str, client: str, to: str, myorigin: str) -
     ]
     for line in lines:
         printable = "".join(c if c.isprintable() else "?" for c in line)
-        body += [" " + part for part in textwrap.wrap(
-            printable, 77, subsequent_indent="    ", break_long_words=True) or [""]]
+        body += [" " + part for part in line_wrap(printable, 78, 4)]
     body.append("")
     if reason:
         body.append(f"Session aborted, reason: {reason}")

@@ -48,7 +48,13 @@ from email.utils import format_datetime, make_msgid
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postfleet.core.db.queue import MessageFacts, NewMessage, NewRecipient, bodies, enqueue
-from postfleet.core.notices import DEFAULT_NOTIFY_CLASSES, DOUBLE_BOUNCE, POSTMASTER, qualify
+from postfleet.core.notices import (
+    DEFAULT_NOTIFY_CLASSES,
+    DOUBLE_BOUNCE,
+    POSTMASTER,
+    line_wrap,
+    qualify,
+)
 from postfleet.core.queueid import new_queue_id
 from postfleet.core.smtp.dsn import notify_wants
 
@@ -216,7 +222,7 @@ def _detail(kind: Kind, item: NoticeItem) -> str:
         why = f"delivery via {item.relay}: {item.reply}"
     expanded = (f" (expanded from <{item.orig_rcpt}>)"
                 if item.orig_rcpt and item.orig_rcpt != item.recipient else "")
-    return f"<{item.recipient}>{expanded}: {why}"
+    return "\n".join(line_wrap(f"<{item.recipient}>{expanded}: {why}", 79, 4))
 
 
 def _status_part(notice: Notice, msg: MessageFacts, host: str) -> str:
@@ -232,13 +238,13 @@ def _status_part(notice: Notice, msg: MessageFacts, host: str) -> str:
         status = item.dsn or ("4.4.7" if item.expired else "5.0.0")
         lines.append(f"Final-Recipient: rfc822; {item.recipient}")
         lines.append(f"Original-Recipient: {item.orcpt}" if item.orcpt
-                     else f"Original-Recipient: rfc822;{item.orig_rcpt or item.recipient}")
+                     else f"Original-Recipient: rfc822; {item.orig_rcpt or item.recipient}")
         lines += [f"Action: {notice.kind.action or item.action}", f"Status: {status}"]
         if relay_host:
-            lines.append(f"Remote-MTA: dns; {relay_host}")
+            lines += line_wrap(f"Remote-MTA: dns; {relay_host}", 79, 4)
         # A remote reply is an smtp diagnostic; a local reason is Postfix's X-Postfix.
         code = f"smtp; {item.diagnostic}" if item.diagnostic else f"X-Postfix; {item.reply}"
-        lines.append(f"Diagnostic-Code: {code}")
+        lines += line_wrap(f"Diagnostic-Code: {code}", 79, 4)
         if notice.kind is Kind.DELAY:
             lines.append(f"Will-Retry-Until: {format_datetime(msg.expires_at)}")
         lines.append("")
@@ -258,12 +264,9 @@ def build_notice(notice: Notice, msg: MessageFacts, original: bytes, host: str,
     boundary = f"{msg.queue_id}.{int(now.timestamp())}/{host}"
     details = "\n\n".join(_detail(kind, i) for i in notice.items)
     text = f"{_intro(kind, host, msg, policy)}\n\n{details}\n"
-    if notice.postmaster_copy:
-        sender_line = f"Mail Delivery System <MAILER-DAEMON@{host}>"
-        subject = kind.postmaster_subject
-    else:
-        sender_line = f"MAILER-DAEMON@{host} (Mail Delivery System)"
-        subject = kind.subject
+    # header_from_format = standard (Postfix >= 3.3's default).
+    sender_line = f"Mail Delivery System <MAILER-DAEMON@{host}>"
+    subject = kind.postmaster_subject if notice.postmaster_copy else kind.subject
     undelivered = "Undelivered " if kind is not Kind.SUCCESS else ""
     what = "Message Headers" if headers_only else "Message"
     parts = [

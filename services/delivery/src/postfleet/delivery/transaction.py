@@ -337,6 +337,6 @@ class _Transaction:
         if _positive(resp):
             # A server that offered DSN has the request now (Postfix drops
             # NOTIFY=SUCCESS from its own notices then).
-            return outcome(reply_dsn(resp), reply_text(resp),
+            return outcome(reply_dsn(resp), reply_text(resp), reply_text(resp),
                            passed_on="dsn" in self.conn.extensions)
         return rejected(self.label, resp, "end of DATA")

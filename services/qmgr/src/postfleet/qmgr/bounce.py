@@ -238,7 +238,7 @@ def _status_part(notice: Notice, msg: MessageFacts, host: str) -> str:
         status = item.dsn or ("4.4.7" if item.expired else "5.0.0")
         lines.append(f"Final-Recipient: rfc822; {item.recipient}")
         lines.append(f"Original-Recipient: {item.orcpt}" if item.orcpt
-                     else f"Original-Recipient: rfc822; {item.orig_rcpt or item.recipient}")
+                     else f"Original-Recipient: rfc822;{item.orig_rcpt or item.recipient}")
         lines += [f"Action: {notice.kind.action or item.action}", f"Status: {status}"]
         if relay_host:
             lines += line_wrap(f"Remote-MTA: dns; {relay_host}", 79, 4)

@@ -205,25 +205,32 @@ async def test_notices_shaped_as_postfix_3_7s(
         database_url: str, make_cluster: Callable[..., Cluster], postfix_sink: PostfixSink,
         private_postfix: Callable[..., PrivatePostfix]) -> None:
     """The same messages through both: one the next hop refuses, one it takes
-    with NOTIFY=SUCCESS (it offers no DSN: "relayed"). The same notices,
-    field by field, but for what is each server's own (ids, dates)."""
+    with NOTIFY=SUCCESS (it offers no DSN: "relayed"), one it keeps deferring
+    past delay_warning_time. The same notices, field by field, but for what
+    is each server's own (ids, dates)."""
     with SmtpSink() as plain, SmtpSink() as senders:
-        plain.handler.rcpt_replies["gone@plain.test"] = (
-            "550 5.1.1 <gone@plain.test>: Recipient address rejected: User unknown")
+        plain.handler.rcpt_replies.update({
+            "gone@plain.test": "550 5.1.1 <gone@plain.test>: Recipient address rejected: "
+                               "User unknown",
+            "slow@plain.test": "450 4.2.0 <slow@plain.test>: try later"})
+        timers = {"delay_warning_time": "1s", "minimal_backoff_time": "1s",
+                  "maximal_backoff_time": "2s", "queue_run_delay": "1s"}
         postfix = private_postfix({
             "myhostname": "mx.postfleet.test", "relay_domains": "plain.test",
             "transport_maps": f"inline:{{plain.test=smtp:{plain.nexthop},"
-                              f"sender.test=smtp:{senders.nexthop}}}"})
-        config = _config(postfix_sink, plain, senders)
+                              f"sender.test=smtp:{senders.nexthop}}}", **timers})
+        config = _config(postfix_sink, plain, senders, **timers)
         cluster = await start(make_cluster(database_url, config))
         for port in (postfix.port, cluster.smtp_port):
             await _send(port, ["gone@plain.test"], mail_options=("RET=HDRS", "ENVID=E+2B1"),
                         rcpt_options=("NOTIFY=FAILURE", "ORCPT=rfc822;Gone+40plain.test"))
             await _send(port, ["ok@plain.test"], rcpt_options=("NOTIFY=SUCCESS",))
-        notices = await senders.wait_for(4, timeout=60)
+            await _send(port, ["slow@plain.test"])
+        notices = await senders.wait_for(6, timeout=90)
     theirs = sorted(_shape(m.data) for m in notices if b"(Postfix)" in m.data)
     ours = sorted(_shape(m.data) for m in notices if b"(Postfix)" not in m.data)
-    assert [n[0] for n in ours] == ["Successful Mail Delivery Report",
+    assert [n[0] for n in ours] == ["Delayed Mail (still being retried)",
+                                    "Successful Mail Delivery Report",
                                     "Undelivered Mail Returned to Sender"]
     assert ours == theirs
 
@@ -231,7 +238,7 @@ async def test_notices_shaped_as_postfix_3_7s(
 def _shape(data: bytes) -> tuple[object, ...]:
     """A report with what differs by nature (ids, dates, boundaries) left out."""
     subject, fields, returned = _report(data)
-    mine = ("X-Postfix-Queue-ID", "Arrival-Date", "Reporting-MTA")
+    mine = ("X-Postfix-Queue-ID", "Arrival-Date", "Reporting-MTA", "Will-Retry-Until")
     kept = [f for f in fields if not f.startswith(mine)]
     notice = message_from_bytes(data)
     text = notice.get_payload()[0].get_payload().replace("\r\n", "\n")

@@ -11,7 +11,7 @@ import pytest
 
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.testing.waiting import eventually
-from postfleet.ingress_smtp.transcript import Transcript, error_class
+from postfleet.ingress_smtp.transcript import Transcript, error_class, restriction_class
 
 # A client outside mynetworks (no bare <LF> exemption), relaying to d.example.
 OUTSIDE = RoutingSnapshot(mynetworks=["10.0.0.0/8"], relay_domains=["d.example"])
@@ -222,6 +222,9 @@ def test_refusals_are_classed_as_postfix_classes_them() -> None:
                         ("502 5.5.2 Error: command not recognized", "protocol")]:
         assert error_class(line) == klass
     assert error_class("421 4.4.2 mx Error: timeout exceeded") is None
+    # A restriction's refusal: an unknown address is Postfix's "bounce" class.
+    assert [restriction_class(s) for s in ("5.1.1", "4.1.1", "5.1.0", "5.7.1", "4.7.1")] == [
+        "bounce", "bounce", "bounce", "policy", "policy"]
 
 
 async def _eventually_submitted(cleanup) -> list:

@@ -94,7 +94,7 @@ class IngressHandler:
                 envelope: Any = None, recipient: str = "") -> SmtpReply | None:
         """Postfix's "NOQUEUE: reject: RCPT from name[ip]: 554 ...; from=<> to=<>" line."""
         if refusal is not None:
-            session.transcript.next_class = "policy"
+            session.transcript.next_class = transcript.restriction_class(refusal.status)
             sender = "" if envelope is None else f" from=<{envelope.mail_from}>"
             to = f" to=<{recipient}>" if recipient else ""
             maillog("smtpd", "NOQUEUE",
@@ -185,10 +185,12 @@ class IngressHandler:
         return reply_line(replies.queued_as(
             queue_id, envelope.bdat_size if envelope.bdat else None))
 
-    async def notify_postmaster(self, client: str, lines: list[str], reason: str) -> None:
-        """Mail a session transcript to error_notice_recipient (transcript.py)."""
+    async def notify_postmaster(self, client: str, lines: list[str], reason: str,
+                                classes: set[str]) -> None:
+        """Mail a session transcript to the postmaster (transcript.py)."""
         origin = self.routing.snapshot.origin
-        to = qualify(self.params.error_notice_recipient, origin)
+        to = qualify(self.params.bounce_notice_recipient if "bounce" in classes
+                     else self.params.error_notice_recipient, origin)
         try:
             queue_id = await self.cleanup.submit(
                 sender=qualify(self.params.double_bounce_sender, origin), recipients=[to],

@@ -20,14 +20,14 @@ smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
 smtpd_client_event_limit_exceptions, anvil_rate_time_unit,
 smtpd_tls_received_header, smtpd_tls_loglevel, content_filter,
 receive_override_options, smtputf8_enable, notify_classes,
-error_notice_recipient, double_bounce_sender, smtpd_history_flush_threshold
-(the postmaster's session transcripts, transcript.py); postfleet's own:
-content_filter_domains, cleanup_timeout, drain_timeout, dns_nameservers
-(the resolver smtpd_peername_lookup asks; empty: the system's, as Postfix).
-The ``listeners`` list is master.cf: one entry per smtpd service, each with
-``overrides`` playing the part of ``-o name=value``. Environment:
-``POSTFLEET_<NAME>`` (``POSTFLEET_LISTENERS`` is JSON); YAML: top level or
-the ``ingress_smtp:`` section.
+error_notice_recipient, bounce_notice_recipient, double_bounce_sender,
+smtpd_history_flush_threshold (the postmaster's session transcripts,
+transcript.py); postfleet's own: content_filter_domains, cleanup_timeout,
+drain_timeout, dns_nameservers (the resolver smtpd_peername_lookup asks;
+empty: the system's, as Postfix). The ``listeners`` list is master.cf: one
+entry per smtpd service, each with ``overrides`` playing the part of ``-o
+name=value``. Environment: ``POSTFLEET_<NAME>`` (``POSTFLEET_LISTENERS`` is
+JSON); YAML: top level or the ``ingress_smtp:`` section.
 
 TLS follows Postfix: ``smtpd_tls_security_level`` empty (the default) or
 ``none`` means no TLS even with a certificate configured, ``may`` offers
@@ -196,6 +196,7 @@ class SmtpdParams(BaseModel):
     # session keeps before a finished transaction starts a new transcript.
     notify_classes: NotifyClasses = Field(default_factory=lambda: list(DEFAULT_NOTIFY_CLASSES))
     error_notice_recipient: str = POSTMASTER
+    bounce_notice_recipient: str = POSTMASTER
     double_bounce_sender: str = DOUBLE_BOUNCE
     smtpd_history_flush_threshold: int = Field(default=100, ge=0)
 

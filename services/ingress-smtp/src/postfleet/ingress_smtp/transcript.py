@@ -3,18 +3,20 @@
 
 Every command line ("In:  ", AUTH's arguments left out) and every reply
 line ("Out: ") is kept; each refusal is classed as Postfix's smtpd classes
-it -- ``policy`` (restrictions, size, recipient and rate limits, X.7.X
-refusals), ``resource`` (the queue could not take the message: 4.3.0,
-4.3.1), ``software`` (4.3.5, a server error), ``protocol`` (syntax and
-sequence errors). When a session ends, or a transaction ends with more
+it -- ``bounce`` (a restriction refused an unknown address: X.1.0,
+X.1.1), ``policy`` (other restrictions, size, recipient and rate limits,
+X.7.X refusals), ``resource`` (the queue could not take the message:
+4.3.0, 4.3.1), ``software`` (4.3.5, a server error), ``protocol`` (syntax
+and sequence errors). When a session ends, or a transaction ends with more
 than smtpd_history_flush_threshold lines kept, and one of its classes is in
-notify_classes, the transcript goes to error_notice_recipient from
-double_bounce_sender: "Subject: postfleet SMTP server: errors from
+notify_classes, the transcript goes from double_bounce_sender to
+bounce_notice_recipient (a ``bounce`` among its classes) or
+error_notice_recipient: "Subject: postfleet SMTP server: errors from
 name[ip]", "Transcript of session follows.".
 
 Postfix parameters: notify_classes, error_notice_recipient,
-double_bounce_sender, smtpd_history_flush_threshold (through SmtpdParams),
-myorigin (qualifies them; from the routing snapshot).
+bounce_notice_recipient, double_bounce_sender, smtpd_history_flush_threshold
+(through SmtpdParams), myorigin (qualifies them; from the routing snapshot).
 """
 
 from __future__ import annotations
@@ -79,12 +81,18 @@ class Transcript:
         if len(self.lines) > MAX_LINES:
             del self.lines[:len(self.lines) - MAX_LINES]
 
-    def take(self, notify: set[str]) -> tuple[list[str], str] | None:
-        """Start afresh; what to mail (the lines, the abort reason) when the
-        session had errors of a class in ``notify``."""
-        lines, wanted, reason = self.lines, self.classes & notify, self.reason
+    def take(self, notify: set[str]) -> tuple[list[str], str, set[str]] | None:
+        """Start afresh; what to mail (the lines, the abort reason, the
+        error classes) when the session had errors of a class in ``notify``."""
+        lines, classes, reason = self.lines, self.classes, self.reason
         self.lines, self.classes, self.reason = [], set(), ""
-        return (lines, reason) if wanted and lines else None
+        return (lines, reason, classes) if classes & notify and lines else None
+
+
+def restriction_class(status: str) -> str:
+    """A restriction's refusal: ``bounce`` for an address it knows to be
+    undeliverable (Postfix's MAIL_ERROR_BOUNCE: X.1.0, X.1.1), else ``policy``."""
+    return "bounce" if status[1:] in (".1.0", ".1.1") else "policy"
 
 
 def notice(lines: list[str], reason: str, client: str, to: str, myorigin: str) -> bytes:

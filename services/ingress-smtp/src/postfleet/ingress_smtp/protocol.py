@@ -12,17 +12,22 @@ accepts long lines (as Postfix does) and enforces message_size_limit, BDAT
 (RFC 3030: counted chunks, no end-of-data marker at all, the same bare <LF>
 rule and size limit, Postfix's replies and its discard-after-error state),
 ETRN (the deferred mail of a site is flushed: ``flush_site`` asks qmgr), the
-error limits, the Postfix timeout reply, and SIGTERM drain.
+error limits, the Postfix timeout reply, and SIGTERM drain. Policy
+(restrictions, recipient limit) and submission live in the handler
+(``handler.py``) behind aiosmtpd's ``handle_MAIL``/``handle_RCPT``/
+``handle_DATA`` hooks; address parsing and reply formatting in
+``grammar.py``; per-client state in ``session.py``. ``Sessions`` (below) is
+the set of live sessions that SIGTERM drains.
 
 UTF-8 (RFC 6531): command arguments are read as UTF-8; a MAIL with SMTPUTF8
 (smtputf8_enable) marks the message, whose Received protocol becomes
 UTF8SMTP (postfleet.core.smtp.dsn). As Postfix (strict_smtputf8 = no), an
 8-bit address is accepted without SMTPUTF8 too; bytes that are not UTF-8
-are bad address syntax. Policy (restrictions, recipient
-limit) and submission live in the handler (``handler.py``) behind aiosmtpd's
-``handle_MAIL``/``handle_RCPT``/``handle_DATA`` hooks; address parsing and
-reply formatting in ``grammar.py``; per-client state in ``session.py``.
-``Sessions`` (below) is the set of live sessions that SIGTERM drains.
+are bad address syntax.
+
+Every command and reply is kept for the postmaster's transcript
+(``transcript.py``), mailed when a session ends (or a transaction ends past
+smtpd_history_flush_threshold lines) with errors of a notify_classes class.
 
 TLS (Postfix smtpd's STARTTLS and wrapper mode, certificates in ``tls.py``):
 with ``smtpd_tls_security_level = may`` EHLO offers STARTTLS; ``encrypt``
@@ -75,7 +80,8 @@ smtpd_upstream_proxy_protocol, smtpd_upstream_proxy_timeout,
 smtpd_sasl_auth_enable, smtpd_tls_auth_only, smtpd_client_connection_count_limit,
 smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
 smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
-smtpd_tls_loglevel, smtputf8_enable.
+smtpd_tls_loglevel, smtputf8_enable, notify_classes and
+smtpd_history_flush_threshold.
 
 Relies on aiosmtpd 1.4.x internals (``_smtp_methods``, ``_handler_coroutine``,
 ``_timeout_handle``, ``_reader``, ``_writer``); pin the minor version.

@@ -77,3 +77,29 @@ def test_a_full_disk_is_told_apart_from_other_write_errors() -> None:
     locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
     assert not storage_full(locked)
     assert not storage_full(ConnectionRefusedError("connection refused"))
+
+
+async def test_reschedule_site_makes_one_domains_open_recipients_due(database_url: str) -> None:
+    """ETRN and flush --site: the recipients of that domain (any case), open
+    ones only; other domains and subdomains wait for their own time."""
+    from postfleet.core.db.queue import NewMessage, NewRecipient, enqueue, reschedule_site
+
+    engine = create_engine(database_url)
+    now = utcnow()
+    later = now + timedelta(hours=1)
+    message = NewMessage(
+        queue_id=new_queue_id(), sender="a@x.test", body=b"x\r\n", arrived_at=later,
+        expires_at=later + timedelta(days=5),
+        recipients=[NewRecipient(a) for a in ("u@Site.test", "v@site.test", "w@sub.site.test",
+                                              "z@other.test", "y_%@site.test")])
+    try:
+        async with engine.begin() as conn:
+            await enqueue(conn, [message])  # all due in an hour
+        assert await reschedule_site(engine, "SITE.test", now) == 3
+        async with sessionmaker(engine)() as s:
+            due = {r.address for r in (await s.execute(select(Recipient))).scalars()
+                   if r.next_attempt_at <= now}
+        assert due == {"u@Site.test", "v@site.test", "y_%@site.test"}
+        assert await reschedule_site(engine, "%.test", now) == 0  # no wildcard
+    finally:
+        await engine.dispose()

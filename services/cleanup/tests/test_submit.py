@@ -24,10 +24,13 @@ from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.ports import free_port
 
 
-def _request(body: bytes, rcpts: list[str], chunk: int = 7) -> list[cleanup_pb2.SubmitRequest]:
+def _request(body: bytes, rcpts: list[str], chunk: int = 7, sender: str = "alice@x.test",
+             **dsn: str) -> list[cleanup_pb2.SubmitRequest]:
     env = cleanup_pb2.Envelope(
-        sender="alice@x.test",
-        recipients=[cleanup_pb2.Recipient(address=r) for r in rcpts],
+        sender=sender,
+        recipients=[cleanup_pb2.Recipient(address=r, notify=dsn.get("notify", ""),
+                                          orcpt=dsn.get("orcpt", "")) for r in rcpts],
+        ret=dsn.get("ret", ""), envid=dsn.get("envid", ""),
         client=cleanup_pb2.ClientInfo(name="c.test", address="127.0.0.1", helo="c.test",
                                       protocol="ESMTP"),
     )
@@ -46,8 +49,10 @@ async def _stream(parts: list[cleanup_pb2.SubmitRequest]) -> AsyncIterator[
 @pytest.fixture
 async def cleanup(database_url: str, nats_server: NatsServer) -> AsyncIterator[
         tuple[cleanup_pb2_grpc.CleanupStub, str, asyncio.Queue[bytes]]]:
+    # Lifetimes other than the defaults: the expiry follows what is configured.
     settings = CleanupSettings(database_url=database_url, myhostname="mx.test",
-                               message_size_limit=1000)
+                               message_size_limit=1000, maximal_queue_lifetime="2d",
+                               bounce_queue_lifetime="3h")
     engine = create_engine(database_url)
     nc = await connect(nats_server.url, "test")
     wakeups: asyncio.Queue[bytes] = asyncio.Queue()
@@ -171,3 +176,25 @@ def test_queue_lifetimes_default_to_postfix_s_five_days() -> None:
 
     settings = CleanupSettings()
     assert settings.maximal_queue_lifetime == settings.bounce_queue_lifetime == 5 * 86400
+
+
+async def test_expiry_and_dsn_parameters_as_given(cleanup: tuple) -> None:
+    """maximal_queue_lifetime for mail, bounce_queue_lifetime for mail from
+    the null sender (Postfix's cleanup); RFC 3461 parameters kept."""
+    stub, url, _ = cleanup
+    mail = await stub.Submit(_stream(_request(
+        b"x\r\n", ["b@y.test"], ret="HDRS", envid="E1", notify="SUCCESS,DELAY",
+        orcpt="rfc822;B@y.test")))
+    bounce = await stub.Submit(_stream(_request(b"x\r\n", ["alice@x.test"], sender="")))
+    engine = create_engine(url)
+    try:
+        async with sessionmaker(engine)() as s:
+            msgs = {m.queue_id: m for m in (await s.execute(select(Message))).scalars()}
+            rcpt = (await s.execute(select(Recipient).where(
+                Recipient.queue_id == mail.queue_id))).scalar_one()
+    finally:
+        await engine.dispose()
+    lifetime = {qid: (m.expires_at - m.arrived_at).total_seconds() for qid, m in msgs.items()}
+    assert lifetime == {mail.queue_id: 2 * 86400, bounce.queue_id: 3 * 3600}
+    assert (msgs[mail.queue_id].ret, msgs[mail.queue_id].envid) == ("HDRS", "E1")
+    assert (rcpt.notify, rcpt.orcpt) == ("SUCCESS,DELAY", "rfc822;B@y.test")

@@ -127,3 +127,30 @@ def test_parse_nameserver(text: str, expected: tuple[str, int]) -> None:
 def test_nameserver_must_be_an_address() -> None:
     with pytest.raises(ValueError):
         parse_nameserver("ns.example.test")
+
+
+def test_mail_and_rcpt_parameters_as_postfix_sends_them() -> None:
+    """ENVID, RET, ORCPT and NOTIFY only to a server that offers DSN;
+    SMTPUTF8 when asked for and offered, 5.6.7 when needed and not offered."""
+    from postfleet.core.proto.delivery.v1 import delivery_pb2
+    from postfleet.delivery.wire import mail_params, rcpt_params
+
+    body = b"Subject: caf\xc3\xa9\r\n\r\nhi\r\n"
+    dsn = {"dsn": "", "8bitmime": "", "smtputf8": ""}
+    params, encoding, stop = mail_params(dsn, body, ["a@b.test"], "h[1.2.3.4]", smtputf8=True,
+                                         ret="HDRS", envid="id+1 x")
+    assert stop is None and encoding == "ascii"
+    assert params == [b"SMTPUTF8", b"BODY=8BITMIME", b"ENVID=id+2B1+20x", b"RET=HDRS"]
+    # No DSN offered: none of its parameters. A UTF-8 header needs SMTPUTF8
+    # only when the sender asked for it.
+    assert mail_params({"8bitmime": ""}, body, ["a@b.test"], "h", ret="HDRS")[0] == [
+        b"BODY=8BITMIME"]
+    _, _, stop = mail_params({"8bitmime": ""}, body, ["a@b.test"], "h[1.2.3.4]",
+                             smtputf8=True)
+    assert stop is not None and stop.dsn == "5.6.7"
+    assert stop.reply == "SMTPUTF8 is required, but was not offered by host h[1.2.3.4]"
+    rcpt = delivery_pb2.JobRecipient(address="u@b.test", orcpt="U@b.test", notify="NEVER")
+    assert rcpt_params(dsn, rcpt) == b" ORCPT=rfc822;U@b.test NOTIFY=NEVER"
+    given = delivery_pb2.JobRecipient(address="u@b.test", dsn_orcpt="rfc822;x+y=z@b.test")
+    assert rcpt_params(dsn, given) == b" ORCPT=rfc822;x+2By+3Dz@b.test"
+    assert rcpt_params({}, rcpt) == b""

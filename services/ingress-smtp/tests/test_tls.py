@@ -94,8 +94,9 @@ async def test_starttls_dialogue(make_ingress, dialogs, cleanup, pki, smtp_trans
     ingress = await make_ingress(**tls_values(pki))
     d = await dialogs(ingress.port())
     code, lines = await d.cmd("EHLO client.test")
-    assert lines == ["mx.postfleet.test", "PIPELINING", "SIZE 10240000", "VRFY", "STARTTLS",
-                     "ENHANCEDSTATUSCODES", "8BITMIME"]
+    assert lines == ["mx.postfleet.test", "PIPELINING", "SIZE 10240000", "VRFY", "ETRN",
+                     "STARTTLS", "ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8",
+                     "CHUNKING"]
     assert await d.line("STARTTLS now") == "501 5.5.4 Syntax: STARTTLS"
     assert await d.line("MAIL FROM:<a@b.example>") == "250 2.1.0 Ok"
     # Plaintext pipelined behind STARTTLS is thrown away, never run under TLS

@@ -105,6 +105,11 @@ ROLE_PARAMETERS = frozenset({
     "milter_connect_macros", "milter_helo_macros", "milter_mail_macros", "milter_rcpt_macros",
     "milter_data_macros", "milter_end_of_header_macros", "milter_end_of_data_macros",
     "milter_macro_daemon_name",
+    # ESMTP extensions and notices (smtpd, qmgr's bounce daemon and flush)
+    "smtputf8_enable", "smtpd_history_flush_threshold", "notify_classes",
+    "error_notice_recipient", "double_bounce_sender", "bounce_notice_recipient",
+    "2bounce_notice_recipient", "delay_notice_recipient", "bounce_size_limit",
+    "delay_warning_time", "fast_flush_domains",
 })
 # Parameters that also belong to a role, besides the routing snapshot.
 SHARED_WITH_ROLES = frozenset({"myhostname", "recipient_delimiter"})

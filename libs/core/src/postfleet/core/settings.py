@@ -14,7 +14,7 @@ import os
 import socket
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,8 +42,19 @@ class _YamlSource(PydanticBaseSettingsSource):
         return self._data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        names = set(self.settings_cls.model_fields)
+        names = parameter_names(self.settings_cls)
         return {k: v for k, v in self._data.items() if k in names}
+
+
+def parameter_names(settings_cls: type[BaseSettings]) -> set[str]:
+    """The names a settings class takes: its fields, and the Postfix names a
+    field takes as an alias (2bounce_notice_recipient: Python cannot spell it)."""
+    names = set(settings_cls.model_fields)
+    for info in settings_cls.model_fields.values():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(a for a in alias.choices if isinstance(a, str))
+    return names
 
 
 # Top-level mapping values that are parameters, not role sections.

@@ -29,5 +29,11 @@ def _days(value: object) -> float:
     return parse_time(value, "d")
 
 
+def _hours(value: object) -> float:
+    # delay_warning_time: a bare number means hours.
+    return parse_time(value, "h")
+
+
 Seconds = Annotated[float, BeforeValidator(parse_time)]
+Hours = Annotated[float, BeforeValidator(_hours)]
 Days = Annotated[float, BeforeValidator(_days)]

@@ -188,7 +188,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
                     else self.settings.maximal_queue_lifetime)
         return NewMessage(
             queue_id=queue_id, sender=sender, body=body,
-            recipients=[NewRecipient(address, r.address, r.orcpt, r.notify)
+            recipients=[NewRecipient(address, r.address, r.orcpt, r.notify.upper())
                         for r, address in rewritten],
             arrived_at=now, expires_at=now + timedelta(seconds=lifetime),
             client_name=client.name, client_addr=client.address, helo=client.helo,

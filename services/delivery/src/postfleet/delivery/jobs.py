@@ -205,12 +205,12 @@ def _result(
     result = delivery_pb2.Result(
         job_id=job.job_id, queue_id=job.queue_id, attempt=job.attempt,
         transport=job.transport or transport, nexthop=job.nexthop, relay=delivery.relay,
-        started_at=started, finished_at=finished,
+        started_at=started, finished_at=finished, final_delivery=delivery.final,
     )
     for rcpt, out in zip(job.recipients, delivery.outcomes, strict=True):
         result.recipients.add(
             id=rcpt.id, address=rcpt.address, outcome=out.status.to_proto(), dsn=out.dsn,
-            reply=out.reply, diagnostic=out.diagnostic,
+            reply=out.reply, diagnostic=out.diagnostic, dsn_passed_on=out.passed_on,
         )
     return result
 

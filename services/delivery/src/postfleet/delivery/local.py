@@ -90,7 +90,7 @@ class _MaildirTransport:
 
     async def deliver(self, job: delivery_pb2.Job, message: StoredMessage) -> Delivery:
         outcomes = await asyncio.to_thread(self._deliver_all, message, job.recipients)
-        return Delivery(self.relay, outcomes)
+        return Delivery(self.relay, outcomes, final=True)
 
     def _deliver_all(
         self, message: StoredMessage, recipients: Sequence[delivery_pb2.JobRecipient]

@@ -21,11 +21,13 @@ class Outcome:
     dsn: str  # enhanced status code, e.g. 2.0.0
     reply: str  # remote reply or local explanation, as in the log's "(...)"
     diagnostic: str = ""  # the bare remote reply, for the DSN's Diagnostic-Code
+    # Delivered to a next hop that offered DSN, the request passed on to it.
+    passed_on: bool = False
 
 
-def outcome(dsn: str, reply: str, diagnostic: str = "") -> Outcome:
+def outcome(dsn: str, reply: str, diagnostic: str = "", passed_on: bool = False) -> Outcome:
     """The outcome a DSN status implies: 2.x.x sent, 5.x.x bounced, else deferred."""
-    return Outcome(Status.from_dsn(dsn), dsn, reply, diagnostic)
+    return Outcome(Status.from_dsn(dsn), dsn, reply, diagnostic, passed_on)
 
 
 MISCONFIGURED = "mail system configuration error: {error}"
@@ -43,6 +45,9 @@ class Delivery:
 
     relay: str
     outcomes: list[Outcome]
+    # Delivered to the final destination (a mailbox): success notices say
+    # "delivered", not "relayed".
+    final: bool = False
 
     @classmethod
     def all(cls, count: int, result: Outcome, relay: str = RELAY_NONE) -> Delivery:

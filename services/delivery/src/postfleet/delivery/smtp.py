@@ -42,6 +42,7 @@ from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.nexthop import Nexthop, NexthopError, parse_nexthop
 from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.smtp.dsn import smtputf8_requested, xtext_encode
 from postfleet.delivery import metrics
 from postfleet.delivery.hostlookup import (
     Address,
@@ -377,14 +378,6 @@ class _Servers:
             raise TransportFailure(outcome("4.7.5", text))
 
 
-_XTEXT_PLAIN = frozenset(range(33, 127)) - {ord("+"), ord("=")}
-
-
-def _xtext(value: str) -> str:
-    """RFC 3461 xtext: "+XX" for "+", "=", spaces and non-ASCII."""
-    return "".join(chr(b) if b in _XTEXT_PLAIN else f"+{b:02X}" for b in value.encode())
-
-
 def xforward_command(message: StoredMessage) -> bytes:
     """The XFORWARD line for a message's origin (Postfix's attributes; an
     unknown value is [UNAVAILABLE]); empty when the origin was not read."""
@@ -395,9 +388,12 @@ def xforward_command(message: StoredMessage) -> bytes:
     attrs = {
         "NAME": origin.client_name or ("[UNAVAILABLE]" if local else "unknown"),
         "ADDR": origin.client_addr or "[UNAVAILABLE]",
-        "PROTO": origin.protocol or "[UNAVAILABLE]",
+        # A message received with SMTPUTF8 is recorded as UTF8SMTP; XFORWARD
+        # names the protocol spoken, ESMTP, as Postfix's smtpd does.
+        "PROTO": ("ESMTP" if smtputf8_requested(origin.protocol) else origin.protocol)
+                 or "[UNAVAILABLE]",
         "HELO": origin.helo or "[UNAVAILABLE]",
         "IDENT": message.queue_id,
         "SOURCE": "LOCAL" if local else "REMOTE",
     }
-    return ("XFORWARD " + " ".join(f"{k}={_xtext(v)}" for k, v in attrs.items())).encode()
+    return ("XFORWARD " + " ".join(f"{k}={xtext_encode(v)}" for k, v in attrs.items())).encode()

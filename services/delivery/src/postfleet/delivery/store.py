@@ -31,6 +31,11 @@ class StoredMessage:
     # Where the message came from, read only when a transport needs it
     # (smtp_send_xforward_command).
     origin: Origin | None = None
+    # RFC 3461 RET and ENVID, and the sender's SMTPUTF8 request (RFC 6531),
+    # from the job.
+    ret: str = ""
+    envid: str = ""
+    smtputf8: bool = False
 
 
 class MessageStore:
@@ -51,4 +56,6 @@ class MessageStore:
                       if self.with_origin and body is not None else None)
         if body is None:
             return None, set()
-        return StoredMessage(job.queue_id, job.sender, body, origin), current
+        message = StoredMessage(job.queue_id, job.sender, body, origin, job.ret, job.envid,
+                                job.smtputf8)
+        return message, current

@@ -52,6 +52,7 @@ from postfleet.delivery.store import StoredMessage
 from postfleet.delivery.wire import (
     dot_stuff,
     mail_params,
+    rcpt_params,
     rejected,
     reply_dsn,
     reply_text,
@@ -220,13 +221,16 @@ async def transaction(
     count = len(recipients)
     label = conn.address.label
     addresses = [message.sender, *(r.address for r in recipients)]
-    params, encoding, stop = mail_params(conn.extensions, message.body, addresses, label)
+    params, encoding, stop = mail_params(conn.extensions, message.body, addresses, label,
+                                         smtputf8=message.smtputf8, ret=message.ret,
+                                         envid=message.envid)
     if stop is not None:  # too large, or SMTPUTF8 not offered: not even MAIL FROM
         return [stop] * count, True
     sender = _path(message.sender, encoding)
     if sender is None:
         return [outcome("5.1.7", "bad sender address syntax")] * count, True
-    paths = [_path(r.address, encoding) for r in recipients]
+    paths = [None if (path := _path(r.address, encoding)) is None
+             else path + rcpt_params(conn.extensions, r) for r in recipients]
     run = _Transaction(conn, timeouts, count)
     try:
         if xforward and "xforward" in conn.extensions:
@@ -331,5 +335,8 @@ class _Transaction:
     async def _end_of_data(self) -> Outcome:
         resp = await self.conn.reply(self.timeouts.data_done)
         if _positive(resp):
-            return outcome(reply_dsn(resp), reply_text(resp))
+            # A server that offered DSN has the request now (Postfix drops
+            # NOTIFY=SUCCESS from its own notices then).
+            return outcome(reply_dsn(resp), reply_text(resp), reply_text(resp),
+                           passed_on="dsn" in self.conn.extensions)
         return rejected(self.label, resp, "end of DATA")

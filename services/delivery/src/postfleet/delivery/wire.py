@@ -1,6 +1,8 @@
-"""What the smtp and lmtp clients share: the DATA framing, SMTP paths, and
-how a server's reply becomes an outcome with Postfix's wording
-("host h[ip] said: 550 5.1.1 ... (in reply to RCPT TO command)").
+"""What the smtp and lmtp clients share: the DATA framing, SMTP paths, the
+MAIL and RCPT parameters (SIZE, BODY, SMTPUTF8 and, to a server that offers
+DSN, RFC 3461's ENVID, RET, ORCPT and NOTIFY, as Postfix's smtp_proto.c
+sends them), and how a server's reply becomes an outcome with Postfix's
+wording ("host h[ip] said: 550 5.1.1 ... (in reply to RCPT TO command)").
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from collections.abc import Mapping
 
 from aiosmtplib import SMTPResponse
 
+from postfleet.core.proto.delivery.v1 import delivery_pb2
+from postfleet.core.smtp.dsn import xtext_encode
 from postfleet.core.smtp.replies import parse_reply
 from postfleet.delivery.outcome import Outcome, outcome
 
@@ -79,11 +83,17 @@ def rejected(label: str, resp: SMTPResponse, command: str) -> Outcome:
 
 
 def mail_params(
-    extensions: Mapping[str, str], body: bytes, addresses: list[str], label: str
+    extensions: Mapping[str, str], body: bytes, addresses: list[str], label: str, *,
+    smtputf8: bool = False, ret: str = "", envid: str = "",
 ) -> tuple[list[bytes], str, Outcome | None]:
     """MAIL FROM parameters from the server's EHLO/LHLO reply (SIZE,
-    SMTPUTF8, BODY=8BITMIME), the envelope encoding, or the outcome that
-    stops the transaction before MAIL (as Postfix's smtp/lmtp do)."""
+    BODY=8BITMIME, SMTPUTF8, ENVID and RET), the envelope encoding, or the
+    outcome that stops the transaction before MAIL (as Postfix's smtp/lmtp do).
+
+    SMTPUTF8 (Postfix): requested from a server that offers it when the
+    sender asked for it; when the server does not, the message bounces 5.6.7
+    only if something needs it -- a UTF-8 address, or (asked for) a UTF-8
+    header -- and goes without it otherwise."""
     params: list[bytes] = []
     if "size" in extensions:
         limit_text = extensions.get("size", "")
@@ -93,11 +103,36 @@ def mail_params(
             return params, "ascii", outcome("5.3.4", text)
         params.append(b"SIZE=%d" % len(body))
     utf8 = not all(a.isascii() for a in addresses)
-    if utf8:
-        if "smtputf8" not in extensions:
-            text = f"SMTPUTF8 is required, but was not offered by host {label}"
-            return params, "utf-8", outcome("5.6.7", text)
-        params.append(b"SMTPUTF8")
+    needed = utf8 or (smtputf8 and not _headers(body).isascii())
+    if "smtputf8" in extensions:
+        if smtputf8 or utf8:
+            params.append(b"SMTPUTF8")
+    elif needed:
+        text = f"SMTPUTF8 is required, but was not offered by host {label}"
+        return params, "utf-8", outcome("5.6.7", text)
     if not body.isascii() and "8bitmime" in extensions:
         params.append(b"BODY=8BITMIME")
+    if "dsn" in extensions:
+        if envid:
+            params.append(b"ENVID=" + xtext_encode(envid).encode())
+        if ret:
+            params.append(b"RET=" + ret.encode())
     return params, "utf-8" if utf8 else "ascii", None
+
+
+def _headers(body: bytes) -> bytes:
+    return body.split(b"\r\n\r\n", 1)[0]
+
+
+def rcpt_params(extensions: Mapping[str, str], rcpt: delivery_pb2.JobRecipient) -> bytes:
+    """RCPT TO's DSN parameters for a server that offers DSN: ORCPT (the
+    one received, else the original recipient as Postfix adds it) and
+    NOTIFY; nothing for a server that does not."""
+    if "dsn" not in extensions:
+        return b""
+    orcpt = rcpt.dsn_orcpt or (f"rfc822;{rcpt.orcpt or rcpt.address}")
+    kind, _, address = orcpt.partition(";")
+    params = [f"ORCPT={kind};{xtext_encode(address)}"]
+    if rcpt.notify:
+        params.append(f"NOTIFY={rcpt.notify}")
+    return (" " + " ".join(params)).encode()

@@ -183,8 +183,8 @@ class FilterJobs:
         decision: Decision,
     ) -> str:
         recipients = ([cleanup_pb2.Recipient(address=decision.redirect)] if decision.redirect
-                      else [cleanup_pb2.Recipient(address=r.address, orcpt=r.orcpt)
-                            for r in rcpts])
+                      else [cleanup_pb2.Recipient(address=r.address, orcpt=r.dsn_orcpt,
+                                                  notify=r.notify) for r in rcpts])
         envelope = cleanup_pb2.Envelope(
             sender=job.sender, recipients=recipients, trace_id=job.trace_id,
             client=cleanup_pb2.ClientInfo(
@@ -235,7 +235,11 @@ def _result(
         transport=job.transport, nexthop=job.nexthop, relay=job.transport,
         started_at=started, finished_at=time.time(), hold_reason=hold_reason)
     for rcpt, (dsn, reply) in outcomes:
+        # A filtered copy queued again carries the recipient's DSN request on
+        # (NOTIFY, ORCPT): a success notice is for its final delivery.
+        requeued = dsn.startswith("2") and " queued as " in reply
         result.recipients.add(id=rcpt.id, address=rcpt.address,
                               outcome=Outcome.from_dsn(dsn).to_proto(), dsn=dsn, reply=reply,
-                              diagnostic=reply if not dsn.startswith("2") else "")
+                              diagnostic=reply if not dsn.startswith("2") else "",
+                              dsn_passed_on=requeued)
     return result

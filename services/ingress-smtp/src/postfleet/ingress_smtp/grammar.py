@@ -2,14 +2,22 @@
 handling): reverse-path/forward-path parsing, reply formatting, and the
 translation of aiosmtpd's few built-in replies into Postfix's words.
 
-Postfix parameters: none.
+MAIL and RCPT parameters (smtpd.c mail_cmd, rcpt_cmd): SIZE, BODY, AUTH,
+SMTPUTF8 (RFC 6531) and the RFC 3461 DSN parameters RET and ENVID on MAIL;
+NOTIFY and ORCPT on RCPT. Each is accepted once; anything else is ``555
+5.5.4 Unsupported option``.
+
+Postfix parameters: message_size_limit and smtputf8_enable (passed in).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
-from postfleet.core.smtp import replies
+from postfleet.core.smtp import dsn, replies
 from postfleet.core.smtp.replies import SmtpReply
 
 
@@ -90,6 +98,8 @@ def _valid_address(address: str) -> bool:
     if left_open:
         return False
     for _, ch, quoted in plain:
+        if 0xD800 <= ord(ch) <= 0xDFFF:  # a byte that was not UTF-8 (surrogateescape)
+            return False
         if ord(ch) < 33 or ord(ch) == 127:
             if not (quoted and ch == " "):
                 return False
@@ -130,3 +140,114 @@ def envelope_path(
 
 def unsupported(param: str) -> SmtpReply:
     return replies.UNSUPPORTED_OPTION.with_text(f"{replies.UNSUPPORTED_OPTION.text}: {param}")
+
+
+@dataclass(frozen=True, slots=True)
+class MailParams:
+    """What MAIL FROM's parameters asked for."""
+
+    body: str = ""  # 7BIT, 8BITMIME or ""
+    smtputf8: bool = False
+    ret: str = ""
+    envid: str = ""
+
+
+def mail_parameters(
+    params: list[str], size_limit: int, smtputf8_enable: bool
+) -> MailParams | SmtpReply:
+    """MAIL FROM's parameters, or the reply that refuses them."""
+    body = ""
+    smtputf8 = seen_auth = False
+    found: dict[str, str] = {}
+    for param in params:
+        key, eq, value = param.partition("=")
+        key = key.upper()
+        if key == "SIZE" and eq:
+            if not value.isdigit():
+                return replies.BAD_SIZE_SYNTAX
+            if size_limit and int(value) > size_limit:
+                return replies.SIZE_EXCEEDED
+        elif key == "BODY" and eq:
+            if value.upper() not in ("7BIT", "8BITMIME"):
+                return replies.BAD_BODY_SYNTAX
+            body = value.upper()
+        elif key == "SMTPUTF8" and not eq and smtputf8_enable:
+            smtputf8 = True
+        elif key == "AUTH" and eq:  # RFC 4954 5: accepted, as Postfix, and not trusted
+            if seen_auth:
+                return replies.MULTIPLE_AUTH_PARAM
+            seen_auth = True
+        elif key in _MAIL_DSN and eq:
+            refusal = _dsn_parameter(_MAIL_DSN, found, key, value)
+            if refusal is not None:
+                return refusal
+        else:
+            return unsupported(param)
+    return MailParams(body, smtputf8, found.get("RET", ""), found.get("ENVID", ""))
+
+
+_DsnTable = dict[str, tuple[Callable[[str], str], SmtpReply]]
+_MAIL_DSN: _DsnTable = {
+    "RET": (dsn.parse_ret, replies.BAD_RET_SYNTAX),
+    "ENVID": (dsn.xtext_decode, replies.BAD_ENVID_SYNTAX),
+}
+_RCPT_PARAMS: _DsnTable = {
+    "NOTIFY": (dsn.parse_notify, replies.BAD_NOTIFY_SYNTAX),
+    "ORCPT": (dsn.parse_orcpt, replies.BAD_ORCPT_SYNTAX),
+}
+
+
+def rcpt_parameters(params: list[str]) -> tuple[str, str] | SmtpReply:
+    """RCPT TO's (NOTIFY, ORCPT) in their stored forms, or the reply that
+    refuses them."""
+    found: dict[str, str] = {}
+    for param in params:
+        key, eq, value = param.partition("=")
+        key = key.upper()
+        if key not in _RCPT_PARAMS or not eq:
+            return unsupported(param)
+        refusal = _dsn_parameter(_RCPT_PARAMS, found, key, value)
+        if refusal is not None:
+            return refusal
+    return found.get("NOTIFY", ""), found.get("ORCPT", "")
+
+
+def _dsn_parameter(table: _DsnTable, found: dict[str, str], key: str,
+                   value: str) -> SmtpReply | None:
+    """Parse one DSN parameter into ``found``; its refusal when it is bad
+    or given twice."""
+    parse, bad = table[key]
+    if key in found:
+        return bad
+    try:
+        found[key] = parse(value)
+    except dsn.DsnSyntaxError:
+        return bad
+    return None
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_LITERAL = re.compile(r"\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+)\]")
+
+
+def etrn_site(arg: str | None) -> str | SmtpReply:
+    """ETRN's argument (a leading "@" or "#" dropped, as Postfix does): a
+    host name or an address literal, or the reply that refuses it."""
+    words = (arg or "").split()
+    if len(words) != 1:
+        return replies.ETRN_SYNTAX
+    site = words[0][1:] if words[0][:1] in ("@", "#") else words[0]
+    if not (_HOSTNAME.fullmatch(site) or _LITERAL.fullmatch(site)) or len(site) > 255:
+        return replies.ETRN_BAD_DOMAIN
+    return site
+
+
+def bdat_arguments(arg: str | None) -> tuple[int, bool] | None:
+    """``BDAT count [LAST]``: (count, last), or None when malformed."""
+    words = (arg or "").split()
+    if not 1 <= len(words) <= 2 or not words[0].isdigit():
+        return None
+    if len(words) == 2 and words[1].upper() != "LAST":
+        return None
+    return int(words[0]), len(words) == 2

@@ -6,9 +6,12 @@ recipient lists and reject_unlisted_recipient) on the routing snapshot in
 force at that moment (it changes live, DESIGN invariant 6). The protocol asks
 the handler for the other stages: connect, HELO and MAIL (without
 smtpd_delay_reject), DATA, and end-of-data before the message goes out.
-DATA: the message goes to cleanup; the client hears ``250 2.0.0 Ok: queued
-as ID`` only once cleanup has committed it, and ``451 4.3.0`` (or cleanup's
-own refusal) otherwise -- never a 250 on failure (invariant 1).
+DATA (or BDAT LAST): the message goes to cleanup with its DSN parameters
+(RET, ENVID, each recipient's NOTIFY and ORCPT) and, when the client asked
+for SMTPUTF8, the UTF8SMTP protocol; the client hears ``250 2.0.0 Ok: queued
+as ID`` (after BDAT: ``Ok: N bytes queued as ID``) only once cleanup has
+committed it, and ``451 4.3.0`` (or cleanup's own refusal) otherwise --
+never a 250 on failure (invariant 1).
 
 Postfix parameters: smtpd_recipient_limit, smtpd_delay_reject (the
 restriction lists themselves: smtpd_check.py), smtpd_forbid_bare_newline_exclusions,
@@ -37,17 +40,20 @@ from aiosmtpd.proxy_protocol import ProxyData
 
 from postfleet.core.mailauth.lookup import Resolver
 from postfleet.core.maillog import maillog
+from postfleet.core.notices import qualify
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
+from postfleet.core.smtp.dsn import smtputf8_protocol
 from postfleet.core.smtp.hooks import HookNames
 from postfleet.core.smtp.replies import SmtpReply
+from postfleet.ingress_smtp import transcript
 from postfleet.ingress_smtp.authcheck import MailAuthentication
 from postfleet.ingress_smtp.grammar import reply_line
 from postfleet.ingress_smtp.metrics import ACCEPTED
 from postfleet.ingress_smtp.milters import SmtpdMilters
 from postfleet.ingress_smtp.restrictions import client_listed
-from postfleet.ingress_smtp.session import IngressSession
+from postfleet.ingress_smtp.session import IngressEnvelope, IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
 from postfleet.ingress_smtp.smtpd_check import Checks, Facts
 from postfleet.ingress_smtp.submit import CleanupClient, ClientInfo, SubmitFailed
@@ -115,6 +121,7 @@ class IngressHandler(HookNames):
                 envelope: Any = None, recipient: str = "") -> SmtpReply | None:
         """Postfix's "NOQUEUE: reject: RCPT from name[ip]: 554 ...; from=<> to=<>" line."""
         if refusal is not None:
+            session.transcript.next_class = transcript.restriction_class(refusal.status)
             sender = "" if envelope is None else f" from=<{envelope.mail_from}>"
             to = f" to=<{recipient}>" if recipient else ""
             maillog("smtpd", "NOQUEUE",
@@ -173,7 +180,9 @@ class IngressHandler(HookNames):
         envelope.rcpt_tos.append(address)
         return reply_line(replies.RCPT_OK)
 
-    async def handle_DATA(self, server: Any, session: IngressSession, envelope: Any) -> str:
+    async def handle_DATA(
+        self, server: Any, session: IngressSession, envelope: IngressEnvelope
+    ) -> str:
         facts = await self.facts(session, envelope.mail_from,
                                  envelope.rcpt_tos[0] if envelope.rcpt_tos else None)
         refusal = self._logged(await self.checks.end_of_data(facts, len(envelope.rcpt_tos)),
@@ -193,12 +202,16 @@ class IngressHandler(HookNames):
             return reply_line(replies.OK)
         trace_id = uuid.uuid4().hex
         name = await session.resolved_name()
+        protocol = (smtputf8_protocol(session.ssl is not None, bool(session.sasl_username))
+                    if envelope.smtp_utf8 else session.protocol)
         try:
             queue_id = await self.cleanup.submit(
                 sender=message.sender,
                 recipients=message.recipients,
+                dsn=_dsn_for(message.recipients, envelope),
+                ret=envelope.ret, envid=envelope.envid,
                 client=ClientInfo(name, session.client_ip, session.client_port, session.helo,
-                                  session.protocol, session.sasl_username,
+                                  protocol, session.sasl_username,
                                   tuple(self._received_comments(session))),
                 body=message.body,
                 trace_id=trace_id,
@@ -215,13 +228,33 @@ class IngressHandler(HookNames):
                 if session.sasl_username else "")
         maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
         ACCEPTED.labels(self.listener).inc()
-        log.debug("queued %d bytes for %d recipients", len(envelope.original_content),
-                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})
-        return reply_line(replies.queued_as(queue_id))
+        log.debug("queued %d bytes for %d recipients", len(message.body),
+                  len(message.recipients), extra={"queue_id": queue_id, "trace_id": trace_id})
+        return reply_line(replies.queued_as(
+            queue_id, envelope.bdat_size if envelope.bdat else None))
+
+    async def notify_postmaster(self, client: str, lines: list[str], reason: str,
+                                classes: set[str]) -> None:
+        """Mail a session transcript to the postmaster (transcript.py)."""
+        origin = self.routing.snapshot.origin
+        to = qualify(self.params.bounce_notice_recipient if "bounce" in classes
+                     else self.params.error_notice_recipient, origin)
+        try:
+            queue_id = await self.cleanup.submit(
+                sender=qualify(self.params.double_bounce_sender, origin), recipients=[to],
+                client=ClientInfo("", "", 0, "", "local"),
+                body=transcript.notice(lines, reason, client, to, origin),
+                trace_id=uuid.uuid4().hex)
+        except SubmitFailed as exc:
+            log.warning("postmaster notify: %s", exc)
+            return
+        log.info("session transcript of %s sent to %s", client, to,
+                 extra={"queue_id": queue_id})
 
     async def end_of_data(self, session: IngressSession, envelope: Any) -> EndOfData:
         """The message as the checks and the milters leave it."""
-        out = EndOfData(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        out = EndOfData(envelope.mail_from or "", list(envelope.rcpt_tos),
+                        envelope.original_content or b"")
         if self.auth is not None and not self.trusted(session):
             checked = await self.auth.at_end_of_data(session, envelope, out.body)
             out.body, out.refusal, out.hold = checked.body, checked.refusal, checked.hold
@@ -284,6 +317,13 @@ class EndOfData:
     refusal: SmtpReply | None = None
     discard: bool = False
     hold: bool = False
+
+
+def _dsn_for(recipients: list[str], envelope: Any) -> list[tuple[str, str]]:
+    """Each recipient's DSN parameters as given at RCPT; a recipient a
+    milter added has none."""
+    given = dict(zip(envelope.rcpt_tos, envelope.dsn, strict=False))
+    return [given.get(r, ("", "")) for r in recipients]
 
 
 def _body_type(options: list[str]) -> str:

@@ -24,6 +24,9 @@ smtpd_tls_mandatory_protocols, smtpd_sasl_auth_enable, smtpd_sasl_type,
 smtpd_sasl_path, smtpd_sasl_service. postfleet's own: dns_nameservers (the
 resolver of smtpd_peername_lookup, one for every listener),
 ingress_reuse_port (several processes on the same ports).
+
+ETRN: ``flush_site`` (from main: a request to qmgr on the bus) is every
+session's way to the flush service; without one ETRN answers 458.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from postfleet.core.smtp import replies
 from postfleet.ingress_smtp.anvil import FleetAnvil
 from postfleet.ingress_smtp.handler import IngressHandler
 from postfleet.ingress_smtp.peername import client_name_lookup
-from postfleet.ingress_smtp.protocol import IngressSMTP, Sessions
+from postfleet.ingress_smtp.protocol import FlushSite, IngressSMTP, Sessions
 from postfleet.ingress_smtp.sasl import SaslBackend, sasl_backend
 from postfleet.ingress_smtp.settings import IngressSettings, Listener, SmtpdParams
 from postfleet.ingress_smtp.smtpd_check import DNS_TIMEOUT, Checks
@@ -53,10 +56,11 @@ AUTH_DNS_TIMEOUT = 10.0  # one SPF/DKIM/DMARC lookup, all retries included
 class Listeners:
     def __init__(
         self, settings: IngressSettings, routing: RoutingView, cleanup: CleanupClient,
-        anvil: FleetAnvil | None = None,
+        anvil: FleetAnvil | None = None, flush_site: FlushSite | None = None,
     ) -> None:
         self.settings = settings
         self.anvil = anvil
+        self.flush_site = flush_site
         self.routing = routing
         self.cleanup = cleanup
         self.sessions = Sessions()
@@ -102,7 +106,7 @@ class Listeners:
                 handler, params=params, myhostname=myhostname, listener=listener.name,
                 sessions=self.sessions, bare_newline_exempt=handler.bare_newline_exempt,
                 tls=tls, name_lookup=self.name_lookup, sasl=sasl, anvil=self.anvil,
-                limits_exempt=handler.limits_exempt, loop=loop,
+                limits_exempt=handler.limits_exempt, flush_site=self.flush_site, loop=loop,
             )
 
         server = await loop.create_server(

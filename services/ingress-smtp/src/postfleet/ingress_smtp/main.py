@@ -1,19 +1,40 @@
 """ingress-smtp (Postfix smtpd) wiring: the cleanup channel, the listeners,
-the fleet's anvil on the bus, health and drain on the shared runtime (bus and
-routing view; smtpd never touches the queue store). Nothing else lives here."""
+the fleet's anvil on the bus, ETRN's way to qmgr's flush service (a bus
+request, ``subjects.FLUSH_SITE``), health and drain on the shared runtime
+(bus and routing view; smtpd never touches the queue store). Nothing else
+lives here."""
 
 from __future__ import annotations
 
 import grpc
+from nats.aio.client import Client
 
+from postfleet.core.bus import subjects
 from postfleet.core.runtime import role_runtime, run_role
 from postfleet.core.service import Service
 from postfleet.ingress_smtp.anvil import FleetAnvil
 from postfleet.ingress_smtp.listeners import Listeners
+from postfleet.ingress_smtp.protocol import FlushSite
 from postfleet.ingress_smtp.settings import IngressSettings
 from postfleet.ingress_smtp.submit import CleanupClient
 
 ROLE = "ingress-smtp"
+# How long ETRN waits for qmgr's answer before saying 458.
+FLUSH_TIMEOUT_S = 10.0
+
+
+def flush_requester(nc: Client) -> FlushSite:
+    """ETRN's flush_site: ask a qmgr to flush the site's deferred mail."""
+
+    async def flush_site(site: str) -> bool | None:
+        try:
+            answer = await nc.request(subjects.FLUSH_SITE, site.encode(),
+                                      timeout=FLUSH_TIMEOUT_S)
+        except Exception:  # no qmgr answered (none running, the bus away)
+            return None
+        return {b"ok": True, b"deny": False}.get(answer.data)
+
+    return flush_site
 
 
 async def run(settings: IngressSettings) -> None:
@@ -24,7 +45,8 @@ async def run(settings: IngressSettings) -> None:
             try:
                 async with Service(ROLE, settings) as service:
                     cleanup = CleanupClient(channel, settings.cleanup_timeout)
-                    listeners = Listeners(settings, rt.routes(), cleanup, anvil)
+                    listeners = Listeners(settings, rt.routes(), cleanup, anvil,
+                                          flush_requester(rt.nc))
                     await listeners.start()
                     service.set_ready(True)
                     await service.stopping.wait()

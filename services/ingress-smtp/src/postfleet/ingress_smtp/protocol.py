@@ -3,15 +3,31 @@ smtp_stream.c), on aiosmtpd.
 
 aiosmtpd gives the connection handling, the command loop, line limits and
 the idle timer; this subclass gives it Postfix's grammar and replies:
-HELO/EHLO (PIPELINING, SIZE, VRFY, ENHANCEDSTATUSCODES, 8BITMIME), MAIL with
-the null sender and SIZE=/BODY=, RCPT, a DATA reader that ends only at
-<CR><LF>.<CR><LF> and applies smtpd_forbid_bare_newline, accepts long lines
-(as Postfix does) and enforces message_size_limit, the error limits, the
-Postfix timeout reply, and SIGTERM drain. Policy (restrictions, recipient
-limit) and submission live in the handler (``handler.py``) behind aiosmtpd's
-``handle_MAIL``/``handle_RCPT``/``handle_DATA`` hooks; address parsing and
-reply formatting in ``grammar.py``; per-client state in ``session.py``.
-``Sessions`` (below) is the set of live sessions that SIGTERM drains.
+HELO/EHLO with Postfix 3.7's keywords in its order (PIPELINING, SIZE, VRFY,
+ETRN, STARTTLS, AUTH, ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8,
+CHUNKING), MAIL with the null sender and SIZE=/BODY=/SMTPUTF8/RET=/ENVID=,
+RCPT with NOTIFY=/ORCPT= (RFC 3461, kept per recipient), a DATA reader that
+ends only at <CR><LF>.<CR><LF> and applies smtpd_forbid_bare_newline,
+accepts long lines (as Postfix does) and enforces message_size_limit, BDAT
+(RFC 3030: counted chunks, no end-of-data marker at all, the same bare <LF>
+rule and size limit, Postfix's replies and its discard-after-error state),
+ETRN (the deferred mail of a site is flushed: ``flush_site`` asks qmgr), the
+error limits, the Postfix timeout reply, and SIGTERM drain. Policy
+(restrictions, recipient limit) and submission live in the handler
+(``handler.py``) behind aiosmtpd's ``handle_MAIL``/``handle_RCPT``/
+``handle_DATA`` hooks; address parsing and reply formatting in
+``grammar.py``; per-client state in ``session.py``. ``Sessions`` (below) is
+the set of live sessions that SIGTERM drains.
+
+UTF-8 (RFC 6531): command arguments are read as UTF-8; a MAIL with SMTPUTF8
+(smtputf8_enable) marks the message, whose Received protocol becomes
+UTF8SMTP (postfleet.core.smtp.dsn). As Postfix (strict_smtputf8 = no), an
+8-bit address is accepted without SMTPUTF8 too; bytes that are not UTF-8
+are bad address syntax.
+
+Every command and reply is kept for the postmaster's transcript
+(``transcript.py``), mailed when a session ends (or a transaction ends past
+smtpd_history_flush_threshold lines) with errors of a notify_classes class.
 
 TLS (Postfix smtpd's STARTTLS and wrapper mode, certificates in ``tls.py``):
 with ``smtpd_tls_security_level = may`` EHLO offers STARTTLS; ``encrypt``
@@ -64,7 +80,8 @@ smtpd_upstream_proxy_protocol, smtpd_upstream_proxy_timeout,
 smtpd_sasl_auth_enable, smtpd_tls_auth_only, smtpd_client_connection_count_limit,
 smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
 smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
-smtpd_tls_loglevel.
+smtpd_tls_loglevel, smtputf8_enable, notify_classes and
+smtpd_history_flush_threshold.
 
 Relies on aiosmtpd 1.4.x internals (``_smtp_methods``, ``_handler_coroutine``,
 ``_timeout_handle``, ``_reader``, ``_writer``); pin the minor version.
@@ -75,11 +92,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope
+from aiosmtpd.smtp import MISSING, SMTP
 
 from postfleet.core.maillog import maillog_event
 from postfleet.core.smtp import replies
@@ -87,15 +105,19 @@ from postfleet.core.smtp.hooks import HookNames
 from postfleet.core.smtp.replies import SmtpReply, about
 from postfleet.ingress_smtp.anvil import Event, FleetAnvil
 from postfleet.ingress_smtp.grammar import (
+    MailParams,
+    bdat_arguments,
     envelope_path,
+    etrn_site,
+    mail_parameters,
     postfix_text,
+    rcpt_parameters,
     reply_line,
-    unsupported,
 )
 from postfleet.ingress_smtp.metrics import CONNECTIONS, REJECTS, SESSIONS
 from postfleet.ingress_smtp.peername import NameLookup, system_client_name
 from postfleet.ingress_smtp.sasl import SaslBackend, Step
-from postfleet.ingress_smtp.session import IngressSession
+from postfleet.ingress_smtp.session import IngressEnvelope, IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
 from postfleet.ingress_smtp.tls import (
     MUST_STARTTLS,
@@ -112,7 +134,14 @@ log = logging.getLogger(__name__)
 _TIMER_RESET_EVERY = 1.0  # seconds between idle-timer resets while DATA streams in
 # Postfix's commands without SMTPD_CMD_FLAG_PRE_TLS that this server knows:
 # refused with 530 5.7.0 before STARTTLS at smtpd_tls_security_level = encrypt.
-_NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "RSET", "VRFY", "AUTH"})
+_NEED_TLS = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "RSET", "VRFY", "ETRN", "AUTH"})
+# ETRN's answer from the flush service (qmgr): True queuing started, False
+# the site is not one it flushes (fast_flush_domains), None unreachable.
+FlushSite = Callable[[str], Awaitable[bool | None]]
+_SKIP_PIECE = 64 * 1024  # bytes read at a time from a BDAT chunk
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+# Postmaster transcripts being sent (kept referenced until done).
+_NOTICES: set[asyncio.Task[None]] = set()
 # Postfix's SMTPD_CMD_FLAG_LAST: nothing may be pipelined behind these.
 _LAST_IN_GROUP = frozenset({"HELO", "EHLO", "STARTTLS", "AUTH", "DATA", "NOOP", "VRFY", "QUIT"})
 
@@ -134,6 +163,7 @@ class IngressSMTP(HookNames, SMTP):
         sasl: SaslBackend | None = None,
         anvil: FleetAnvil | None = None,
         limits_exempt: Callable[[str], bool] = lambda ip: False,
+        flush_site: FlushSite | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         limit = params.line_length_limit
@@ -157,13 +187,16 @@ class IngressSMTP(HookNames, SMTP):
         self.sasl = sasl if params.smtpd_sasl_auth_enable else None
         self.anvil = anvil
         self._limits_exempt = limits_exempt
+        self._flush_site = flush_site
         self._anvil_client = ""  # the address anvil counted this connection for
         self._handshaking = False
         self._lost = False
         super().__init__(
             handler,
             data_size_limit=params.message_size_limit or None,
-            enable_SMTPUTF8=False,
+            # Arguments decoded as UTF-8 (bytes that are not: surrogates,
+            # refused as bad syntax); SMTPUTF8 itself is ours (EHLO, MAIL).
+            enable_SMTPUTF8=True,
             decode_data=False,
             hostname=myhostname,
             timeout=params.smtpd_timeout,
@@ -178,13 +211,16 @@ class IngressSMTP(HookNames, SMTP):
     def _create_session(self) -> IngressSession:
         return IngressSession(self.loop, self._name_lookup)
 
+    def _create_envelope(self) -> IngressEnvelope:
+        return IngressEnvelope()
+
     # Methods, not properties: aiosmtpd inspects every attribute in __init__.
     def smtpd_session(self) -> IngressSession:
         assert isinstance(self.session, IngressSession)
         return self.session
 
-    def transaction(self) -> Envelope:
-        assert self.envelope is not None
+    def transaction(self) -> IngressEnvelope:
+        assert isinstance(self.envelope, IngressEnvelope)
         return self.envelope
 
     @property
@@ -214,6 +250,7 @@ class IngressSMTP(HookNames, SMTP):
             # smtpd_milters: QUIT and close this connection's conversations.
             self.loop.create_task(self.event_handler.session_closed(self.smtpd_session()),
                                   name="smtpd-milters-close")
+            self._chat_reset(0)
         if self in self._sessions:
             self._sessions.discard(self)
             SESSIONS.labels(self.listener).dec()
@@ -249,6 +286,7 @@ class IngressSMTP(HookNames, SMTP):
                 self.smtpd_session().access_denied = refusal
                 text = reply_line(refusal)
         text = postfix_text(text)
+        self.smtpd_session().transcript.reply(text)
         code, final = text[:3], text[3:4] != "-"
         failing = code[:1] in ("4", "5")
         session = self.smtpd_session()
@@ -317,6 +355,8 @@ class IngressSMTP(HookNames, SMTP):
         """Send a 421 naming this server (if given) and close the session; safe
         from any context, including the session's own command."""
         transport = self.transport
+        if reply is not None and self.session is not None:
+            self.smtpd_session().transcript.reason = reply.text
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             if reply is not None and self._may_speak():
                 line = reply_line(reply.with_text(f"{self.myhostname} {reply.text}"))
@@ -409,6 +449,7 @@ class IngressSMTP(HookNames, SMTP):
                 self.hang_up(replies.SHUTTING_DOWN)
                 return
             session = self.smtpd_session()
+            session.transcript.command(name, arg)
             if session.access_denied is not None and name != "QUIT":
                 await self.reply(about(replies.ACCESS_DENIED, session.describe()))
                 return
@@ -464,11 +505,15 @@ class IngressSMTP(HookNames, SMTP):
         if not await self._hello(hostname, extended=True):
             return
         limit = self.params.message_size_limit
+        # smtpd.c ehlo_cmd's order.
         lines = [
             self.myhostname, "PIPELINING", f"SIZE {limit}" if limit else "SIZE", "VRFY",
+            "ETRN",
             *(["STARTTLS"] if self._offers_starttls() else []),
             *await self._auth_keyword(),
-            "ENHANCEDSTATUSCODES", "8BITMIME",
+            "ENHANCEDSTATUSCODES", "8BITMIME", "DSN",
+            *(["SMTPUTF8"] if self.params.smtputf8_enable else []),
+            "CHUNKING",
         ]
         for line in lines[:-1]:
             await self.push(f"250-{line}")
@@ -481,6 +526,9 @@ class IngressSMTP(HookNames, SMTP):
         if self.in_transaction:
             await self.reply(replies.NESTED_MAIL)
             return
+        if self.transaction().bdat:
+            await self.reply(replies.MAIL_AFTER_BDAT)
+            return
         if await self._over_rate("mail", self.params.smtpd_client_message_rate_limit,
                                  replies.TOO_MUCH_MAIL, "Message delivery request"):
             return
@@ -488,13 +536,25 @@ class IngressSMTP(HookNames, SMTP):
         if path is None:
             return
         address, params = path
+        wanted = mail_parameters(params, self.params.message_size_limit,
+                                 self.params.smtputf8_enable)
+        if isinstance(wanted, SmtpReply):
+            await self.reply(wanted)
+            return
         self.smtpd_session().rcpt_overshoot = 0
         status = await self._call_handler_hook("MAIL", address, params)
         if status is MISSING:
             self.transaction().mail_from = address
             self.transaction().mail_options.extend(params)
             status = reply_line(replies.SENDER_OK)
+        if self.in_transaction:
+            self._keep_mail_params(wanted)
         await self.push(status)
+
+    def _keep_mail_params(self, wanted: MailParams) -> None:
+        envelope = self.transaction()
+        envelope.smtp_utf8 = wanted.smtputf8
+        envelope.ret, envelope.envid = wanted.ret, wanted.envid
 
     async def _envelope_argument(
         self, arg: str | None, command: Literal["MAIL", "RCPT"]
@@ -502,43 +562,16 @@ class IngressSMTP(HookNames, SMTP):
         """MAIL's or RCPT's address and parameters; None once it is refused."""
         path = envelope_path(arg, command)
         if isinstance(path, SmtpReply):
-            refusal = path
-        else:
-            problem = self._params_refusal(command, path[1])
-            if problem is None:
-                return path
-            refusal = problem
-        await self.reply(refusal)
-        return None
-
-    def _params_refusal(self, command: str, params: list[str]) -> SmtpReply | None:
-        """MAIL takes SIZE= and BODY=; RCPT takes no parameter (no DSN here)."""
-        if command == "RCPT":
-            return unsupported(params[0]) if params else None
-        seen_auth = False
-        for param in params:
-            key, _, value = param.partition("=")
-            key = key.upper()
-            if key == "SIZE":
-                if not value.isdigit():
-                    return replies.BAD_SIZE_SYNTAX
-                limit = self.params.message_size_limit
-                if limit and int(value) > limit:
-                    return replies.SIZE_EXCEEDED
-            elif key == "BODY":
-                if value.upper() not in ("7BIT", "8BITMIME"):
-                    return replies.BAD_BODY_SYNTAX
-            elif key == "AUTH":  # RFC 4954 5: accepted, as Postfix, and not trusted
-                if seen_auth:
-                    return replies.MULTIPLE_AUTH_PARAM
-                seen_auth = True
-            else:
-                return unsupported(param)
-        return None
+            await self.reply(path)
+            return None
+        return path
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if not self.in_transaction:
             await self.reply(replies.NEED_MAIL)
+            return
+        if self.transaction().bdat:
+            await self.reply(replies.RCPT_AFTER_BDAT)
             return
         if await self._over_rate("rcpt", self.params.smtpd_client_recipient_rate_limit,
                                  replies.TOO_MANY_RCPTS_FROM, "Recipient address"):
@@ -547,13 +580,24 @@ class IngressSMTP(HookNames, SMTP):
         if path is None:
             return
         address, params = path
+        wanted = rcpt_parameters(params)
+        if isinstance(wanted, SmtpReply):
+            await self.reply(wanted)
+            return
+        envelope = self.transaction()
+        before = len(envelope.rcpt_tos)
         status = await self._call_handler_hook("RCPT", address, params)
         if status is MISSING:
-            self.transaction().rcpt_tos.append(address)
+            envelope.rcpt_tos.append(address)
             status = reply_line(replies.RCPT_OK)
+        if len(envelope.rcpt_tos) > before:  # accepted: keep its NOTIFY and ORCPT
+            envelope.dsn.append(wanted)
         await self.push(status)
 
     async def smtp_DATA(self, arg: str | None) -> None:
+        if self.transaction().bdat:
+            await self.reply(replies.DATA_AFTER_BDAT)
+            return
         if not self.transaction().rcpt_tos:
             await self.reply(replies.NEED_RECIPIENTS if self.in_transaction
                              else replies.NEED_RCPT)
@@ -574,6 +618,10 @@ class IngressSMTP(HookNames, SMTP):
             self._set_post_data_state()
             await self.reply(problem)
             return
+        await self.push(await self._submit(body))
+
+    async def _submit(self, body: bytes) -> str:
+        """End of data (DATA, or BDAT LAST): hand the message on; the reply."""
         self.transaction().original_content = body
         self.transaction().content = body
         # Waiting for cleanup is not client idle time (smtpd_timeout is for I/O).
@@ -585,13 +633,33 @@ class IngressSMTP(HookNames, SMTP):
             if self.transport is not None:
                 self._reset_timeout()
             self._set_post_data_state()
-        await self.push(reply_line(replies.OK) if status is MISSING else status)
+        self._chat_reset(self.params.smtpd_history_flush_threshold)
+        return reply_line(replies.OK) if status is MISSING else str(status)
 
-    async def _read_content(self) -> tuple[bytes, SmtpReply | None] | None:
-        """Read DATA up to <CR><LF>.<CR><LF>: (dot-unstuffed bytes, refusal)."""
+    def _chat_reset(self, threshold: int) -> None:
+        """Postfix's chat_reset: past ``threshold`` lines the transcript starts
+        afresh, and goes to the postmaster first when it had errors of a
+        class in notify_classes."""
+        kept = self.smtpd_session().transcript
+        if len(kept.lines) <= threshold:
+            return
+        taken = kept.take(set(self.params.notify_classes))
+        if taken is not None:
+            task = self.loop.create_task(self.event_handler.notify_postmaster(
+                self.smtpd_session().describe(), *taken), name="smtpd-notify")
+            _NOTICES.add(task)
+            task.add_done_callback(_NOTICES.discard)
+
+    def _bare_newline_mode(self) -> str:
+        """smtpd_forbid_bare_newline for this client (its exclusions say "no")."""
         mode = self.params.smtpd_forbid_bare_newline
         if mode != "no" and self._bare_newline_exempt(self.smtpd_session().client_ip):
             mode = "no"
+        return mode
+
+    async def _read_content(self) -> tuple[bytes, SmtpReply | None] | None:
+        """Read DATA up to <CR><LF>.<CR><LF>: (dot-unstuffed bytes, refusal)."""
+        mode = self._bare_newline_mode()
         limit = self.params.message_size_limit
         parts: list[bytes] = []
         size = 0
@@ -638,6 +706,129 @@ class IngressSMTP(HookNames, SMTP):
         if too_big:
             return b"", replies.SIZE_EXCEEDED
         return b"".join(parts), None
+
+    # -- BDAT (RFC 3030) ------------------------------------------------------------
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        parsed = bdat_arguments(arg)
+        if parsed is None:
+            await self.reply(replies.BDAT_SYNTAX)
+            self.hang_up(None)  # a 521 ends the session
+            return
+        size, last = parsed
+        envelope = self.transaction()
+        if size == 0 and not last:
+            await self._skip_bdat(size, last, replies.NULL_BDAT)
+            return
+        if envelope.bdat_error:
+            await self._skip_bdat(size, last, about(replies.BDAT_DISCARDED,
+                                                    f"{size} bytes after earlier error"))
+            return
+        if not envelope.bdat:
+            refusal = await self._before_content()
+            if refusal is not None:
+                await self._skip_bdat(size, last, refusal)
+                return
+        limit = self.params.message_size_limit
+        if limit and envelope.bdat_size + size > limit:
+            await self._skip_bdat(size, last, replies.BDAT_TOO_BIG)
+            return
+        envelope.bdat = True
+        chunk = await self._read_chunk(size, keep=True)
+        if chunk is None:
+            return  # the session is gone
+        envelope.bdat_parts.append(chunk)
+        envelope.bdat_size += size
+        if not last:
+            await self.reply(replies.chunk_ok(size))
+            return
+        body = await self._bdat_content(b"".join(envelope.bdat_parts))
+        if body is not None:
+            await self.push(await self._submit(body))
+
+    async def _before_content(self) -> SmtpReply | None:
+        """What DATA checks before its 354, for the first BDAT chunk."""
+        envelope = self.transaction()
+        if not envelope.rcpt_tos:
+            return replies.NEED_RECIPIENTS if self.in_transaction else replies.NEED_RCPT
+        return await self.event_handler.check_data(self.smtpd_session(), envelope)
+
+    async def _skip_bdat(self, size: int, last: bool, reply: SmtpReply) -> None:
+        """Read and drop a chunk, answer ``reply``; then the transaction ends
+        (LAST) or later chunks are dropped too until LAST or RSET (Postfix's
+        skip_bdat). A chunk far over message_size_limit is not read at all:
+        the session ends after the reply."""
+        limit = self.params.message_size_limit
+        flood = bool(limit) and size > limit * 1.5
+        if not flood and await self._read_chunk(size, keep=False) is None:
+            return
+        await self.reply(reply)
+        if flood:
+            self.hang_up(None)
+        elif last:
+            self._set_rset_state()
+        else:
+            envelope = self.transaction()
+            envelope.bdat = envelope.bdat_error = True
+            envelope.bdat_parts.clear()
+
+    async def _read_chunk(self, size: int, *, keep: bool) -> bytes | None:
+        """Exactly ``size`` bytes of BDAT content (kept, or read and dropped);
+        None when the client went away. The idle timer restarts as it flows."""
+        parts: list[bytes] = []
+        left = size
+        while left:
+            try:
+                piece: bytes = await self._reader.readexactly(min(left, _SKIP_PIECE))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                self.hang_up(None)
+                return None
+            left -= len(piece)
+            self._reset_timeout()
+            if keep:
+                parts.append(piece)
+        return b"".join(parts)
+
+    async def _bdat_content(self, raw: bytes) -> bytes | None:
+        """The whole BDAT content as stored (CRLF lines; nothing to unstuff):
+        a bare <LF> is a line end under smtpd_forbid_bare_newline = normalize
+        and ends the session under reject, as in DATA; None then."""
+        mode = self._bare_newline_mode()
+        if mode != "no" and _BARE_LF.search(raw):
+            if mode == "reject":
+                await self.reply(replies.BARE_LF_REJECTED)
+                self.hang_up(None)
+                return None
+            raw = _BARE_LF.sub(b"\r\n", raw)
+        if raw and not raw.endswith(b"\n"):
+            raw += b"\r\n"  # the last line ends here, as Postfix's last record does
+        return raw
+
+    # -- ETRN --------------------------------------------------------------------------
+    async def smtp_ETRN(self, arg: str | None) -> None:
+        if self.params.smtpd_helo_required and not self.smtpd_session().host_name:
+            await self.reply(replies.ETRN_NEED_HELO)
+            return
+        if self.in_transaction:
+            await self.reply(replies.ETRN_IN_TRANSACTION)
+            return
+        site = etrn_site(arg)
+        if isinstance(site, SmtpReply):
+            await self.reply(site)
+            return
+        started = await self._flush_site(site) if self._flush_site is not None else None
+        if started:
+            await self.reply(replies.ETRN_STARTED)
+            return
+        client = self.smtpd_session().describe()
+        if started is False:
+            maillog_event("smtpd", f"warning: reject: ETRN {site[:100]}... from {client}",
+                          level=logging.WARNING)
+            await self.reply(replies.ETRN_DENIED.with_text(
+                f"<{site}>: {replies.ETRN_DENIED.text}"))
+            return
+        maillog_event("smtpd", "warning: unable to talk to fast flush service",
+                      level=logging.WARNING)
+        await self.reply(replies.ETRN_UNABLE)
 
     async def smtp_RSET(self, arg: str | None) -> None:
         self._set_rset_state()

@@ -1,6 +1,8 @@
 """ingress-smtp: what smtpd keeps per client -- address (the socket's peer,
 or the one a PROXY header names), verified name (Postfix's forward-confirmed
-reverse lookup, peername.py), HELO, TLS state, error counters.
+reverse lookup, peername.py), HELO, TLS state, error counters -- and per
+transaction (``IngressEnvelope``): the DSN parameters (RET, ENVID, each
+recipient's NOTIFY and ORCPT), the SMTPUTF8 request and the BDAT state.
 
 Postfix parameters: smtpd_peername_lookup, smtpd_upstream_proxy_protocol.
 """
@@ -11,11 +13,12 @@ import asyncio
 import logging
 
 from aiosmtpd.proxy_protocol import AF, PROTO, V2_CMD, ProxyData
-from aiosmtpd.smtp import Session
+from aiosmtpd.smtp import Envelope, Session
 
 from postfleet.core.milter.client import Milters
 from postfleet.ingress_smtp.peername import UNKNOWN, NameLookup, system_client_name
 from postfleet.ingress_smtp.restrictions import normalize_ip
+from postfleet.ingress_smtp.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class IngressSession(Session):
         self.server_ip = ""
         # smtpd_milters' conversations for this connection (milters.py).
         self.milters: Milters | None = None
+        # The conversation the postmaster may be sent (transcript.py).
+        self.transcript = Transcript()
         self._lookup: asyncio.Task[str] | None = None
 
     @property
@@ -125,6 +130,24 @@ class IngressSession(Session):
     def describe(self) -> str:
         """Postfix's ``name[address]``."""
         return f"{self.client_name}[{self.client_ip}]"
+
+
+class IngressEnvelope(Envelope):
+    """aiosmtpd's envelope plus what Postfix's smtpd keeps per transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ret = ""  # RFC 3461 RET: FULL, HDRS or "" (postfleet.core.smtp.dsn)
+        self.envid = ""  # RFC 3461 ENVID, decoded
+        # (NOTIFY, ORCPT) of each accepted recipient, in rcpt_tos order.
+        self.dsn: list[tuple[str, str]] = []
+        # RFC 3030 BDAT: a transfer under way (until LAST or RSET), its
+        # chunks so far and their size, and whether an earlier chunk failed
+        # (the rest are then read and discarded).
+        self.bdat = False
+        self.bdat_parts: list[bytes] = []
+        self.bdat_size = 0
+        self.bdat_error = False
 
 
 def _name(kind: type[AF] | type[PROTO], value: int | None) -> str:

@@ -19,7 +19,10 @@ smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
 smtpd_client_recipient_rate_limit, smtpd_client_auth_rate_limit,
 smtpd_client_event_limit_exceptions, anvil_rate_time_unit,
 smtpd_tls_received_header, smtpd_tls_loglevel, content_filter,
-receive_override_options, smtpd_milters, milter_protocol, milter_default_action,
+receive_override_options, smtputf8_enable, notify_classes,
+error_notice_recipient, bounce_notice_recipient, double_bounce_sender,
+smtpd_history_flush_threshold (the postmaster's session transcripts,
+transcript.py), smtpd_milters, milter_protocol, milter_default_action,
 milter_connect_timeout, milter_command_timeout, milter_content_timeout,
 milter_connect_macros, milter_helo_macros, milter_mail_macros,
 milter_rcpt_macros, milter_data_macros, milter_end_of_header_macros,
@@ -57,6 +60,12 @@ from pydantic import (
 
 from postfleet.core.milter.settings import MilterParams
 from postfleet.core.nameservers import check_nameservers
+from postfleet.core.notices import (
+    DEFAULT_NOTIFY_CLASSES,
+    DOUBLE_BOUNCE,
+    POSTMASTER,
+    NotifyClasses,
+)
 from postfleet.core.postfix_list import PostfixList
 from postfleet.core.settings import CommonSettings
 from postfleet.core.timeparse import Seconds
@@ -199,6 +208,17 @@ class SmtpdParams(MilterParams):
     # 5.7.1 at end of DATA, under p=quarantine the message goes on hold;
     # otherwise only Authentication-Results tells.
     smtpd_dmarc_reject_failures: bool = False
+    # RFC 6531: EHLO offers SMTPUTF8 and MAIL takes it (Postfix's default
+    # at compatibility_level >= 1).
+    smtputf8_enable: bool = True
+    # Session transcripts to the postmaster (transcript.py): the error
+    # classes that send one, to whom, from whom, and how many lines a
+    # session keeps before a finished transaction starts a new transcript.
+    notify_classes: NotifyClasses = Field(default_factory=lambda: list(DEFAULT_NOTIFY_CLASSES))
+    error_notice_recipient: str = POSTMASTER
+    bounce_notice_recipient: str = POSTMASTER
+    double_bounce_sender: str = DOUBLE_BOUNCE
+    smtpd_history_flush_threshold: int = Field(default=100, ge=0)
 
     @field_validator("content_filter")
     @classmethod

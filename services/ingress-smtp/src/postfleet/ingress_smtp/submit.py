@@ -73,10 +73,17 @@ class CleanupClient:
         content_filter: str = "",
         overrides: Sequence[str] = (),
         hold: bool = False,
+        dsn: Sequence[tuple[str, str]] = (),
+        ret: str = "",
+        envid: str = "",
     ) -> str:
+        """``dsn``: each recipient's (NOTIFY, ORCPT), in order (none: not given)."""
+        notify_orcpt = list(dsn) or [("", "")] * len(recipients)
         envelope = cleanup_pb2.Envelope(
             sender=sender,
-            recipients=[cleanup_pb2.Recipient(address=r) for r in recipients],
+            recipients=[cleanup_pb2.Recipient(address=r, notify=n, orcpt=o)
+                        for r, (n, o) in zip(recipients, notify_orcpt, strict=True)],
+            ret=ret, envid=envid,
             client=cleanup_pb2.ClientInfo(
                 name=client.name, address=client.address, port=client.port,
                 helo=client.helo, protocol=client.protocol,

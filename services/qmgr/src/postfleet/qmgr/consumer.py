@@ -29,6 +29,7 @@ from postfleet.core.bus.connect import ensure_consumer
 from postfleet.core.db.status import RecipientStatus
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
+from postfleet.qmgr.bounce import NoticePolicy
 from postfleet.qmgr.results import ResultPolicy, apply_results
 from postfleet.qmgr.scheduler import Scheduler
 from postfleet.qmgr.settings import QmgrSettings
@@ -42,6 +43,22 @@ RESULTS = Counter("postfleet_qmgr_recipients_total", "Recipient outcomes applied
 RESULT_ACK_WAIT_S = 10.0
 
 
+def result_policy(settings: QmgrSettings, myorigin: str) -> ResultPolicy:
+    """The backoff, lifetimes and notice parameters results are applied with
+    (myorigin from the routing snapshot in force)."""
+    return ResultPolicy(
+        settings.minimal_backoff_time, settings.maximal_backoff_time,
+        settings.bounce_queue_lifetime,
+        NoticePolicy(
+            notify_classes=frozenset(settings.notify_classes),
+            bounce_notice_recipient=settings.bounce_notice_recipient,
+            two_bounce_notice_recipient=settings.two_bounce_notice_recipient,
+            delay_notice_recipient=settings.delay_notice_recipient,
+            double_bounce_sender=settings.double_bounce_sender,
+            bounce_size_limit=settings.bounce_size_limit,
+            delay_warning_time=settings.delay_warning_time, myorigin=myorigin))
+
+
 async def consume_results(
     nc: Client, js: JetStreamContext, engine: AsyncEngine, scheduler: Scheduler,
     settings: QmgrSettings, stopping: asyncio.Event, caught_up: asyncio.Event | None = None,
@@ -50,9 +67,8 @@ async def consume_results(
                           subjects.RESULTS_SUBJECT, RESULT_ACK_WAIT_S)
     psub = await js.pull_subscribe(subjects.RESULTS_SUBJECT, durable=subjects.RESULTS_CONSUMER,
                                    stream=subjects.RESULTS_STREAM)
-    policy = ResultPolicy(settings.minimal_backoff_time, settings.maximal_backoff_time,
-                          settings.bounce_queue_lifetime)
     while not stopping.is_set():
+        policy = result_policy(settings, scheduler.routing.snapshot.origin)
         try:
             msgs = await psub.fetch(settings.qmgr_result_batch, timeout=1)
         except (FetchTimeoutError, TimeoutError):
@@ -80,8 +96,8 @@ async def consume_results(
                 await m.ack()
             except Exception as exc:
                 log.warning("ack failed (%s); the repeat will be harmless", exc)
-        for qid, notice in applied.notices:
-            maillog("bounce", qid, f"sender non-delivery notification: {notice}")
+        for qid, line in applied.bounce_lines:
+            maillog("bounce", qid, line)
         for qid, line in applied.log_lines:
             maillog("qmgr", qid, line)
         RESULTS.labels(RecipientStatus.DELIVERED).inc(applied.delivered)

@@ -1,11 +1,16 @@
-"""qmgr's wiring: scheduler, results consumer and admin API on the shared
-runtime (queue store, bus, routing view)."""
+"""qmgr's wiring: scheduler, results consumer, admin API and the flush
+service ETRN asks (``subjects.FLUSH_SITE``) on the shared runtime (queue
+store, bus, routing view).
+
+Postfix parameters: fast_flush_domains (the sites ETRN may flush).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -14,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from postfleet.core.bus import subjects
 from postfleet.core.db import queue
 from postfleet.core.proto.delivery.v1 import delivery_pb2
+from postfleet.core.routing.snapshot import RoutingSnapshot
+from postfleet.core.routing.tables import domain_list
 from postfleet.core.runtime import role_runtime, run_role
 from postfleet.core.service import Service
 from postfleet.qmgr.api import make_api
@@ -43,7 +50,19 @@ async def run(settings: QmgrSettings) -> None:
             if scheduler.waiting:
                 scheduler.wake()
 
+        async def on_flush_site(msg: Msg) -> None:
+            """ETRN: the site's deferred mail is due now (Postfix's flush)."""
+            site = msg.data.decode(errors="replace").strip().lower()
+            if not flushable(settings, rt.routes().snapshot, site):
+                await msg.respond(b"deny")
+                return
+            count = await queue.reschedule_site(engine, site, datetime.now(UTC))
+            log.info("flush %s: %d recipients due now", site, count)
+            scheduler.wake()
+            await msg.respond(b"ok")
+
         await rt.nc.subscribe(subjects.QUEUE_INCOMING, cb=on_wakeup)
+        await rt.nc.subscribe(subjects.FLUSH_SITE, queue="qmgr", cb=on_flush_site)
         await rt.nc.subscribe(subjects.SLOTS_FREED, cb=on_slots_freed)
         async with Service("qmgr", settings, extra_app=make_api(engine, scheduler)) as svc:
             svc.add_check("nats", lambda: rt.nc.is_connected)
@@ -65,6 +84,15 @@ async def run(settings: QmgrSettings) -> None:
             for t in tasks:
                 t.cancel()
             await scheduler.release_waiting()
+
+
+def flushable(settings: QmgrSettings, snapshot: RoutingSnapshot, site: str) -> bool:
+    """fast_flush_domains (Postfix's default: $relay_domains) names the site."""
+    if "$relay_domains" in settings.fast_flush_domains and snapshot.relay_domain_list.match(
+            site):
+        return True
+    listed = [d for d in settings.fast_flush_domains if not d.startswith("$")]
+    return bool(listed) and domain_list(listed, (), parent_style=True).match(site)
 
 
 async def take_back_own_work(

@@ -51,6 +51,7 @@ from postfleet.core.db.queue import Claimed, SlotRequest
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.resolver import filter_route, resolve
 from postfleet.core.routing.store import RoutingView
+from postfleet.core.smtp.dsn import smtputf8_requested
 from postfleet.qmgr.settings import QmgrSettings
 
 log = logging.getLogger(__name__)
@@ -183,9 +184,11 @@ class Scheduler:
                     job_id=job_id(self.s.qmgr_owner, qid, first.id, first.attempt),
                     queue_id=qid, sender=first.sender, transport=dest[0], nexthop=dest[1],
                     attempt=first.attempt, trace_id=first.trace_id,
-                    queued_at=first.arrived_at.timestamp(),
-                    recipients=[delivery_pb2.JobRecipient(id=c.id, address=c.address,
-                                                          orcpt=c.orcpt) for c in part],
+                    queued_at=first.arrived_at.timestamp(), ret=first.ret, envid=first.envid,
+                    smtputf8=smtputf8_requested(first.protocol),
+                    recipients=[delivery_pb2.JobRecipient(
+                        id=c.id, address=c.address, orcpt=c.orig_rcpt, dsn_orcpt=c.orcpt,
+                        notify=c.notify) for c in part],
                 )
                 self.waiting[dest].append(job)
                 self._waiting_rcpts += len(part)

@@ -4,7 +4,11 @@ Postfix parameters: queue_run_delay, minimal_backoff_time,
 maximal_backoff_time, bounce_queue_lifetime (of the notices qmgr queues;
 cleanup sets every other message's expiry),
 default_destination_concurrency_limit, default_destination_recipient_limit,
-qmgr_message_recipient_limit, default_filter_nexthop, myhostname.
+qmgr_message_recipient_limit, default_filter_nexthop, myhostname; the
+notices' (bounce.py): notify_classes, bounce_notice_recipient,
+2bounce_notice_recipient, delay_notice_recipient, double_bounce_sender,
+bounce_size_limit, delay_warning_time; ETRN's flush service:
+fast_flush_domains.
 """
 
 from __future__ import annotations
@@ -14,10 +18,17 @@ import secrets
 import socket
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
+from postfleet.core.notices import (
+    DEFAULT_NOTIFY_CLASSES,
+    DOUBLE_BOUNCE,
+    POSTMASTER,
+    NotifyClasses,
+)
+from postfleet.core.postfix_list import PostfixList
 from postfleet.core.settings import CommonSettings
-from postfleet.core.timeparse import Days, Seconds
+from postfleet.core.timeparse import Days, Hours, Seconds
 
 
 def _owner() -> str:
@@ -44,6 +55,26 @@ class QmgrSettings(CommonSettings):
     # A content filter written without a nexthop ("filter:") goes here; empty
     # (Postfix's default): the recipient's domain.
     default_filter_nexthop: str = ""
+    # Delivery status notifications (bounce.py), Postfix's names and defaults.
+    notify_classes: NotifyClasses = Field(default_factory=lambda: list(DEFAULT_NOTIFY_CLASSES))
+    bounce_notice_recipient: str = POSTMASTER
+    # Postfix's 2bounce_notice_recipient (a name Python cannot spell): in the
+    # YAML file and as POSTFLEET_2BOUNCE_NOTICE_RECIPIENT.
+    two_bounce_notice_recipient: str = Field(
+        default=POSTMASTER,
+        validation_alias=AliasChoices("two_bounce_notice_recipient",
+                                      "2bounce_notice_recipient",
+                                      "POSTFLEET_2BOUNCE_NOTICE_RECIPIENT"))
+    delay_notice_recipient: str = POSTMASTER
+    double_bounce_sender: str = DOUBLE_BOUNCE
+    # Bytes of the original a failure notice returns whole (RET=FULL); a
+    # larger one goes back as its headers only.
+    bounce_size_limit: int = Field(default=50000, ge=0)
+    # Postfix: 0h (off); a bare number means hours.
+    delay_warning_time: Hours = 0
+    # The sites ETRN may flush (Postfix's flush service): "$relay_domains"
+    # stands for the routing snapshot's relay_domains.
+    fast_flush_domains: PostfixList = Field(default_factory=lambda: ["$relay_domains"])
     # Recipients held in memory (claimed, not yet dispatched) at most.
     qmgr_message_recipient_limit: int = 20000
     # postfleet-specific: how many due recipients one claim takes, how long a

@@ -16,6 +16,11 @@ QUEUE_INCOMING = f"{PREFIX}.queue.incoming"
 # are free again; replicas with jobs waiting for a slot look again.
 SLOTS_FREED = f"{PREFIX}.qmgr.slots"
 
+# Core NATS request, smtpd -> any qmgr: flush the deferred mail of a site
+# (ETRN; Postfix's flush service). The request is the site (a domain), the
+# reply "ok" (its mail is due now) or "deny" (not in fast_flush_domains).
+FLUSH_SITE = f"{PREFIX}.qmgr.flush"
+
 # JetStream work queue of delivery jobs, one subject per transport.
 DELIVERY_STREAM = "postfleet-delivery"
 DELIVERY_SUBJECTS = f"{PREFIX}.delivery.>"

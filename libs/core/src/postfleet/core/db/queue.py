@@ -197,12 +197,19 @@ class Claimed:
     id: int
     queue_id: str
     address: str
-    orcpt: str
+    orig_rcpt: str  # the address as received (orig_to= in the log)
     attempt: int
     sender: str
     trace_id: str
     arrived_at: datetime
     content_filter: str = ""  # the message's content filter (transport:nexthop), if any
+    # RFC 3461 (postfleet.core.smtp.dsn's forms) and the message's protocol
+    # (UTF8SMTP...: the sender asked for SMTPUTF8).
+    orcpt: str = ""
+    notify: str = ""
+    ret: str = ""
+    envid: str = ""
+    protocol: str = ""
 
 
 async def claim_due(
@@ -255,8 +262,8 @@ async def _claim(
             lease_expires_at=now + timedelta(seconds=lease),
             attempts=Recipient.attempts + 1,
         )
-        .returning(Recipient.id, Recipient.queue_id, Recipient.address, Recipient.orcpt,
-                   Recipient.attempts)
+        .returning(Recipient.id, Recipient.queue_id, Recipient.address, Recipient.orig_rcpt,
+                   Recipient.attempts, Recipient.orcpt, Recipient.notify)
         .execution_options(synchronize_session=False)
     )
     rows = (await conn.execute(stmt)).all()
@@ -270,11 +277,13 @@ async def _claim(
         .values(state=case((Message.state == MessageState.HOLD, Message.state),
                            else_=MessageState.ACTIVE))
         .returning(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
-                   Message.content_filter)
+                   Message.content_filter, Message.ret, Message.envid,
+                   Message.protocol)
         .execution_options(synchronize_session=False))}
     claimed = [
-        Claimed(r.id, r.queue_id, r.address, r.orcpt, r.attempts, m.sender, m.trace_id,
-                m.arrived_at, m.content_filter)
+        Claimed(r.id, r.queue_id, r.address, r.orig_rcpt, r.attempts, m.sender, m.trace_id,
+                m.arrived_at, m.content_filter, r.orcpt, r.notify, m.ret, m.envid,
+                m.protocol)
         for r in rows if (m := envelope.get(r.queue_id)) is not None
     ]
     claimed.sort(key=lambda c: (c.queue_id, c.id))
@@ -551,6 +560,33 @@ async def mark_failed(
     return None if found is None else Failed(row.id, found.orig_rcpt, found.orcpt, found.notify)
 
 
+async def open_dsn_facts(conn: AsyncConnection, ids: Sequence[int]) -> dict[int, Failed]:
+    """The DSN facts (original recipient, ORCPT, NOTIFY) of those of ``ids``
+    still open, locked on PostgreSQL until the caller's transaction ends:
+    read before a result finishes or defers them, so that only a real
+    transition sends a success or delay notice."""
+    found: dict[int, Failed] = {}
+    for part in _chunks(list(ids)):
+        rows = await conn.execute(
+            select(Recipient.id, Recipient.orig_rcpt, Recipient.orcpt, Recipient.notify)
+            .where(Recipient.id.in_(part), open_recipient())
+            .with_for_update(of=Recipient))
+        found.update({r.id: Failed(r.id, r.orig_rcpt, r.orcpt, r.notify) for r in rows})
+    return found
+
+
+async def last_deferrals(conn: AsyncConnection, qids: set[str]) -> dict[str, datetime]:
+    """When each message was last logged deferred (none: never), from the
+    delivery log: what tells whether its delay warning went out already."""
+    if not qids:
+        return {}
+    rows = await conn.execute(
+        select(DeliveryLog.queue_id, func.max(DeliveryLog.logged_at))
+        .where(DeliveryLog.queue_id.in_(qids), DeliveryLog.status == RecipientStatus.DEFERRED)
+        .group_by(DeliveryLog.queue_id))
+    return {qid: when for qid, when in rows if when is not None}
+
+
 async def hold_message(conn: AsyncConnection, queue_id: str) -> int:
     """Put a message on hold (postsuper -h) and give up the leases on its
     open recipients: nothing delivers it until an administrator releases it.
@@ -688,6 +724,20 @@ async def reschedule(
         stmt = stmt.where(Recipient.queue_id == queue_id)
     async with engine.begin() as conn:
         return (await conn.execute(stmt)).rowcount
+
+
+async def reschedule_site(engine: AsyncEngine, domain: str, now: datetime) -> int:
+    """Make the open recipients of one site (recipient domain, any case) due
+    now: ETRN and ``postqueue -s`` (Postfix's flush service, which keeps a
+    log of deferred mail per destination domain). Returns how many."""
+    suffix = "@" + domain.lower().rstrip(".")
+    async with engine.begin() as conn:
+        return (await conn.execute(
+            update(Recipient)
+            .where(open_recipient(), func.lower(Recipient.address).endswith(suffix,
+                                                                            autoescape=True))
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False))).rowcount
 
 
 async def set_state(engine: AsyncEngine, queue_id: str, state: MessageState) -> int:

@@ -79,9 +79,17 @@ def about(reply: SmtpReply, what: str, sep: str = " ") -> SmtpReply:
     return reply.with_text(f"{reply.text}{sep}{what}")
 
 
-def queued_as(queue_id: str) -> SmtpReply:
-    """Postfix's answer to end-of-data once the message is in the queue."""
+def queued_as(queue_id: str, size: int | None = None) -> SmtpReply:
+    """Postfix's answer to end-of-data once the message is in the queue;
+    after BDAT it names the size too."""
+    if size is not None:
+        return SmtpReply(250, "2.0.0", f"Ok: {size} bytes queued as {queue_id}")
     return SmtpReply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def chunk_ok(size: int) -> SmtpReply:
+    """Postfix's answer to a BDAT chunk that is not the last."""
+    return SmtpReply(250, "2.0.0", f"Ok: {size} bytes")
 
 
 def parse_reply(code: int, text: str, default_status: str | None = None) -> SmtpReply:
@@ -116,6 +124,27 @@ UNKNOWN_COMMAND = SmtpReply(502, "5.5.2", "Error: command not recognized")
 NOT_IMPLEMENTED = SmtpReply(502, "5.5.1", "Error: command not implemented")
 BAD_SYNTAX = SmtpReply(500, "5.5.2", "Error: bad syntax")
 LINE_TOO_LONG = SmtpReply(500, "5.5.2", "Error: command line too long")
+# RFC 3461 DSN parameters (smtpd.c mail_cmd, rcpt_cmd).
+BAD_RET_SYNTAX = SmtpReply(501, "5.5.4", "Bad RET parameter syntax")
+BAD_ENVID_SYNTAX = SmtpReply(501, "5.5.4", "Bad ENVID parameter syntax")
+BAD_NOTIFY_SYNTAX = SmtpReply(501, "5.5.4", "Error: Bad NOTIFY parameter syntax")
+BAD_ORCPT_SYNTAX = SmtpReply(501, "5.5.4", "Error: Bad ORCPT parameter syntax")
+# RFC 3030 CHUNKING (smtpd.c bdat_cmd, skip_bdat). A 521 ends the session.
+BDAT_SYNTAX = SmtpReply(521, "5.5.4", "Syntax: BDAT count [LAST]")
+NULL_BDAT = SmtpReply(551, "5.7.1", "Null BDAT request")
+BDAT_DISCARDED = SmtpReply(551, "5.0.0", "Discarded")  # + " N bytes after earlier error"
+BDAT_TOO_BIG = SmtpReply(552, "5.3.4", "Chunk exceeds message size limit")
+MAIL_AFTER_BDAT = SmtpReply(503, "5.5.1", "Error: MAIL after BDAT")
+RCPT_AFTER_BDAT = SmtpReply(503, "5.5.1", "Error: RCPT after BDAT")
+DATA_AFTER_BDAT = SmtpReply(503, "5.5.1", "Error: DATA after BDAT")
+# ETRN (smtpd.c etrn_cmd): Postfix answers these without enhanced status codes.
+ETRN_STARTED = SmtpReply(250, "", "Queuing started")
+ETRN_SYNTAX = SmtpReply(500, "", "Syntax: ETRN domain")
+ETRN_BAD_DOMAIN = SmtpReply(501, "", "Error: invalid parameter syntax")
+ETRN_IN_TRANSACTION = SmtpReply(503, "", "Error: MAIL transaction in progress")
+ETRN_NEED_HELO = SmtpReply(503, "", "Error: send HELO/EHLO first")
+ETRN_DENIED = SmtpReply(459, "", "service unavailable")  # "<domain>: " first
+ETRN_UNABLE = SmtpReply(458, "", "Unable to queue messages")
 AUTH_NOT_ENABLED = SmtpReply(503, "5.5.1", "Error: authentication not enabled")
 VRFY_ANSWER = SmtpReply(252, "2.0.0", "")  # Postfix: "252 2.0.0 <address as given>"
 BARE_LF_REJECTED = SmtpReply(550, "5.5.2", "Error: bare <LF> received")

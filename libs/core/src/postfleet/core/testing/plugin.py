@@ -18,6 +18,9 @@
 - ``make_opendkim``: ``make_opendkim(domain, selector)`` starts OpenDKIM
   signing for that domain (testing/opendkim.py); ``.socket`` is the
   smtpd_milters value.
+- ``postfix_sink`` / ``private_postfix``: Debian's Postfix as a peer
+  (testing/postfix.py): smtp-sink (DSN offered) on a free port, and
+  ``private_postfix(main)`` starting a Postfix instance of the test's own.
 - ``no_system_resolver``: the test fails if it asked the machine's resolver
   (testing/resolver_guard.py); a suite's conftest may make it autouse.
 
@@ -44,13 +47,15 @@ from postfleet.core.testing.dovecot_auth import DovecotAuth
 from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.opendkim import OpenDkim
 from postfleet.core.testing.pki import TestCa
+from postfleet.core.testing.postfix import PostfixSink, PrivatePostfix
 from postfleet.core.testing.resolver_guard import SystemResolverGuard
 from postfleet.core.testing.scanners import Clamd, Spamd
 from postfleet.core.testing.sink import SmtpSink
 
 # Fixtures that start a process (directly or through another fixture).
 PROCESS_FIXTURES = {"nats_server", "make_cluster", "make_dns", "own_postgres",
-                    "make_dovecot_auth", "test_ca", "spamd", "clamd", "make_opendkim"}
+                    "make_dovecot_auth", "test_ca", "spamd", "clamd", "make_opendkim",
+                    "postfix_sink", "private_postfix"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -181,6 +186,18 @@ def _peers(tmp_path: Path, name: str, build: Callable[..., P]) -> Iterator[Calla
 @pytest.fixture
 def make_dns(tmp_path: Path) -> Iterator[Callable[..., DnsServer]]:
     with _peers(tmp_path, "dns", lambda d, zone=None: DnsServer(d, zone or {})) as make:
+        yield make
+
+
+@pytest.fixture
+def postfix_sink(tmp_path: Path) -> Iterator[PostfixSink]:
+    with PostfixSink(tmp_path / "smtp-sink") as sink:
+        yield sink
+
+
+@pytest.fixture
+def private_postfix(tmp_path: Path) -> Iterator[Callable[..., PrivatePostfix]]:
+    with _peers(tmp_path, "postfix", PrivatePostfix) as make:
         yield make
 
 

@@ -5,7 +5,8 @@ scripted reply (4xx to force a deferral, 5xx to force a bounce), per
 recipient or for the next N sessions. Given a TLS context it offers STARTTLS
 (aiosmtpd's); given users it requires AUTH (PLAIN, LOGIN), offered only
 under TLS unless ``auth_require_tls`` is false. Each message records whether
-it came over TLS and who had logged in.
+it came over TLS, who had logged in and its MAIL FROM parameters. With
+``smtputf8`` it offers SMTPUTF8 (it never offers DSN).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Received:
     peer: str
     tls: bool = False
     login: str | None = None
+    mail_options: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> Message:
@@ -112,7 +114,8 @@ class SinkHandler:
         self.messages.append(
             Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
                      str(session.peer), tls=session.ssl is not None,
-                     login=session.auth_data if session.authenticated else None)
+                     login=session.auth_data if session.authenticated else None,
+                     mail_options=list(envelope.mail_options))
         )
         return "250 2.0.0 Ok: queued"
 
@@ -141,7 +144,7 @@ class SmtpSink:
     def __init__(
         self, host: str = "127.0.0.1", port: int | None = None, *,
         tls_context: ssl.SSLContext | None = None, users: dict[str, str] | None = None,
-        auth_require_tls: bool = True,
+        auth_require_tls: bool = True, smtputf8: bool = False,
     ) -> None:
         self.handler = SinkHandler()
         self.host = host
@@ -153,7 +156,8 @@ class SmtpSink:
                         auth_require_tls=auth_require_tls)
         self.controller = Controller(
             self.handler, hostname=host, port=self.port, data_size_limit=0,
-            decode_data=False, server_hostname="sink.test", tls_context=tls_context, **auth,
+            decode_data=False, server_hostname="sink.test", tls_context=tls_context,
+            enable_SMTPUTF8=smtputf8, **auth,
         )
 
     @property

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/postfleet/core/proto/delivery/v1/delivery.proto\x12\x15postfleet.delivery.v1\":\n\x0cJobRecipient\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05orcpt\x18\x03 \x01(\t\"\xca\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08queue_id\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x11\n\ttransport\x18\x04 \x01(\t\x12\x0f\n\x07nexthop\x18\x05 \x01(\t\x12\x37\n\nrecipients\x18\x06 \x03(\x0b\x32#.postfleet.delivery.v1.JobRecipient\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\x11\n\tqueued_at\x18\t \x01(\x01\"\x8f\x01\n\x0fRecipientResult\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12/\n\x07outcome\x18\x03 \x01(\x0e\x32\x1e.postfleet.delivery.v1.Outcome\x12\x0b\n\x03\x64sn\x18\x04 \x01(\t\x12\r\n\x05reply\x18\x05 \x01(\t\x12\x12\n\ndiagnostic\x18\x06 \x01(\t\"\xe8\x01\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08queue_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x11\n\ttransport\x18\x04 \x01(\t\x12\r\n\x05relay\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12:\n\nrecipients\x18\x08 \x03(\x0b\x32&.postfleet.delivery.v1.RecipientResult\x12\x0f\n\x07nexthop\x18\t \x01(\t\x12\x13\n\x0bhold_reason\x18\n \x01(\t*_\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n\x0cOUTCOME_SENT\x10\x01\x12\x14\n\x10OUTCOME_DEFERRED\x10\x02\x12\x13\n\x0fOUTCOME_BOUNCED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/postfleet/core/proto/delivery/v1/delivery.proto\x12\x15postfleet.delivery.v1\"]\n\x0cJobRecipient\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05orcpt\x18\x03 \x01(\t\x12\x11\n\tdsn_orcpt\x18\x04 \x01(\t\x12\x0e\n\x06notify\x18\x05 \x01(\t\"\xf8\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08queue_id\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x11\n\ttransport\x18\x04 \x01(\t\x12\x0f\n\x07nexthop\x18\x05 \x01(\t\x12\x37\n\nrecipients\x18\x06 \x03(\x0b\x32#.postfleet.delivery.v1.JobRecipient\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x05\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\x11\n\tqueued_at\x18\t \x01(\x01\x12\x0b\n\x03ret\x18\n \x01(\t\x12\r\n\x05\x65nvid\x18\x0b \x01(\t\x12\x10\n\x08smtputf8\x18\x0c \x01(\x08\"\xa6\x01\n\x0fRecipientResult\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12/\n\x07outcome\x18\x03 \x01(\x0e\x32\x1e.postfleet.delivery.v1.Outcome\x12\x0b\n\x03\x64sn\x18\x04 \x01(\t\x12\r\n\x05reply\x18\x05 \x01(\t\x12\x12\n\ndiagnostic\x18\x06 \x01(\t\x12\x15\n\rdsn_passed_on\x18\x07 \x01(\x08\"\x80\x02\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08queue_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x11\n\ttransport\x18\x04 \x01(\t\x12\r\n\x05relay\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12:\n\nrecipients\x18\x08 \x03(\x0b\x32&.postfleet.delivery.v1.RecipientResult\x12\x0f\n\x07nexthop\x18\t \x01(\t\x12\x13\n\x0bhold_reason\x18\n \x01(\t\x12\x16\n\x0e\x66inal_delivery\x18\x0b \x01(\x08*_\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n\x0cOUTCOME_SENT\x10\x01\x12\x14\n\x10OUTCOME_DEFERRED\x10\x02\x12\x13\n\x0fOUTCOME_BOUNCED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'postfleet.core.proto.delivery.v1.delivery_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=720
-  _globals['_OUTCOME']._serialized_end=815
+  _globals['_OUTCOME']._serialized_start=848
+  _globals['_OUTCOME']._serialized_end=943
   _globals['_JOBRECIPIENT']._serialized_start=74
-  _globals['_JOBRECIPIENT']._serialized_end=132
-  _globals['_JOB']._serialized_start=135
-  _globals['_JOB']._serialized_end=337
-  _globals['_RECIPIENTRESULT']._serialized_start=340
-  _globals['_RECIPIENTRESULT']._serialized_end=483
-  _globals['_RESULT']._serialized_start=486
-  _globals['_RESULT']._serialized_end=718
+  _globals['_JOBRECIPIENT']._serialized_end=167
+  _globals['_JOB']._serialized_start=170
+  _globals['_JOB']._serialized_end=418
+  _globals['_RECIPIENTRESULT']._serialized_start=421
+  _globals['_RECIPIENTRESULT']._serialized_end=587
+  _globals['_RESULT']._serialized_start=590
+  _globals['_RESULT']._serialized_end=846
 # @@protoc_insertion_point(module_scope)

@@ -59,21 +59,31 @@ class JobRecipient(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     ORCPT_FIELD_NUMBER: _builtins.int
+    DSN_ORCPT_FIELD_NUMBER: _builtins.int
+    NOTIFY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """recipients.id"""
     address: _builtins.str
     orcpt: _builtins.str
     """the original recipient, for orig_to= in the log"""
+    dsn_orcpt: _builtins.str
+    """RFC 3461, as the queue store keeps them (postfleet.core.smtp.dsn): the
+    ORCPT ("rfc822;addr", empty: not given) and NOTIFY ("SUCCESS,DELAY",
+    "NEVER", empty: not given), passed on to a next hop that offers DSN.
+    """
+    notify: _builtins.str
     def __init__(
         self,
         *,
         id: _builtins.int = ...,
         address: _builtins.str = ...,
         orcpt: _builtins.str = ...,
+        dsn_orcpt: _builtins.str = ...,
+        notify: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "orcpt", b"orcpt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "dsn_orcpt", b"dsn_orcpt", "id", b"id", "notify", b"notify", "orcpt", b"orcpt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -92,6 +102,9 @@ class Job(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     QUEUED_AT_FIELD_NUMBER: _builtins.int
+    RET_FIELD_NUMBER: _builtins.int
+    ENVID_FIELD_NUMBER: _builtins.int
+    SMTPUTF8_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """<qmgr owner>/<queue id>/<first recipient id>/<attempt>: the idempotency
     key (Nats-Msg-Id); built and parsed only by postfleet.core.bus.jobs.
@@ -107,6 +120,15 @@ class Job(_message.Message):
     trace_id: _builtins.str
     queued_at: _builtins.float
     """message arrival (unix time) for delay="""
+    ret: _builtins.str
+    """RFC 3461 RET: FULL, HDRS or empty"""
+    envid: _builtins.str
+    """RFC 3461 ENVID, decoded"""
+    smtputf8: _builtins.bool
+    """The sender asked for SMTPUTF8 (RFC 6531): it is requested from a next
+    hop that offers it, and the message bounces 5.6.7 at one that does not
+    when its envelope or headers need it.
+    """
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobRecipient]: ...
     def __init__(
@@ -121,10 +143,13 @@ class Job(_message.Message):
         attempt: _builtins.int = ...,
         trace_id: _builtins.str = ...,
         queued_at: _builtins.float = ...,
+        ret: _builtins.str = ...,
+        envid: _builtins.str = ...,
+        smtputf8: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "nexthop", b"nexthop", "queue_id", b"queue_id", "queued_at", b"queued_at", "recipients", b"recipients", "sender", b"sender", "trace_id", b"trace_id", "transport", b"transport"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "envid", b"envid", "job_id", b"job_id", "nexthop", b"nexthop", "queue_id", b"queue_id", "queued_at", b"queued_at", "recipients", b"recipients", "ret", b"ret", "sender", b"sender", "smtputf8", b"smtputf8", "trace_id", b"trace_id", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -140,6 +165,7 @@ class RecipientResult(_message.Message):
     DSN_FIELD_NUMBER: _builtins.int
     REPLY_FIELD_NUMBER: _builtins.int
     DIAGNOSTIC_FIELD_NUMBER: _builtins.int
+    DSN_PASSED_ON_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     address: _builtins.str
     outcome: Global___Outcome.ValueType
@@ -151,6 +177,11 @@ class RecipientResult(_message.Message):
     """The bare remote reply ("550 5.1.1 ..."), for a DSN's Diagnostic-Code;
     empty when the outcome is local (connect failure, timeout, ...).
     """
+    dsn_passed_on: _builtins.bool
+    """Delivered to a next hop that offered DSN, with the recipient's NOTIFY
+    (and the message's RET, ENVID) passed on: a success notice, if wanted,
+    is that next hop's to send, not ours.
+    """
     def __init__(
         self,
         *,
@@ -160,10 +191,11 @@ class RecipientResult(_message.Message):
         dsn: _builtins.str = ...,
         reply: _builtins.str = ...,
         diagnostic: _builtins.str = ...,
+        dsn_passed_on: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "diagnostic", b"diagnostic", "dsn", b"dsn", "id", b"id", "outcome", b"outcome", "reply", b"reply"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "diagnostic", b"diagnostic", "dsn", b"dsn", "dsn_passed_on", b"dsn_passed_on", "id", b"id", "outcome", b"outcome", "reply", b"reply"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,6 +220,7 @@ class Result(_message.Message):
     RECIPIENTS_FIELD_NUMBER: _builtins.int
     NEXTHOP_FIELD_NUMBER: _builtins.int
     HOLD_REASON_FIELD_NUMBER: _builtins.int
+    FINAL_DELIVERY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     queue_id: _builtins.str
     attempt: _builtins.int
@@ -202,6 +235,10 @@ class Result(_message.Message):
     """Set when the message cannot be delivered as stored (its content cannot
     be read): qmgr puts it on hold with this reason instead of retrying.
     The result then carries no recipient outcomes.
+    """
+    final_delivery: _builtins.bool
+    """The transport delivered to the final destination (a mailbox): a
+    success notice says "delivered"; otherwise "relayed" (RFC 3464 Action).
     """
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientResult]: ...
@@ -218,10 +255,11 @@ class Result(_message.Message):
         recipients: _abc.Iterable[Global___RecipientResult] | None = ...,
         nexthop: _builtins.str = ...,
         hold_reason: _builtins.str = ...,
+        final_delivery: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "finished_at", b"finished_at", "hold_reason", b"hold_reason", "job_id", b"job_id", "nexthop", b"nexthop", "queue_id", b"queue_id", "recipients", b"recipients", "relay", b"relay", "started_at", b"started_at", "transport", b"transport"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "final_delivery", b"final_delivery", "finished_at", b"finished_at", "hold_reason", b"hold_reason", "job_id", b"job_id", "nexthop", b"nexthop", "queue_id", b"queue_id", "recipients", b"recipients", "relay", b"relay", "started_at", b"started_at", "transport", b"transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

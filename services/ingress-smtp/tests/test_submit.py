@@ -61,7 +61,7 @@ async def test_message_streams_exact_bytes_in_chunks(make_ingress, dialogs, clea
     assert env.client.helo == "client.test" and env.client.protocol == "ESMTP"
     assert env.client.name == "unknown"  # smtpd_peername_lookup off in these tests
     assert len(env.trace_id) == 32 and int(env.trace_id, 16) >= 0
-    assert any(r.getMessage() == f"postfleet/smtpd[{os.getpid()}]: 4Q0001: "
+    assert any(r.getMessage() == f"postfix/smtpd[{os.getpid()}]: 4Q0001: "
                "client=unknown[127.0.0.1]" for r in caplog.records)
 
 

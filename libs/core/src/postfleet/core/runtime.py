@@ -34,6 +34,7 @@ from postfleet.core.bus.connect import close, connect, ensure_bus
 from postfleet.core.db.engine import create_engine
 from postfleet.core.db.migrate import upgrade
 from postfleet.core.logs import setup_logging
+from postfleet.core.maillog import setup_maillog
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.settings import CommonSettings
 
@@ -96,6 +97,7 @@ def run_role(name: str, settings_cls: type[S], run: Callable[[S], Awaitable[None
     """A role's ``main``: settings from env and the config file, logging, the loop."""
     settings = settings_cls()
     setup_logging(name, settings.log_format, settings.log_level)
+    setup_maillog(settings.syslog_name, settings.maillog_file, settings.myhostname)
     asyncio.run(_call(run, settings))
 
 

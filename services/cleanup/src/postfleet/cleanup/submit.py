@@ -133,10 +133,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             FAILURES.labels("database").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"queue file write error: {exc}")
         MESSAGES.inc()
-        where = "hold" if message.state is MessageState.HOLD else "active"
-        maillog("cleanup", message.queue_id,
-                f"from=<{sender}>, size={len(message.body)}, "
-                f"nrcpt={len(message.recipients)} (queue {where})")
+        # The "from=<…>, size=…, nrcpt=…" line is qmgr's, as in Postfix.
         return cleanup_pb2.SubmitReply(queue_id=message.queue_id)
 
     async def _check(self, message: NewMessage) -> Verdict:

@@ -85,6 +85,7 @@ from postfleet.core.maillog import maillog_event
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.replies import SmtpReply, about
 from postfleet.ingress_smtp.anvil import Event, FleetAnvil
+from postfleet.ingress_smtp.counts import CommandCounts
 from postfleet.ingress_smtp.grammar import (
     envelope_path,
     postfix_text,
@@ -159,6 +160,8 @@ class IngressSMTP(SMTP):
         self._anvil_client = ""  # the address anvil counted this connection for
         self._handshaking = False
         self._lost = False
+        self._counts = CommandCounts()  # the disconnect line's command counts
+        self._failed = False  # the running command answered 4xx/5xx
         super().__init__(
             handler,
             data_size_limit=params.message_size_limit or None,
@@ -207,6 +210,9 @@ class IngressSMTP(SMTP):
         self._lost = True
         if self.session is not None:
             self.smtpd_session().cancel_lookup()
+            if self._greeted:
+                maillog_event("smtpd", f"disconnect from {self.smtpd_session().describe()} "
+                                       f"{self._counts.format()}")
         if self in self._sessions:
             self._sessions.discard(self)
             SESSIONS.labels(self.listener).dec()
@@ -232,6 +238,8 @@ class IngressSMTP(SMTP):
             # aiosmtpd's greeting: the PROXY header (if any) has been read; in
             # wrapper mode the TLS handshake comes before the banner.
             self._greeted = True
+            await self.smtpd_session().resolved_name()
+            maillog_event("smtpd", f"connect from {self.smtpd_session().describe()}")
             if self.params.smtpd_tls_wrappermode and not await self._wrapper_handshake():
                 return
             if not await self._admit():
@@ -245,6 +253,9 @@ class IngressSMTP(SMTP):
         code, final = text[:3], text[3:4] != "-"
         failing = code[:1] in ("4", "5")
         session = self.smtpd_session()
+        self._failed = self._failed or failing
+        if failing and code in ("500", "502") and not self._busy:
+            self._counts.count("unknown", False)  # not a command smtpd knows
         if failing:
             REJECTS.labels(self.listener, code).inc()
             if self._counts_as_error(text):
@@ -410,10 +421,12 @@ class IngressSMTP(SMTP):
                 return
             self._flag_pipelining(name)
             self._busy = True
+            self._failed = False
             try:
                 await method(arg)
             finally:
                 self._busy = False
+                self._counts.count(name, not self._failed)
             if self.draining and not self.in_transaction:
                 self.hang_up(replies.SHUTTING_DOWN)
 

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from postfleet.core.bus.jobs import job_id
 from postfleet.core.db import queue
 from postfleet.core.db.queue import Claimed, SlotRequest
+from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.resolver import filter_route, resolve
 from postfleet.core.routing.store import RoutingView
@@ -130,6 +131,9 @@ class Scheduler:
             limit = min(self.s.qmgr_claim_batch, room)
             claimed = await queue.claim_due(self.engine, self.s.qmgr_owner, datetime.now(UTC),
                                             self.s.qmgr_lease_time, limit)
+            for m in claimed.activated:
+                maillog("qmgr", m.queue_id,
+                        f"from=<{m.sender}>, size={m.size}, nrcpt={m.nrcpt} (queue active)")
             if claimed:
                 CLAIMED.inc(len(claimed))
                 self._enqueue(claimed)

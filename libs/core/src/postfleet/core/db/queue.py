@@ -203,13 +203,34 @@ class Claimed:
     content_filter: str = ""  # the message's content filter (transport:nexthop), if any
 
 
+@dataclass(frozen=True, slots=True)
+class Activated:
+    """A message a claim moved into the active queue (from incoming or
+    deferred): what qmgr's ``from=<…>, size=…, nrcpt=… (queue active)``
+    line says of it."""
+
+    queue_id: str
+    sender: str
+    size: int
+    nrcpt: int
+
+
+class Claims(list[Claimed]):
+    """Claimed recipients, with the messages the claim made active."""
+
+    def __init__(self, claimed: Sequence[Claimed] = (),
+                 activated: Sequence[Activated] = ()) -> None:
+        super().__init__(claimed)
+        self.activated = list(activated)
+
+
 async def claim_due(
     engine: AsyncEngine, owner: str, now: datetime, lease: float, limit: int
-) -> list[Claimed]:
+) -> Claims:
     """Lease up to ``limit`` due recipients to ``owner``, counting an attempt;
     returns them grouped by message."""
     if limit <= 0:
-        return []
+        return Claims()
     candidates = (
         select(Recipient.id)
         .join(Message, Message.queue_id == Recipient.queue_id)
@@ -238,13 +259,18 @@ async def claim_due(
     async with engine.begin() as conn:
         rows = (await conn.execute(stmt)).all()
         if not rows:
-            return []
+            return Claims()
         qids = {r.queue_id for r in rows}
-        await conn.execute(
+        entered = set((await conn.execute(
             update(Message)
-            .where(Message.queue_id.in_(qids), Message.state != MessageState.HOLD)
+            .where(Message.queue_id.in_(qids),
+                   or_(Message.state == MessageState.INCOMING,
+                       Message.state == MessageState.DEFERRED))
             .values(state=MessageState.ACTIVE)
-        )
+            .returning(Message.queue_id)
+            .execution_options(synchronize_session=False)
+        )).scalars())
+        activated = await _activated(conn, entered)
         envelope = {m.queue_id: m for m in await conn.execute(
             select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
                    Message.content_filter)
@@ -255,7 +281,17 @@ async def claim_due(
         for r in rows if (m := envelope.get(r.queue_id)) is not None
     ]
     claimed.sort(key=lambda c: (c.queue_id, c.id))
-    return claimed
+    return Claims(claimed, activated)
+
+
+async def _activated(conn: AsyncConnection, qids: set[str]) -> list[Activated]:
+    if not qids:
+        return []
+    nrcpt = (select(func.count()).where(Recipient.queue_id == Message.queue_id,
+                                        open_recipient()).scalar_subquery())
+    rows = await conn.execute(select(Message.queue_id, Message.sender, Message.size, nrcpt)
+                              .where(Message.queue_id.in_(qids)).order_by(Message.queue_id))
+    return [Activated(*row) for row in rows]
 
 
 async def release(engine: AsyncEngine, owner: str, ids: Sequence[int]) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
@@ -608,6 +608,7 @@ async def bodies(conn: AsyncConnection, qids: set[str]) -> dict[str, bytes]:
 @dataclass(frozen=True, slots=True)
 class QueuedRecipient:
     address: str
+    orig_address: str  # as received (Postfix's ORCPT or the address itself)
     status: str
     attempts: int
     next_attempt_at: datetime
@@ -627,21 +628,52 @@ class QueuedMessage:
     recipients: list[QueuedRecipient]
 
 
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which messages a queue tool acts on, like postsuper's operands:
+    these queue ids, or ``all`` of them, narrowed by queue (state),
+    envelope sender ("" is the null sender) and recipient domain (a
+    message with an open recipient there)."""
+
+    queue_ids: Sequence[str] = ()
+    all: bool = False
+    state: MessageState | None = None
+    sender: str | None = None
+    recipient_domain: str | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = []
+        if not self.all:
+            where.append(Message.queue_id.in_(list(self.queue_ids)))
+        if self.state is not None:
+            where.append(Message.state == self.state)
+        if self.sender is not None:
+            where.append(func.lower(Message.sender) == self.sender.lower())
+        if self.recipient_domain is not None:
+            where.append(exists().where(Recipient.queue_id == Message.queue_id,
+                                        open_recipient(), _in_domain(self.recipient_domain)))
+        return where
+
+
+def _in_domain(domain: str) -> ColumnElement[bool]:
+    return func.lower(Recipient.address).like(
+        "%@" + domain.lower().lstrip("@").replace("\\", "").replace("%", "").replace("_", "\\_"),
+        escape="\\")
+
+
 async def list_messages(
-    engine: AsyncEngine, *, state: MessageState | None = None, queue_id: str | None = None,
-    limit: int = 1000,
+    engine: AsyncEngine, selection: Selection | None = None, *, limit: int = 1000,
 ) -> list[QueuedMessage]:
-    """Messages in queue-id (arrival) order with their open recipients."""
-    where: list[ColumnElement[bool]] = []
-    if state is not None:
-        where.append(Message.state == state)
-    if queue_id is not None:
-        where.append(Message.queue_id == queue_id)
+    """Messages in Postfix's showq order (active, incoming, deferred, hold;
+    by queue id within each) with their open recipients."""
+    where = (selection or Selection(all=True)).where()
+    order = case({MessageState.ACTIVE: 0, MessageState.INCOMING: 1,
+                  MessageState.DEFERRED: 2}, value=Message.state, else_=3)
     async with engine.connect() as conn:
         msgs = (await conn.execute(
             select(Message.queue_id, Message.state, Message.size, Message.arrived_at,
-                   Message.sender).where(*where).order_by(Message.queue_id).limit(limit)
-        )).all()
+                   Message.sender).where(*where).order_by(order, Message.queue_id)
+            .limit(limit))).all()
         rcpts = (await conn.execute(
             select(Recipient).where(Recipient.queue_id.in_([m.queue_id for m in msgs]),
                                     open_recipient()).order_by(Recipient.id)
@@ -649,10 +681,16 @@ async def list_messages(
     by_qid: dict[str, list[QueuedRecipient]] = {}
     for r in rcpts:
         by_qid.setdefault(r.queue_id, []).append(QueuedRecipient(
-            r.address, r.status, r.attempts, r.next_attempt_at, r.transport, r.nexthop,
-            r.dsn_status, r.last_reply))
+            r.address, r.orig_rcpt or r.address, r.status, r.attempts, r.next_attempt_at,
+            r.transport, r.nexthop, r.dsn_status, r.last_reply))
     return [QueuedMessage(m.queue_id, m.state, m.size, m.arrived_at, m.sender,
                           by_qid.get(m.queue_id, [])) for m in msgs]
+
+
+async def select_queue_ids(engine: AsyncEngine, selection: Selection) -> list[str]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(select(Message.queue_id).where(*selection.where())
+                                        .order_by(Message.queue_id))).scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -672,40 +710,64 @@ async def message_content(engine: AsyncEngine, queue_id: str) -> MessageContent 
 
 
 async def exists_message(engine: AsyncEngine, queue_id: str) -> bool:
-    async with engine.connect() as conn:
-        found = (await conn.execute(select(Message.queue_id)
-                                    .where(Message.queue_id == queue_id))).first()
-    return found is not None
+    return bool(await select_queue_ids(engine, Selection((queue_id,))))
+
+
+def _ids(queue_ids: str | Sequence[str] | None) -> list[str] | None:
+    return None if queue_ids is None else [queue_ids] if isinstance(queue_ids, str) else list(
+        queue_ids)
 
 
 async def reschedule(
-    engine: AsyncEngine, queue_id: str | None, now: datetime, *, forget_route: bool = False
+    engine: AsyncEngine, queue_ids: str | Sequence[str] | None, now: datetime, *,
+    forget_route: bool = False,
 ) -> int:
-    """Make open recipients due now (postqueue -f / -i); ``forget_route``
-    also drops the transport and next hop they last took (postsuper -r).
-    Returns how many recipients were touched."""
+    """Make open recipients due now (postqueue -f / -i; None: every
+    message); ``forget_route`` also drops the transport and next hop they
+    last took (postsuper -r). Returns how many recipients were touched."""
     values: dict[str, Any] = {"next_attempt_at": now}
     if forget_route:
         values.update(transport="", nexthop="")
     stmt = update(Recipient).where(open_recipient()).values(**values)
-    if queue_id:
-        stmt = stmt.where(Recipient.queue_id == queue_id)
+    ids = _ids(queue_ids)
     async with engine.begin() as conn:
-        return (await conn.execute(stmt)).rowcount
+        if ids is None:
+            return (await conn.execute(stmt)).rowcount
+        return sum([(await conn.execute(stmt.where(Recipient.queue_id.in_(part)))).rowcount
+                    for part in _chunks(ids)])
 
 
-async def set_state(engine: AsyncEngine, queue_id: str, state: MessageState) -> int:
-    """Put a message on hold or back in the queue (postsuper -h / -H)."""
+async def reschedule_site(engine: AsyncEngine, domain: str, now: datetime) -> int:
+    """Make the open recipients in ``domain`` due now: postqueue -s / SMTP
+    ETRN (the fast flush service's per-site flush). Returns how many."""
     async with engine.begin() as conn:
-        return (await conn.execute(update(Message).where(Message.queue_id == queue_id)
-                                   .values(state=state))).rowcount
+        return (await conn.execute(
+            update(Recipient).where(open_recipient(), _in_domain(domain))
+            .values(next_attempt_at=now).execution_options(synchronize_session=False)
+        )).rowcount
 
 
-async def delete_message(engine: AsyncEngine, queue_id: str) -> int:
-    """Remove a message and its recipients (postsuper -d); returns how many
-    recipients went with it."""
+async def set_state(
+    engine: AsyncEngine, queue_ids: str | Sequence[str], state: MessageState
+) -> int:
+    """Put messages on hold or back in the queue (postsuper -h / -H);
+    returns how many messages changed queue."""
+    ids = _ids(queue_ids) or []
     async with engine.begin() as conn:
-        count = (await conn.execute(delete(Recipient).where(
-            Recipient.queue_id == queue_id))).rowcount
-        await conn.execute(delete(Message).where(Message.queue_id == queue_id))
+        return sum([(await conn.execute(
+            update(Message).where(Message.queue_id.in_(part), Message.state != state)
+            .values(state=state).execution_options(synchronize_session=False))).rowcount
+            for part in _chunks(ids)])
+
+
+async def delete_messages(engine: AsyncEngine, queue_ids: str | Sequence[str]) -> int:
+    """Remove messages and their recipients (postsuper -d); returns how many
+    recipients went with them."""
+    ids = _ids(queue_ids) or []
+    count = 0
+    async with engine.begin() as conn:
+        for part in _chunks(ids):
+            count += (await conn.execute(delete(Recipient).where(
+                Recipient.queue_id.in_(part)))).rowcount
+            await conn.execute(delete(Message).where(Message.queue_id.in_(part)))
     return count

@@ -27,6 +27,7 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
                                       config and MailDomain/Transport resources
   postfleet queue list|show|flush|hold|release|requeue|delete
                                       mailq / postqueue / postsuper
+                                      (`postfleet queue --help`)
   postfleet user add|del|list [NAME] --file FILE
                                       the built-in SASL user table
                                       (smtpd_sasl_type = builtin)
@@ -82,14 +83,39 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("directory", type=Path, metavar="DIR")
     imp.add_argument("--out", type=Path, required=True, metavar="OUTDIR")
 
-    queue = sub.add_parser("queue", help="inspect and manage the queue (mailq, postsuper)")
+    queue = sub.add_parser(
+        "queue", help="inspect and manage the queue (mailq, postqueue, postsuper)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+  list                  the queue as `postqueue -p` (mailq) prints it;
+                        --json: as `postqueue -j` (one object per line)
+  show ID               one message's envelope, client and headers
+  flush [ID...]         deliver deferred mail now (postqueue -f / -i);
+                        flush --site DOMAIN: the mail for one site (postqueue -s)
+  hold ID...|ALL [QUEUE]       postsuper -h
+  release ID...|ALL [QUEUE]    postsuper -H (held messages only)
+  requeue ID...|ALL [QUEUE]    postsuper -r (routes are resolved again)
+  delete ID...|ALL [QUEUE]     postsuper -d (postsuper -d ALL deferred)
+
+QUEUE is incoming, active, deferred or hold. --sender and --recipient-domain
+narrow any of these (and alone stand for ALL); --sender '<>' is the null
+sender.""")
     queue.add_argument("action", choices=["list", "show", "flush", "hold", "release",
                                           "requeue", "delete"])
-    queue.add_argument("queue_id", nargs="?", help="a queue id (all but list; flush: optional)")
+    queue.add_argument("operands", nargs="*", metavar="ID|ALL",
+                       help="queue ids, or ALL and an optional queue name")
+    queue.add_argument("--sender", help="only messages from this envelope sender")
+    queue.add_argument("--recipient-domain", metavar="DOMAIN",
+                       help="only messages with an undelivered recipient in DOMAIN")
+    queue.add_argument("--state", choices=["incoming", "active", "deferred", "hold"],
+                       help="list: only this queue")
+    queue.add_argument("--site", metavar="DOMAIN",
+                       help="flush: the deferred mail for DOMAIN (postqueue -s, ETRN)")
     queue.add_argument("--api", help="qmgr admin API URL (default: POSTFLEET_API or "
                        "var/run.json written by `run all`)")
     queue.add_argument("--var-dir", type=Path, default=Path("var"))
-    queue.add_argument("--json", action="store_true", help="print the API's JSON")
+    queue.add_argument("--json", action="store_true",
+                       help="list: postqueue -j's JSON lines; other actions: the API's answer")
 
     user = sub.add_parser(
         "user", help="manage the built-in SASL user table (smtpd_sasl_type = builtin)",
@@ -183,27 +209,9 @@ def _import_postfix(args: argparse.Namespace) -> int:
 
 
 def _queue(args: argparse.Namespace) -> int:
-    from postfleet.cli.queue import call, default_api, mailq
+    from postfleet.cli.queue import queue_command
 
-    api = args.api or default_api(args.var_dir)
-    needs_id = args.action not in ("list", "flush")
-    if needs_id and not args.queue_id:
-        raise SystemExit(f"`postfleet queue {args.action}` needs a queue id")
-    qid = args.queue_id
-    if args.action == "list":
-        out = call(api, "GET", "")
-        print(json.dumps(out, indent=2) if args.json else mailq(out))
-        return 0
-    if args.action == "show":
-        out = call(api, "GET", f"/{qid}")
-    elif args.action == "delete":
-        out = call(api, "DELETE", f"/{qid}")
-    elif args.action == "flush" and not qid:
-        out = call(api, "POST", "/flush")
-    else:
-        out = call(api, "POST", f"/{qid}/{args.action}")
-    print(json.dumps(out, indent=2))
-    return 0
+    return queue_command(args)
 
 
 def _user(args: argparse.Namespace) -> int:

@@ -28,6 +28,8 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
   postfleet queue list|show|flush|hold|release|requeue|delete
                                       mailq / postqueue / postsuper
                                       (`postfleet queue --help`)
+  postfleet postconf [-n|-d] [--role ROLE] [NAME...]
+                                      the roles' effective parameters (postconf)
   postfleet user add|del|list [NAME] --file FILE
                                       the built-in SASL user table
                                       (smtpd_sasl_type = builtin)
@@ -116,6 +118,24 @@ sender.""")
     queue.add_argument("--var-dir", type=Path, default=Path("var"))
     queue.add_argument("--json", action="store_true",
                        help="list: postqueue -j's JSON lines; other actions: the API's answer")
+
+    conf = sub.add_parser(
+        "postconf", help="show the roles' parameters (postconf)",
+        description="Print the effective parameters (name = value) as the roles take them "
+        "from the environment (POSTFLEET_<NAME>), the config file (--config or "
+        "POSTFLEET_CONFIG; a role's section overrides the top level) and their defaults. "
+        "Each role is asked by running `python -m postfleet.<role> --postconf`; a value "
+        "that differs between roles is printed as role/name = value.")
+    conf.add_argument("names", nargs="*", metavar="NAME", help="only these parameters")
+    conf.add_argument("-n", dest="only_set", action="store_true",
+                      help="only parameters that are set (not left at their default)")
+    conf.add_argument("-d", dest="defaults", action="store_true", help="the defaults")
+    conf.add_argument("-H", dest="values_only", action="store_true",
+                      help="values only, without `name = ` (postconf -h)")
+    conf.add_argument("--role", action="append", choices=list(ROLE_MODULES),
+                      help="ask only this role (repeatable; default: every role)")
+    conf.add_argument("--config", type=Path, default=os.environ.get("POSTFLEET_CONFIG"),
+                      help="postfleet YAML (default: POSTFLEET_CONFIG)")
 
     user = sub.add_parser(
         "user", help="manage the built-in SASL user table (smtpd_sasl_type = builtin)",
@@ -214,6 +234,16 @@ def _queue(args: argparse.Namespace) -> int:
     return queue_command(args)
 
 
+def _postconf(args: argparse.Namespace) -> int:
+    from postfleet.cli.postconf import postconf
+
+    for line in postconf(args.role or list(ROLE_MODULES), args.config, args.names,
+                         only_set=args.only_set, defaults=args.defaults,
+                         values_only=args.values_only):
+        print(line)
+    return 0
+
+
 def _user(args: argparse.Namespace) -> int:
     from postfleet.cli.users import manage_users
 
@@ -242,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return _sendmail(argv[1:])
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "routes": _routes, "route": _route, "queue": _queue,
-                "import-postfix": _import_postfix, "user": _user}
+                "import-postfix": _import_postfix, "user": _user, "postconf": _postconf}
     return handlers[args.command](args)
 
 

@@ -35,6 +35,7 @@ from postfleet.core.db.engine import create_engine
 from postfleet.core.db.migrate import upgrade
 from postfleet.core.logs import setup_logging
 from postfleet.core.maillog import setup_maillog
+from postfleet.core.postconf import print_postconf, wants_postconf
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.settings import CommonSettings
 
@@ -94,7 +95,11 @@ async def _migrated_engine(url: str, writer: bool, pool_size: int) -> AsyncEngin
 
 
 def run_role(name: str, settings_cls: type[S], run: Callable[[S], Awaitable[None]]) -> None:
-    """A role's ``main``: settings from env and the config file, logging, the loop."""
+    """A role's ``main``: settings from env and the config file, logging, the
+    loop; with ``--postconf``, only print its parameters (core.postconf)."""
+    if wants_postconf():
+        print_postconf(settings_cls)
+        return
     settings = settings_cls()
     setup_logging(name, settings.log_format, settings.log_level)
     setup_maillog(settings.syslog_name, settings.maillog_file, settings.myhostname)

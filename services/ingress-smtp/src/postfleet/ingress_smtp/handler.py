@@ -32,7 +32,7 @@ from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp.grammar import reply_line
-from postfleet.ingress_smtp.metrics import ACCEPTED
+from postfleet.ingress_smtp.metrics import ACCEPTED, POSTFIX_PROCESSED, POSTFIX_REJECTED
 from postfleet.ingress_smtp.restrictions import client_listed
 from postfleet.ingress_smtp.session import IngressSession
 from postfleet.ingress_smtp.settings import SmtpdParams
@@ -93,6 +93,7 @@ class IngressHandler:
             maillog("smtpd", "NOQUEUE",
                     f"reject: {where} from {session.describe()}: {reply_line(refusal)};"
                     f"{sender}{to} proto={session.protocol} helo=<{session.helo}>")
+            POSTFIX_REJECTED.labels(str(refusal.code)).inc()
         return refusal
 
     def bare_newline_exempt(self, ip: str) -> bool:
@@ -166,6 +167,7 @@ class IngressHandler:
         sasl = (f", sasl_method={session.sasl_method}, sasl_username={session.sasl_username}"
                 if session.sasl_username else "")
         maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
+        POSTFIX_PROCESSED.labels(session.sasl_method if session.sasl_username else "").inc()
         ACCEPTED.labels(self.listener).inc()
         log.info("queued %d bytes for %d recipients", len(envelope.original_content),
                  len(envelope.rcpt_tos), extra={"queue_id": queue_id, "trace_id": trace_id})

@@ -92,7 +92,13 @@ from postfleet.ingress_smtp.grammar import (
     reply_line,
     unsupported,
 )
-from postfleet.ingress_smtp.metrics import CONNECTIONS, REJECTS, SESSIONS
+from postfleet.ingress_smtp.metrics import (
+    CONNECTIONS,
+    POSTFIX_CONNECTS,
+    POSTFIX_DISCONNECTS,
+    REJECTS,
+    SESSIONS,
+)
 from postfleet.ingress_smtp.peername import NameLookup, system_client_name
 from postfleet.ingress_smtp.sasl import SaslBackend, Step
 from postfleet.ingress_smtp.session import IngressSession
@@ -213,6 +219,7 @@ class IngressSMTP(SMTP):
             if self._greeted:
                 maillog_event("smtpd", f"disconnect from {self.smtpd_session().describe()} "
                                        f"{self._counts.format()}")
+                POSTFIX_DISCONNECTS.inc()
         if self in self._sessions:
             self._sessions.discard(self)
             SESSIONS.labels(self.listener).dec()
@@ -240,6 +247,7 @@ class IngressSMTP(SMTP):
             self._greeted = True
             await self.smtpd_session().resolved_name()
             maillog_event("smtpd", f"connect from {self.smtpd_session().describe()}")
+            POSTFIX_CONNECTS.inc()
             if self.params.smtpd_tls_wrappermode and not await self._wrapper_handshake():
                 return
             if not await self._admit():

@@ -51,6 +51,7 @@ from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.resolver import filter_route, resolve
 from postfleet.core.routing.store import RoutingView
+from postfleet.qmgr import metrics
 from postfleet.qmgr.settings import QmgrSettings
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ class Scheduler:
             for m in claimed.activated:
                 maillog("qmgr", m.queue_id,
                         f"from=<{m.sender}>, size={m.size}, nrcpt={m.nrcpt} (queue active)")
+                metrics.INSERTED_SIZE.observe(m.size)
+                metrics.INSERTED_RCPTS.observe(m.nrcpt)
             if claimed:
                 CLAIMED.inc(len(claimed))
                 self._enqueue(claimed)

@@ -29,7 +29,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Float,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
@@ -771,3 +784,51 @@ async def delete_messages(engine: AsyncEngine, queue_ids: str | Sequence[str]) -
                 Recipient.queue_id.in_(part)))).rowcount
             await conn.execute(delete(Message).where(Message.queue_id.in_(part)))
     return count
+
+
+# -- the queue's shape (the metrics a Postfix dashboard reads from showq) ----------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueShape:
+    """One queue's messages counted below each size and age bound
+    (cumulative, as a Prometheus histogram's buckets), with their totals."""
+
+    state: str
+    count: int
+    size_sum: int
+    age_sum: float
+    size_le: list[int]  # messages with size <= SIZE_BOUNDS[i]
+    age_le: list[int]  # messages with age <= AGE_BOUNDS[i] seconds
+
+
+SIZE_BOUNDS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9)
+AGE_BOUNDS = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
+
+
+async def queue_shape(engine: AsyncEngine, now: datetime) -> list[QueueShape]:
+    """Per queue (incoming, active, deferred, hold): counts and histogram
+    buckets of message size and age, in one aggregate query."""
+    columns: list[Any] = [Message.state, func.count(), func.coalesce(func.sum(Message.size), 0)]
+    columns += [func.sum(case((Message.size <= b, 1), else_=0)) for b in SIZE_BOUNDS]
+    columns += [func.sum(case((Message.arrived_at >= now - timedelta(seconds=b), 1), else_=0))
+                for b in AGE_BOUNDS]
+    async with engine.connect() as conn:
+        columns.append(func.coalesce(func.sum(_epoch(conn, Message.arrived_at)), 0))
+        rows = (await conn.execute(select(*columns).group_by(Message.state))).all()
+    n, m = len(SIZE_BOUNDS), len(AGE_BOUNDS)
+    found = {}
+    for r in rows:
+        count = int(r[1])
+        found[str(r[0])] = QueueShape(
+            str(r[0]), count, int(r[2]), max(0.0, count * now.timestamp() - float(r[-1])),
+            [int(v or 0) for v in r[3:3 + n]], [int(v or 0) for v in r[3 + n:3 + n + m]])
+    return [found.get(state) or QueueShape(state, 0, 0, 0.0, [0] * n, [0] * m)
+            for state in MessageState]
+
+
+def _epoch(conn: AsyncConnection, column: Any) -> Any:
+    """A timestamp column as seconds since the epoch, in the dialect's words."""
+    if conn.dialect.name == "postgresql":
+        return func.extract("epoch", column)
+    return cast(func.strftime("%s", column), Float)

@@ -89,6 +89,11 @@ async def test_pflogsumm_reads_the_maillog_file_of_a_real_run(
                           r"nrcpt=1 \(queue active\)$", line):
             sizes.setdefault(m.group(1), int(m.group(2)))
     assert len(sizes) == 3
+    # smtpd's client= comes before qmgr's from= (pflogsumm pairs them in order)
+    for qid in sizes:
+        client = next(i for i, line in enumerate(lines) if f": {qid}: client=" in line)
+        active = next(i for i, line in enumerate(lines) if f": {qid}: from=<" in line)
+        assert client < active, qid
 
     totals = _pflogsumm(maillog)
     assert totals["received"] == 3

@@ -59,7 +59,7 @@ from postfleet.core.db.queue import NewMessage, NewRecipient
 from postfleet.core.db.status import MessageState
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
-from postfleet.core.queueid import new_queue_id
+from postfleet.core.queueid import QUEUE_ID_METADATA, is_queue_id, new_queue_id
 from postfleet.core.routing.rewrite import canonical_sender, final_recipients, is_special_target
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import RoutingView
@@ -112,7 +112,8 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         except SmtpError as exc:
             log.warning("envelope not rewritten: %s", exc)
             return _refuse("rewrite", exc.reply)
-        message = self._message(new_queue_id(), envelope, sender, rewritten, b"".join(chunks))
+        message = self._message(_queue_id(context), envelope, sender, rewritten,
+                                b"".join(chunks))
         if self.checks and not envelope.overrides.no_header_body_checks:
             verdict = await self._check(message)
             _log_actions(verdict, message, envelope)
@@ -244,3 +245,11 @@ def rewrite_envelope(
                 seen.add(key)
                 out.append((rcpt, address))
     return sender, out
+
+
+def _queue_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The id smtpd asked for (it has logged client= with it), else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == QUEUE_ID_METADATA and isinstance(value, str) and is_queue_id(value):
+            return value
+    return new_queue_id()

@@ -27,6 +27,7 @@ from typing import Any
 from aiosmtpd.proxy_protocol import ProxyData
 
 from postfleet.core.maillog import maillog
+from postfleet.core.queueid import new_queue_id
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
@@ -147,8 +148,15 @@ class IngressHandler:
             return reply_line(refusal)
         trace_id = uuid.uuid4().hex
         name = await session.resolved_name()
+        # Postfix's smtpd logs client= as the queue file is opened, before
+        # qmgr can see it (log readers pair that line with qmgr's from=).
+        queue_id = new_queue_id()
+        sasl = (f", sasl_method={session.sasl_method}, sasl_username={session.sasl_username}"
+                if session.sasl_username else "")
+        maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
         try:
             queue_id = await self.cleanup.submit(
+                queue_id=queue_id,
                 sender=envelope.mail_from,
                 recipients=list(envelope.rcpt_tos),
                 client=ClientInfo(name, session.client_ip, session.client_port, session.helo,
@@ -164,9 +172,6 @@ class IngressHandler:
             log.warning("message from %s not queued: %s", session.describe(), exc,
                         extra={"trace_id": trace_id})
             return reply_line(exc.reply)
-        sasl = (f", sasl_method={session.sasl_method}, sasl_username={session.sasl_username}"
-                if session.sasl_username else "")
-        maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
         POSTFIX_PROCESSED.labels(session.sasl_method if session.sasl_username else "").inc()
         ACCEPTED.labels(self.listener).inc()
         log.info("queued %d bytes for %d recipients", len(envelope.original_content),

@@ -20,7 +20,7 @@ run: install
 	$(BIN)/postfleet run all --config $(CONFIG)
 
 # Debian packages of the real peers the tests talk to (swaks, Postfix's
-# smtp-source/smtp-sink, dnsmasq, Dovecot, spamd, clamd, amavisd-new).
+# smtp-source/smtp-sink, dnsmasq, Dovecot, spamd, clamd, amavisd-new, pflogsumm).
 # Installed only when missing.
 peers:
 	@scripts/install-peers

@@ -227,7 +227,7 @@ def test_virtual_domain_lines_and_default_domain_list(tmp_path: Path) -> None:
                                       "virtual_alias_maps = hash:/etc/postfix/virtual\n")
     (tmp_path / "virtual").write_text("example.com  anything\ninfo@example.com  ann@x.example\n")
     result = import_postfix(tmp_path)
-    assert result.warnings == []
+    assert _unexpected(result.warnings) == []
     [domain] = [r for r in result.resources if r["kind"] == "MailDomain"
                 and r["spec"]["class"] == "virtualAlias"]
     assert domain["spec"] == {"domain": "example.com", "class": "virtualAlias",
@@ -247,8 +247,28 @@ def test_outbound_tls_and_sasl_are_imported(tmp_path: Path) -> None:
     (tmp_path / "tls_policy").write_text("[smtp.isp.example]:587  secure match=smtp.isp.example\n"
                                          ".partner.example  verify\n")
     result = import_postfix(tmp_path)
-    assert result.warnings == []
+    assert _unexpected(result.warnings) == []
     assert result.config["routing"]["smtp_tls_policy_maps"] == {
         "[smtp.isp.example]:587": "secure match=smtp.isp.example", ".partner.example": "verify"}
     assert result.config["smtp_tls_security_level"] == "may"
     assert result.config["smtp_sasl_password_maps"] == "hash:/etc/postfix/sasl_passwd"
+
+
+def _unexpected(warnings: list[str]) -> list[str]:
+    """All but the note every import at level 3.6 makes (the relay restrictions)."""
+    return [w for w in warnings if not w.startswith("smtpd_relay_restrictions is not set")]
+
+
+def test_unset_relay_restrictions_keep_postfix_s_454(tmp_path: Path) -> None:
+    (tmp_path / "main.cf").write_text("compatibility_level = 3.6\nmyhostname = mx.example.org\n")
+    result = import_postfix(tmp_path)
+    assert result.config["smtpd_relay_restrictions"][-1] == "defer_unauth_destination"
+    assert describe(route_context(result.config), "x@far.example")["reject"] == (
+        "454 4.7.1 <x@far.example>: Relay access denied")
+    (tmp_path / "main.cf").write_text(
+        "compatibility_level = 3.6\nmyhostname = mx.example.org\n"
+        "smtpd_relay_restrictions = permit_mynetworks reject_unauth_destination\n")
+    result = import_postfix(tmp_path)
+    assert _unexpected(result.warnings) == result.warnings == []
+    assert describe(route_context(result.config), "x@far.example")["reject"] == (
+        "554 5.7.1 <x@far.example>: Relay access denied")

@@ -604,6 +604,33 @@ def test_network_policies(chart, variant):
         assert ({} not in egress) is restricted, (role, egress)
 
 
+# -- Prometheus and Grafana --------------------------------------------------------------
+def test_service_monitor_and_dashboard_are_off_by_default_and_on_by_toggle(chart):
+    kinds = {d["kind"] for d in chart.render("default")}
+    assert "ServiceMonitor" not in kinds
+    assert not any("grafana_dashboard" in (d["metadata"].get("labels") or {})
+                   for d in chart.render("default"))
+    on = ("--set", "metrics.serviceMonitor.enabled=true",
+          "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+          "--set", "metrics.grafanaDashboard.enabled=true")
+    [monitor] = chart.objects("default", "ServiceMonitor", *on).values()
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    service = chart.objects("default", "Service", *on)["metrics"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= \
+        service["metadata"]["labels"].items()
+    # the metrics Service selects every role's pods, on their HTTP port
+    for role, deployment in chart.objects("default", "Deployment", *on).items():
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items(), role
+        assert any(p["name"] == "http" for p in container(deployment)["ports"]), role
+    [dashboard] = [d for d in chart.objects("default", "ConfigMap", *on).values()
+                   if (d["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
+    assert json.loads(dashboard["data"]["postfleet.json"]) == json.loads(
+        (CHART / "dashboards" / "postfleet.json").read_text())
+
+
 # -- values.schema.json -------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("values", "complaint"),

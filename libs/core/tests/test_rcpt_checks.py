@@ -119,3 +119,23 @@ def test_outside_client_is_outside_mynetworks() -> None:
     s = snap(mynetworks=["192.0.2.0/24", "198.51.100.0/24"])
     client = outside_client(s)
     assert client.address == "203.0.113.1" and not client.sasl_username
+
+
+def test_a_quoted_local_part_is_looked_up_unquoted_as_postfix_does() -> None:
+    s = snap()
+    assert verdict(s, '"rgarcia"@univ.es') is None
+    assert verdict(s, '"gerente"@fund-univ.es') is None
+    assert verdict(s, '"nobody"@univ.es') == (
+        "550 5.1.1 <nobody@univ.es>: Recipient address rejected: "
+        "User unknown in local recipient table")
+    assert verdict(s, '"x"@far.example') == "554 5.7.1 <x@far.example>: Relay access denied"
+
+
+def test_internal_form() -> None:
+    from postfleet.core.routing.addresses import internal_form
+
+    assert internal_form('"rgarcia"@univ.es') == "rgarcia@univ.es"
+    assert internal_form('"a\\"b c"@x') == 'a"b c@x'
+    assert internal_form('"user@remote"@local') == "user@remote@local"
+    assert internal_form("plain@x") == "plain@x"
+    assert internal_form('"postmaster"') == "postmaster"

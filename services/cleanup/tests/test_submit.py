@@ -116,6 +116,21 @@ async def test_submit_commits_message_and_recipients_then_wakes_qmgr(cleanup: tu
     assert [r[0] for r in rcpts] == ["b@y.test", "c@y.test"]
 
 
+async def test_the_queue_id_smtpd_asked_for_is_the_message_s(cleanup: tuple) -> None:
+    """smtpd logged client= with it before the hand-off; anything that is not
+    a queue id is not taken."""
+    from postfleet.core.queueid import QUEUE_ID_METADATA, new_queue_id
+
+    stub, _, _ = cleanup
+    asked = new_queue_id()
+    reply = await stub.Submit(_stream(_request(b"Subject: a\r\n\r\nx\r\n", ["b@y.test"])),
+                              metadata=((QUEUE_ID_METADATA, asked),))
+    assert reply.queue_id == asked
+    reply = await stub.Submit(_stream(_request(b"Subject: b\r\n\r\nx\r\n", ["b@y.test"])),
+                              metadata=((QUEUE_ID_METADATA, "../etc"),))
+    assert len(reply.queue_id) == 15 and reply.queue_id != "../etc"
+
+
 async def test_concurrent_submissions_each_get_their_own_committed_message(
         cleanup: tuple) -> None:
     stub, url, _ = cleanup

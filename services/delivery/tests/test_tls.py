@@ -49,7 +49,7 @@ async def test_may_goes_over_tls_and_logs_the_session(
     assert sink.messages[0].tls
     relay = f"mx.tls.test[127.0.0.1]:{sink.port}"
     # Postfix's wording; the cipher is whatever the two OpenSSLs agree on.
-    summary = re.compile(rf"postfleet/smtp\[\d+\]: Untrusted TLS connection established to "
+    summary = re.compile(rf"postfix/smtp\[\d+\]: Untrusted TLS connection established to "
                          rf"{re.escape(relay)}: TLSv1\.3 with cipher TLS_\w+ \((\d+)/\1 bits\)")
     assert any(summary.fullmatch(line) for line in maillog()), maillog()
 

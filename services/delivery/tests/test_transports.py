@@ -89,7 +89,7 @@ async def test_every_transport_from_one_process(
         ("error", "dsn=5.1.2, status=bounced (no such domain here)"),
         ("discard", "dsn=2.0.0, status=sent (discard.test)"),
     ]:
-        assert any(line.startswith(f"postfleet/{program}[") and tail in line
+        assert any(line.startswith(f"postfix/{program}[") and tail in line
                    for line in lines), (program, lines)
 
 

@@ -53,12 +53,16 @@ class FakeCleanup(cleanup_pb2_grpc.CleanupServicer):
 
     mode: str = "ok"
     submitted: list[Submitted] = field(default_factory=list)
+    # the queue ids smtpd asked for (it logged client= with them)
+    requested: list[str] = field(default_factory=list)
     calls: int = 0
     entered: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def Submit(self, request_iterator: Any, context: Any) -> cleanup_pb2.SubmitReply:
         self.calls += 1
+        self.requested += [v for k, v in context.invocation_metadata() or ()
+                           if k == "postfleet-queue-id"]
         envelope: cleanup_pb2.Envelope | None = None
         chunks: list[bytes] = []
         async for request in request_iterator:

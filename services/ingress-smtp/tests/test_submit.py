@@ -61,7 +61,9 @@ async def test_message_streams_exact_bytes_in_chunks(make_ingress, dialogs, clea
     assert env.client.helo == "client.test" and env.client.protocol == "ESMTP"
     assert env.client.name == "unknown"  # smtpd_peername_lookup off in these tests
     assert len(env.trace_id) == 32 and int(env.trace_id, 16) >= 0
-    assert any(r.getMessage() == f"postfleet/smtpd[{os.getpid()}]: 4Q0001: "
+    # client= is logged with the queue id smtpd asked cleanup for, before the hand-off
+    [asked] = cleanup.servicer.requested
+    assert any(r.getMessage() == f"postfix/smtpd[{os.getpid()}]: {asked}: "
                "client=unknown[127.0.0.1]" for r in caplog.records)
 
 

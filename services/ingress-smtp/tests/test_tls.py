@@ -330,7 +330,7 @@ async def test_tls_facts_in_the_mail_log_and_received(
     [line] = [r.getMessage() for r in caplog.records if "TLS connection" in r.getMessage()]
     assert line.endswith("Anonymous TLS connection established from unknown[127.0.0.1]: "
                          "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"), line
-    assert line.startswith("postfleet/smtpd[")
+    assert line.startswith("postfix/smtpd[")
     [got] = cleanup.servicer.submitted
     assert list(got.envelope.client.received_comments) == [
         "(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))",

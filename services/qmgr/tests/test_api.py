@@ -84,7 +84,8 @@ async def test_hold_keeps_a_message_from_delivery_until_released(
     client, scheduler = api
     qid = await queue_message(engine, ["a@y.test"])
     held = (await client.post(f"/api/v1/queue/{qid}/hold")).json()
-    assert held == {"queue_id": qid, "action": "hold", "recipients": 0}
+    assert held == {"queue_id": qid, "action": "hold", "recipients": 0, "messages": 1,
+                    "queue_ids": [qid]}
     assert await _state(engine, qid) == MessageState.HOLD
     assert await claim_due(engine, "q1", datetime.now(UTC), 60, 10) == []
     listed = (await client.get("/api/v1/queue", params={"state": "hold"})).json()
@@ -92,7 +93,8 @@ async def test_hold_keeps_a_message_from_delivery_until_released(
 
     scheduler.wakeup.clear()
     released = (await client.post(f"/api/v1/queue/{qid}/release")).json()
-    assert released == {"queue_id": qid, "action": "release", "recipients": 1}
+    assert released == {"queue_id": qid, "action": "release", "recipients": 1,
+                        "messages": 1, "queue_ids": [qid]}
     assert await _state(engine, qid) == MessageState.DEFERRED
     assert scheduler.wakeup.is_set()  # qmgr looks at once, not at the next queue run
     assert [c.queue_id for c in await claim_due(engine, "q1", datetime.now(UTC), 60, 10)] == [
@@ -131,7 +133,8 @@ async def test_delete_removes_message_and_recipients(engine: AsyncEngine, api: t
     keep = await queue_message(engine, ["k@y.test"])
     qid = await queue_message(engine, ["a@y.test", "b@y.test"])
     gone = (await client.delete(f"/api/v1/queue/{qid}")).json()
-    assert gone == {"queue_id": qid, "action": "delete", "recipients": 2}
+    assert gone == {"queue_id": qid, "action": "delete", "recipients": 2, "messages": 1,
+                    "queue_ids": [qid]}
     assert await _state(engine, qid) is None and await _rcpts(engine, qid) == []
     assert (await client.delete(f"/api/v1/queue/{qid}")).status_code == 404
     assert [m["queue_id"] for m in (await client.get("/api/v1/queue")).json()] == [keep]
@@ -142,3 +145,50 @@ async def test_actions_on_an_unknown_id_say_404(api: tuple, action: str) -> None
     client, _ = api
     answer = await client.post(f"/api/v1/queue/NOSUCHID/{action}")
     assert answer.status_code == 404 and "NOSUCHID" in answer.json()["detail"]
+
+
+async def test_selections_act_like_postsuper_all_and_filters(
+        engine: AsyncEngine, api: tuple) -> None:
+    """postsuper -h/-H/-r/-d on ALL, ALL of one queue, a sender, a recipient
+    domain; postqueue -s for a site."""
+    client, _ = api
+    fresh = await queue_message(engine, ["a@y.test"])
+    deferred = await queue_message(engine, ["c@z.test", "d@Y.test"], sender="Bob@x.test")
+    await _defer(engine, deferred)
+    held = await queue_message(engine, ["e@w.test"], sender="")
+    await client.post(f"/api/v1/queue/{held}/hold")
+
+    async def act(action: str, **selection: object) -> dict:
+        answer = await client.post(f"/api/v1/queue/select/{action}", json=selection)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    assert (await act("hold", all=True, sender="bob@x.test"))["queue_ids"] == [deferred]
+    assert await _state(engine, deferred) == MessageState.HOLD
+    # release acts on held messages only
+    released = await act("release", all=True, recipient_domain="y.test")
+    assert released["queue_ids"] == [deferred] and released["recipients"] == 2
+    assert (await act("requeue", all=True, state="hold"))["queue_ids"] == [held]
+    assert (await act("requeue", all=True, sender=""))["queue_ids"] == [held]
+    assert (await act("flush", queue_ids=[fresh, "NOSUCHID"]))["queue_ids"] == [fresh]
+
+    await _defer(engine, deferred)
+    site = (await client.post("/api/v1/queue/flush", params={"site": "z.test"})).json()
+    assert site["recipients"] == 1
+    (c, d) = sorted(await _rcpts(engine, deferred), key=lambda r: r.address)
+    assert c.next_attempt_at <= datetime.now(UTC) < d.next_attempt_at
+
+    listed = (await client.get("/api/v1/queue", params={"recipient_domain": "w.test"})).json()
+    assert [m["queue_id"] for m in listed] == [held]
+    gone = await act("delete", all=True, state="deferred")
+    assert gone["queue_ids"] == [deferred] and gone["recipients"] == 2
+    assert (await act("delete", all=True))["messages"] == 2
+    assert (await client.get("/api/v1/queue")).json() == []
+
+
+async def test_bad_operands_are_refused_not_crashed(api: tuple) -> None:
+    client, _ = api
+    assert (await client.post("/api/v1/queue/select/explode", json={})).status_code == 422
+    assert (await client.post("/api/v1/queue/select/delete",
+                              json={"queue_ids": ["a b"]})).status_code == 422
+    assert (await client.get("/api/v1/queue", params={"sender": "a\x00b"})).status_code == 422

@@ -27,6 +27,9 @@ postfleet: a mail transfer agent cut along Postfix's lines, for Kubernetes.
                                       config and MailDomain/Transport resources
   postfleet queue list|show|flush|hold|release|requeue|delete
                                       mailq / postqueue / postsuper
+                                      (`postfleet queue --help`)
+  postfleet postconf [-n|-d] [--role ROLE] [NAME...]
+                                      the roles' effective parameters (postconf)
   postfleet user add|del|list [NAME] --file FILE
                                       the built-in SASL user table
                                       (smtpd_sasl_type = builtin)
@@ -85,14 +88,57 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("directory", type=Path, metavar="DIR")
     imp.add_argument("--out", type=Path, required=True, metavar="OUTDIR")
 
-    queue = sub.add_parser("queue", help="inspect and manage the queue (mailq, postsuper)")
+    queue = sub.add_parser(
+        "queue", help="inspect and manage the queue (mailq, postqueue, postsuper)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+  list                  the queue as `postqueue -p` (mailq) prints it;
+                        --json: as `postqueue -j` (one object per line)
+  show ID               one message's envelope, client and headers
+  flush [ID...]         deliver deferred mail now (postqueue -f / -i);
+                        flush --site DOMAIN: the mail for one site (postqueue -s)
+  hold ID...|ALL [QUEUE]       postsuper -h
+  release ID...|ALL [QUEUE]    postsuper -H (held messages only)
+  requeue ID...|ALL [QUEUE]    postsuper -r (routes are resolved again)
+  delete ID...|ALL [QUEUE]     postsuper -d (postsuper -d ALL deferred)
+
+QUEUE is incoming, active, deferred or hold. --sender and --recipient-domain
+narrow any of these (and alone stand for ALL); --sender '<>' is the null
+sender.""")
     queue.add_argument("action", choices=["list", "show", "flush", "hold", "release",
                                           "requeue", "delete"])
-    queue.add_argument("queue_id", nargs="?", help="a queue id (all but list; flush: optional)")
+    queue.add_argument("operands", nargs="*", metavar="ID|ALL",
+                       help="queue ids, or ALL and an optional queue name")
+    queue.add_argument("--sender", help="only messages from this envelope sender")
+    queue.add_argument("--recipient-domain", metavar="DOMAIN",
+                       help="only messages with an undelivered recipient in DOMAIN")
+    queue.add_argument("--state", choices=["incoming", "active", "deferred", "hold"],
+                       help="list: only this queue")
+    queue.add_argument("--site", metavar="DOMAIN",
+                       help="flush: the deferred mail for DOMAIN (postqueue -s, ETRN)")
     queue.add_argument("--api", help="qmgr admin API URL (default: POSTFLEET_API or "
                        "var/run.json written by `run all`)")
     queue.add_argument("--var-dir", type=Path, default=Path("var"))
-    queue.add_argument("--json", action="store_true", help="print the API's JSON")
+    queue.add_argument("--json", action="store_true",
+                       help="list: postqueue -j's JSON lines; other actions: the API's answer")
+
+    conf = sub.add_parser(
+        "postconf", help="show the roles' parameters (postconf)",
+        description="Print the effective parameters (name = value) as the roles take them "
+        "from the environment (POSTFLEET_<NAME>), the config file (--config or "
+        "POSTFLEET_CONFIG; a role's section overrides the top level) and their defaults. "
+        "Each role is asked by running `python -m postfleet.<role> --postconf`; a value "
+        "that differs between roles is printed as role/name = value.")
+    conf.add_argument("names", nargs="*", metavar="NAME", help="only these parameters")
+    conf.add_argument("-n", dest="only_set", action="store_true",
+                      help="only parameters that are set (not left at their default)")
+    conf.add_argument("-d", dest="defaults", action="store_true", help="the defaults")
+    conf.add_argument("-H", dest="values_only", action="store_true",
+                      help="values only, without `name = ` (postconf -h)")
+    conf.add_argument("--role", action="append", choices=list(ROLE_MODULES),
+                      help="ask only this role (repeatable; default: every role)")
+    conf.add_argument("--config", type=Path, default=os.environ.get("POSTFLEET_CONFIG"),
+                      help="postfleet YAML (default: POSTFLEET_CONFIG)")
 
     user = sub.add_parser(
         "user", help="manage the built-in SASL user table (smtpd_sasl_type = builtin)",
@@ -220,26 +266,18 @@ def _import_postfix(args: argparse.Namespace) -> int:
 
 
 def _queue(args: argparse.Namespace) -> int:
-    from postfleet.cli.queue import call, default_api, mailq
+    from postfleet.cli.queue import queue_command
 
-    api = args.api or default_api(args.var_dir)
-    needs_id = args.action not in ("list", "flush")
-    if needs_id and not args.queue_id:
-        raise SystemExit(f"`postfleet queue {args.action}` needs a queue id")
-    qid = args.queue_id
-    if args.action == "list":
-        out = call(api, "GET", "")
-        print(json.dumps(out, indent=2) if args.json else mailq(out))
-        return 0
-    if args.action == "show":
-        out = call(api, "GET", f"/{qid}")
-    elif args.action == "delete":
-        out = call(api, "DELETE", f"/{qid}")
-    elif args.action == "flush" and not qid:
-        out = call(api, "POST", "/flush")
-    else:
-        out = call(api, "POST", f"/{qid}/{args.action}")
-    print(json.dumps(out, indent=2))
+    return queue_command(args)
+
+
+def _postconf(args: argparse.Namespace) -> int:
+    from postfleet.cli.postconf import postconf
+
+    for line in postconf(args.role or list(ROLE_MODULES), args.config, args.names,
+                         only_set=args.only_set, defaults=args.defaults,
+                         values_only=args.values_only):
+        print(line)
     return 0
 
 
@@ -271,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sendmail(argv[1:])
     args = _parser().parse_args(argv)
     handlers = {"run": _run, "routes": _routes, "route": _route, "queue": _queue,
-                "import-postfix": _import_postfix, "user": _user, "dkim": _dkim}
+                "import-postfix": _import_postfix, "user": _user, "dkim": _dkim,
+                "postconf": _postconf}
     return handlers[args.command](args)
 
 

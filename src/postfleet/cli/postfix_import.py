@@ -26,7 +26,10 @@ Everything not imported is reported (never silently dropped): parameters
 postfleet does not support, table types it cannot read, entries the
 resources cannot express, and compatibility_level below 3.6 (postfleet
 always applies the 3.6 defaults: relay_domains empty, mynetworks_style host,
-smtpd_relay_restrictions, append_dot_mydomain no).
+smtpd_relay_restrictions, append_dot_mydomain no). An unset
+smtpd_relay_restrictions is written out as Postfix's default, which ends in
+defer_unauth_destination (454 for relay attempts), where postfleet's own
+default ends in reject_unauth_destination (554); the import says so.
 """
 
 from __future__ import annotations
@@ -119,6 +122,9 @@ IGNORED = {
     "compatibility_level": "postfleet always applies compatibility_level 3.6 defaults",
 }
 LATEST_LEVEL = (3, 6)
+# smtpd_relay_restrictions' default in Postfix from compatibility_level 1.
+POSTFIX_RELAY_RESTRICTIONS = ("permit_mynetworks", "permit_sasl_authenticated",
+                              "defer_unauth_destination")
 
 _REF = re.compile(r"\$(?:\{(\w+)(?:[?:][^}]*)?\}|(\w+))")
 _SPLIT = re.compile(r"[,\s]+")
@@ -365,6 +371,25 @@ class _Importer:
                     out[name] = _bool(text)
         return out
 
+    def relay_restrictions(self) -> dict[str, Any]:
+        """Postfix's effective smtpd_relay_restrictions when main.cf leaves it
+        at its default (compatibility_level 1 and up): relay attempts then
+        get 454 (defer_unauth_destination) from Postfix, and keep getting it
+        after the import; postfleet's own default answers 554."""
+        if "smtpd_relay_restrictions" in self.params or self._level() < (1,):
+            return {}
+        self.warn("smtpd_relay_restrictions is not set: written out as Postfix's default ("
+                  + ", ".join(POSTFIX_RELAY_RESTRICTIONS) + "), so relay attempts from "
+                  "outside get 454 4.7.1 as from Postfix; postfleet's own default ends in "
+                  "reject_unauth_destination (554 5.7.1)")
+        return {"smtpd_relay_restrictions": list(POSTFIX_RELAY_RESTRICTIONS)}
+
+    def _level(self) -> tuple[int, ...]:
+        try:
+            return tuple(int(p) for p in self.params.get("compatibility_level", "0").split("."))
+        except ValueError:
+            return (0,)
+
     def report_unsupported(self) -> None:
         if "myhostname" not in self.params:
             self.warn("myhostname is not set: Postfix would use the machine's name; the "
@@ -383,11 +408,7 @@ class _Importer:
                       "postfleet applies level 3.6's -- set such parameters explicitly "
                       "if the mail flow depends on them")
         else:
-            try:
-                numbers = tuple(int(p) for p in level.split("."))
-            except ValueError:
-                numbers = (0,)
-            if numbers < LATEST_LEVEL:
+            if self._level() < LATEST_LEVEL:
                 self.warn(f"compatibility_level = {level}: postfleet applies level 3.6's "
                           f"defaults (e.g. relay_domains is empty, not $mydestination)")
 
@@ -544,6 +565,7 @@ def import_postfix(directory: Path) -> ImportResult:
     routing = imp.routing()
     roles = imp.role_parameters()
     imp.report_unsupported()
+    roles.update(imp.relay_restrictions())
     snapshot = RoutingSnapshot.from_config(routing)
     resources, base = build_resources(imp, snapshot, routing)
     config: dict[str, Any] = dict(roles)

@@ -21,6 +21,7 @@ import kopf
 
 from postfleet.core.bus.connect import connect, routing_bucket
 from postfleet.core.logs import setup_logging
+from postfleet.core.postconf import print_postconf
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.service import Service
 from postfleet.core.settings import CONFIG_ENV
@@ -93,9 +94,14 @@ async def serve(settings: OperatorSettings, login: LoginFn = cluster_login) -> N
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="postfleet-operator", description=__doc__)
     parser.add_argument("--config", help="postfleet YAML file (default: $POSTFLEET_CONFIG)")
+    parser.add_argument("--postconf", action="store_true",
+                        help="print the parameters (JSON: value, default, set) and exit")
     args = parser.parse_args(argv)
     if args.config:
         os.environ[CONFIG_ENV] = args.config
+    if args.postconf:
+        print_postconf(OperatorSettings)
+        return
     settings = OperatorSettings()
     setup_logging("operator", settings.log_format, settings.log_level)
     asyncio.run(serve(settings))

@@ -3,6 +3,10 @@
 Like Postfix's long queue ids (enable_long_queue_ids): the arrival time in
 microseconds, base-52 encoded so ids sort by arrival, followed by random
 characters so two replicas (or two processes) never collide.
+
+smtpd asks cleanup for the id it logs its ``client=`` line with (the gRPC
+metadata ``QUEUE_ID_METADATA``), so that line comes before anything qmgr
+logs of the message, as in Postfix; cleanup takes it when ``is_queue_id``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjkmnpqrstvwxyz"
 _BASE = len(_ALPHABET)
 _TIME_WIDTH = 10  # covers microsecond timestamps for centuries
+QUEUE_ID_METADATA = "postfleet-queue-id"
 
 
 def _encode(value: int, width: int) -> str:
@@ -30,3 +35,8 @@ def new_queue_id(now: float | None = None) -> str:
     micros = int((time.time() if now is None else now) * 1_000_000)
     rand = "".join(secrets.choice(_ALPHABET) for _ in range(5))
     return _encode(micros, _TIME_WIDTH) + rand
+
+
+def is_queue_id(text: str) -> bool:
+    """A queue id as new_queue_id makes them (15 characters of the alphabet)."""
+    return len(text) == _TIME_WIDTH + 5 and all(c in _ALPHABET for c in text)

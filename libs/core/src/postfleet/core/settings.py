@@ -5,7 +5,7 @@ role; each role's settings class takes the parameters it needs and ignores the
 rest. Precedence: environment (``POSTFLEET_<NAME>``) > YAML file > Postfix
 defaults. The file is named by ``--config`` or ``POSTFLEET_CONFIG``.
 
-Postfix parameters read here: myhostname, mydomain.
+Postfix parameters read here: myhostname, mydomain, syslog_name, maillog_file.
 """
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ class CommonSettings(BaseSettings):
     http_port: int = 0
     log_format: str = "json"  # json | text
     log_level: str = "INFO"
+    # Postfix: syslog_name (the mail log's program prefix, postfix/smtpd) and
+    # maillog_file (3.4: syslog-format lines to a file; empty: none).
+    syslog_name: str = "postfix"
+    maillog_file: str = ""
     # Where cleanup's gRPC Submit listens (cleanup binds it; ingress dials it).
     cleanup_address: str = "127.0.0.1:10027"
 

@@ -37,3 +37,17 @@ def _hours(value: object) -> float:
 Seconds = Annotated[float, BeforeValidator(parse_time)]
 Hours = Annotated[float, BeforeValidator(_hours)]
 Days = Annotated[float, BeforeValidator(_days)]
+
+
+def format_time(seconds: float) -> str:
+    """A time value in the largest unit that holds it whole: 432000 -> "5d"."""
+    for unit in ("w", "d", "h", "m"):
+        size = _UNITS[unit]
+        if seconds and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def is_time(metadata: list[object]) -> bool:
+    """Whether a field's annotations make it a Postfix time value."""
+    return any(getattr(m, "func", None) in (parse_time, _days) for m in metadata)

@@ -67,7 +67,7 @@ from postfleet.core.db.queue import NewMessage, NewRecipient
 from postfleet.core.db.status import MessageState
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
-from postfleet.core.queueid import new_queue_id
+from postfleet.core.queueid import QUEUE_ID_METADATA, is_queue_id, new_queue_id
 from postfleet.core.routing.rewrite import canonical_sender, final_recipients, is_special_target
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import RoutingView
@@ -123,7 +123,8 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         except SmtpError as exc:
             log.warning("envelope not rewritten: %s", exc)
             return _refuse("rewrite", exc.reply)
-        message = self._message(new_queue_id(), envelope, sender, rewritten, b"".join(chunks))
+        message = self._message(_queue_id(context), envelope, sender, rewritten,
+                                b"".join(chunks))
         if self.checks and not envelope.overrides.no_header_body_checks:
             verdict = await self._check(message)
             _log_actions(verdict, message, envelope)
@@ -159,10 +160,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             FAILURES.labels("database").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"queue file write error: {exc}")
         MESSAGES.inc()
-        where = "hold" if message.state is MessageState.HOLD else "active"
-        maillog("cleanup", message.queue_id,
-                f"from=<{sender}>, size={len(message.body)}, "
-                f"nrcpt={len(message.recipients)} (queue {where})")
+        # The "from=<…>, size=…, nrcpt=…" line is qmgr's, as in Postfix.
         return cleanup_pb2.SubmitReply(queue_id=message.queue_id)
 
     async def _check(self, message: NewMessage) -> Verdict:
@@ -273,3 +271,11 @@ def rewrite_envelope(
                 seen.add(key)
                 out.append((rcpt, address))
     return sender, out
+
+
+def _queue_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The id smtpd asked for (it has logged client= with it), else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == QUEUE_ID_METADATA and isinstance(value, str) and is_queue_id(value):
+            return value
+    return new_queue_id()

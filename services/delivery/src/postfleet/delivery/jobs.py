@@ -236,9 +236,15 @@ def _narrowed(job: delivery_pb2.Job, current: set[int]) -> delivery_pb2.Job:
 def _log_result(program: str, job: delivery_pb2.Job, result: delivery_pb2.Result) -> None:
     since = job.queued_at or result.started_at
     delay = max(0.0, result.finished_at - since)
+    stages = metrics.STAGE_DELAYS.get(program)
     for rcpt, rr in zip(job.recipients, result.recipients, strict=True):
         status = Outcome.from_proto(rr.outcome)
         metrics.RECIPIENTS.labels(result.transport, status).inc()
+        metrics.DELAY.labels(result.transport, status).observe(delay)
+        if stages is not None:
+            stages.labels("queue_manager").observe(max(0.0, result.started_at - since))
+            stages.labels("transmission").observe(
+                max(0.0, result.finished_at - result.started_at))
         maillog(program, job.queue_id, delivery_line(
             address=rr.address, orig=rcpt.orcpt, relay=result.relay, delay=delay,
             dsn=rr.dsn, status=status, reply=rr.reply,

@@ -35,3 +35,20 @@ CONNECTIONS_REUSED = Counter(
     "postfleet_delivery_smtp_connections_reused_total",
     "Deliveries that reused a cached SMTP connection.",
 )
+
+# Delivery delays, per recipient as the mail log's delay= (arrival to result);
+# postfix_exporter's buckets.
+TIME_BUCKETS = (1e-3, 1e-2, 1e-1, 1.0, 10, 60, 3600, 86400, 172800)
+DELAY = Histogram(
+    "postfleet_delivery_delay_seconds",
+    "Arrival to delivery result per recipient (the log's delay=), by transport and status.",
+    ["transport", "status"], buckets=TIME_BUCKETS)
+# postfix_exporter's per-program delay histograms (from the log's delays=a/b/c/d).
+# Stages here: queue_manager, arrival until the delivery began (Postfix's a+b),
+# and transmission, connection set-up and transmission (c+d).
+STAGE_DELAYS = {
+    program: Histogram(f"postfix_{program}_delivery_delay_seconds",
+                       f"{program.upper()} message processing time in seconds, by stage.",
+                       ["stage"], buckets=TIME_BUCKETS)
+    for program in ("smtp", "lmtp")
+}

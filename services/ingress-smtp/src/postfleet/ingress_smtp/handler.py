@@ -41,6 +41,7 @@ from aiosmtpd.proxy_protocol import ProxyData
 from postfleet.core.mailauth.lookup import Resolver
 from postfleet.core.maillog import maillog
 from postfleet.core.notices import qualify
+from postfleet.core.queueid import new_queue_id
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.routing.tables import domain_list
 from postfleet.core.smtp import replies
@@ -50,7 +51,7 @@ from postfleet.core.smtp.replies import SmtpReply
 from postfleet.ingress_smtp import transcript
 from postfleet.ingress_smtp.authcheck import MailAuthentication
 from postfleet.ingress_smtp.grammar import reply_line
-from postfleet.ingress_smtp.metrics import ACCEPTED
+from postfleet.ingress_smtp.metrics import ACCEPTED, POSTFIX_PROCESSED, POSTFIX_REJECTED
 from postfleet.ingress_smtp.milters import SmtpdMilters
 from postfleet.ingress_smtp.restrictions import client_listed
 from postfleet.ingress_smtp.session import IngressEnvelope, IngressSession
@@ -127,6 +128,7 @@ class IngressHandler(HookNames):
             maillog("smtpd", "NOQUEUE",
                     f"reject: {where} from {session.describe()}: {reply_line(refusal)};"
                     f"{sender}{to} proto={session.protocol} helo=<{session.helo}>")
+            POSTFIX_REJECTED.labels(str(refusal.code)).inc()
         return refusal
 
     def bare_newline_exempt(self, ip: str) -> bool:
@@ -204,8 +206,15 @@ class IngressHandler(HookNames):
         name = await session.resolved_name()
         protocol = (smtputf8_protocol(session.ssl is not None, bool(session.sasl_username))
                     if envelope.smtp_utf8 else session.protocol)
+        # Postfix's smtpd logs client= as the queue file is opened, before
+        # qmgr can see it (log readers pair that line with qmgr's from=).
+        queue_id = new_queue_id()
+        sasl = (f", sasl_method={session.sasl_method}, sasl_username={session.sasl_username}"
+                if session.sasl_username else "")
+        maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
         try:
             queue_id = await self.cleanup.submit(
+                queue_id=queue_id,
                 sender=message.sender,
                 recipients=message.recipients,
                 dsn=_dsn_for(message.recipients, envelope),
@@ -224,9 +233,7 @@ class IngressHandler(HookNames):
             log.warning("message from %s not queued: %s", session.describe(), exc,
                         extra={"trace_id": trace_id})
             return reply_line(exc.reply)
-        sasl = (f", sasl_method={session.sasl_method}, sasl_username={session.sasl_username}"
-                if session.sasl_username else "")
-        maillog("smtpd", queue_id, f"client={session.describe()}{sasl}")
+        POSTFIX_PROCESSED.labels(session.sasl_method if session.sasl_username else "").inc()
         ACCEPTED.labels(self.listener).inc()
         log.debug("queued %d bytes for %d recipients", len(message.body),
                   len(message.recipients), extra={"queue_id": queue_id, "trace_id": trace_id})

@@ -27,3 +27,14 @@ SUBMIT_SECONDS = Histogram(
 SUBMIT_FAILURES = Counter(
     "postfleet_smtpd_submit_failures_total", "Submits to cleanup that failed", ["reason"]
 )
+
+# postfix_exporter's names (its smtpd log-line counters), so a Postfix
+# dashboard's queries find them.
+POSTFIX_CONNECTS = Counter("postfix_smtpd_connects", "Incoming connections (connect from).")
+POSTFIX_DISCONNECTS = Counter("postfix_smtpd_disconnects",
+                              "Incoming disconnections (disconnect from).")
+POSTFIX_PROCESSED = Counter(
+    "postfix_smtpd_messages_processed", "Messages queued (client= lines), by SASL method.",
+    ["sasl_method"])
+POSTFIX_REJECTED = Counter(
+    "postfix_smtpd_messages_rejected", "NOQUEUE rejects, by reply code.", ["code"])

@@ -104,6 +104,7 @@ from postfleet.core.smtp import replies
 from postfleet.core.smtp.hooks import HookNames
 from postfleet.core.smtp.replies import SmtpReply, about
 from postfleet.ingress_smtp.anvil import Event, FleetAnvil
+from postfleet.ingress_smtp.counts import CommandCounts
 from postfleet.ingress_smtp.grammar import (
     MailParams,
     bdat_arguments,
@@ -114,7 +115,13 @@ from postfleet.ingress_smtp.grammar import (
     rcpt_parameters,
     reply_line,
 )
-from postfleet.ingress_smtp.metrics import CONNECTIONS, REJECTS, SESSIONS
+from postfleet.ingress_smtp.metrics import (
+    CONNECTIONS,
+    POSTFIX_CONNECTS,
+    POSTFIX_DISCONNECTS,
+    REJECTS,
+    SESSIONS,
+)
 from postfleet.ingress_smtp.peername import NameLookup, system_client_name
 from postfleet.ingress_smtp.sasl import SaslBackend, Step
 from postfleet.ingress_smtp.session import IngressEnvelope, IngressSession
@@ -191,6 +198,8 @@ class IngressSMTP(HookNames, SMTP):
         self._anvil_client = ""  # the address anvil counted this connection for
         self._handshaking = False
         self._lost = False
+        self._counts = CommandCounts()  # the disconnect line's command counts
+        self._failed = False  # the running command answered 4xx/5xx
         super().__init__(
             handler,
             data_size_limit=params.message_size_limit or None,
@@ -250,6 +259,10 @@ class IngressSMTP(HookNames, SMTP):
             # smtpd_milters: QUIT and close this connection's conversations.
             self.loop.create_task(self.event_handler.session_closed(self.smtpd_session()),
                                   name="smtpd-milters-close")
+            if self._greeted:
+                maillog_event("smtpd", f"disconnect from {self.smtpd_session().describe()} "
+                                       f"{self._counts.format()}")
+                POSTFIX_DISCONNECTS.inc()
             self._chat_reset(0)
         if self in self._sessions:
             self._sessions.discard(self)
@@ -276,6 +289,9 @@ class IngressSMTP(HookNames, SMTP):
             # aiosmtpd's greeting: the PROXY header (if any) has been read; in
             # wrapper mode the TLS handshake comes before the banner.
             self._greeted = True
+            await self.smtpd_session().resolved_name()
+            maillog_event("smtpd", f"connect from {self.smtpd_session().describe()}")
+            POSTFIX_CONNECTS.inc()
             if self.params.smtpd_tls_wrappermode and not await self._wrapper_handshake():
                 return
             if not await self._admit():
@@ -290,6 +306,9 @@ class IngressSMTP(HookNames, SMTP):
         code, final = text[:3], text[3:4] != "-"
         failing = code[:1] in ("4", "5")
         session = self.smtpd_session()
+        self._failed = self._failed or failing
+        if failing and code in ("500", "502") and not self._busy:
+            self._counts.count("unknown", False)  # not a command smtpd knows
         if failing:
             REJECTS.labels(self.listener, code).inc()
             if self._counts_as_error(text):
@@ -458,10 +477,12 @@ class IngressSMTP(HookNames, SMTP):
                 return
             self._flag_pipelining(name)
             self._busy = True
+            self._failed = False
             try:
                 await method(arg)
             finally:
                 self._busy = False
+                self._counts.count(name, not self._failed)
             if self.draining and not self.in_transaction:
                 self.hang_up(replies.SHUTTING_DOWN)
 

@@ -1,7 +1,8 @@
 """ingress-smtp: hand one message to cleanup over gRPC (Postfix's smtpd ->
 cleanup stream on private/cleanup).
 
-The call streams the envelope first, then the raw content in chunks of at
+The call asks for the queue id smtpd has logged ``client=`` with (gRPC
+metadata, core.queueid) and streams the envelope first, then the raw content in chunks of at
 most 64 KiB, and returns cleanup's queue id, which cleanup sends only once the
 message and its recipients are committed (DESIGN invariant 1). Any failure
 raises ``SubmitFailed`` carrying the reply for the client: cleanup's own SMTP
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import grpc
 
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
+from postfleet.core.queueid import QUEUE_ID_METADATA
 from postfleet.core.smtp.replies import QUEUE_UNAVAILABLE, SmtpReply
 from postfleet.ingress_smtp.metrics import SUBMIT_FAILURES, SUBMIT_SECONDS
 
@@ -76,6 +78,7 @@ class CleanupClient:
         dsn: Sequence[tuple[str, str]] = (),
         ret: str = "",
         envid: str = "",
+        queue_id: str = "",
     ) -> str:
         """``dsn``: each recipient's (NOTIFY, ORCPT), in order (none: not given)."""
         notify_orcpt = list(dsn) or [("", "")] * len(recipients)
@@ -108,7 +111,9 @@ class CleanupClient:
 
         started = time.monotonic()
         try:
-            reply = await self._stub.Submit(requests(), timeout=self.timeout)
+            reply = await self._stub.Submit(
+                requests(), timeout=self.timeout,
+                metadata=((QUEUE_ID_METADATA, queue_id),) if queue_id else None)
         except grpc.aio.AioRpcError as exc:
             reason = exc.code().name.lower()
             SUBMIT_FAILURES.labels(reason).inc()

@@ -29,6 +29,7 @@ from postfleet.core.bus.connect import ensure_consumer
 from postfleet.core.db.status import RecipientStatus
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
+from postfleet.qmgr import metrics
 from postfleet.qmgr.bounce import NoticePolicy
 from postfleet.qmgr.results import ResultPolicy, apply_results
 from postfleet.qmgr.scheduler import Scheduler
@@ -100,6 +101,8 @@ async def consume_results(
             maillog("bounce", qid, line)
         for qid, line in applied.log_lines:
             maillog("qmgr", qid, line)
+            if line == "removed":
+                metrics.REMOVED.inc()
         RESULTS.labels(RecipientStatus.DELIVERED).inc(applied.delivered)
         RESULTS.labels(RecipientStatus.DEFERRED).inc(applied.deferred)
         RESULTS.labels(RecipientStatus.BOUNCED).inc(applied.bounced)

@@ -23,6 +23,7 @@ from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.tables import domain_list
 from postfleet.core.runtime import role_runtime, run_role
 from postfleet.core.service import Service
+from postfleet.qmgr import metrics
 from postfleet.qmgr.api import make_api
 from postfleet.qmgr.consumer import consume_results
 from postfleet.qmgr.scheduler import LeaseKeeper, Scheduler
@@ -76,6 +77,9 @@ async def run(settings: QmgrSettings) -> None:
             ]
             await take_back_own_work(settings, engine, js, caught_up)
             tasks.append(asyncio.create_task(scheduler.run(svc.stopping), name="scheduler"))
+            tasks.append(asyncio.create_task(
+                watch_queue_shape(engine, settings.qmgr_queue_shape_interval, svc.stopping),
+                name="queue-shape"))
             svc.set_ready(True)
             log.info("qmgr %s running", settings.qmgr_owner)
             await svc.stopping.wait()
@@ -122,6 +126,17 @@ async def _results_settled(js: JetStreamContext, caught_up: asyncio.Event) -> No
             if not info.num_ack_pending and not info.num_pending:
                 return
         await asyncio.sleep(0.2)
+
+
+async def watch_queue_shape(engine: AsyncEngine, every: float, stopping: asyncio.Event) -> None:
+    """Read the queue's shape for the postfix_showq_* metrics until stopped."""
+    while not stopping.is_set():
+        try:
+            metrics.QUEUE_SHAPE.shapes = await queue.queue_shape(engine, datetime.now(UTC))
+        except Exception as exc:  # the queue store away: the last shape stays
+            log.warning("reading the queue shape failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), every)
 
 
 def main() -> None:

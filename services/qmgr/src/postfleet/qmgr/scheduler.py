@@ -48,10 +48,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from postfleet.core.bus.jobs import job_id
 from postfleet.core.db import queue
 from postfleet.core.db.queue import Claimed, SlotRequest
+from postfleet.core.maillog import maillog
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 from postfleet.core.routing.resolver import filter_route, resolve
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp.dsn import smtputf8_requested
+from postfleet.qmgr import metrics
 from postfleet.qmgr.settings import QmgrSettings
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,11 @@ class Scheduler:
             except BaseException:
                 self._forget(planned)  # their claims were never committed
                 raise
+            for m in claimed.activated:
+                maillog("qmgr", m.queue_id,
+                        f"from=<{m.sender}>, size={m.size}, nrcpt={m.nrcpt} (queue active)")
+                metrics.INSERTED_SIZE.observe(m.size)
+                metrics.INSERTED_RCPTS.observe(m.nrcpt)
             CLAIMED.inc(len(claimed))
             await self._publish_granted(granted)
             if len(claimed) < limit or limit <= 0:

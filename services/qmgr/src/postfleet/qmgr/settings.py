@@ -96,3 +96,6 @@ class QmgrSettings(CommonSettings):
     # (and those a dead process held, back after the results' 10 s ack wait)
     # before taking back the work a previous life of this qmgr held.
     qmgr_takeback_wait: Seconds = 15
+    # How often the queue's shape (messages by queue, size and age: the
+    # postfix_showq_* metrics) is read from the queue store.
+    qmgr_queue_shape_interval: Seconds = 15

@@ -29,7 +29,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Float,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
@@ -212,13 +225,34 @@ class Claimed:
     protocol: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Activated:
+    """A message a claim moved into the active queue (from incoming or
+    deferred): what qmgr's ``from=<…>, size=…, nrcpt=… (queue active)``
+    line says of it."""
+
+    queue_id: str
+    sender: str
+    size: int
+    nrcpt: int
+
+
+class Claims(list[Claimed]):
+    """Claimed recipients, with the messages the claim made active."""
+
+    def __init__(self, claimed: Sequence[Claimed] = (),
+                 activated: Sequence[Activated] = ()) -> None:
+        super().__init__(claimed)
+        self.activated = list(activated)
+
+
 async def claim_due(
     engine: AsyncEngine, owner: str, now: datetime, lease: float, limit: int
-) -> list[Claimed]:
+) -> Claims:
     """Lease up to ``limit`` due recipients to ``owner``, counting an attempt;
     returns them grouped by message."""
     if limit <= 0:
-        return []
+        return Claims()
     async with engine.begin() as conn:
         return await _claim(conn, owner, now, lease, limit)
 
@@ -226,21 +260,21 @@ async def claim_due(
 async def claim_and_book(
     engine: AsyncEngine, owner: str, now: datetime, lease: float, limit: int,
     plan: Callable[[list[Claimed]], Sequence[SlotRequest]],
-) -> tuple[list[Claimed], dict[str, list[str]]]:
+) -> tuple[Claims, dict[str, list[str]]]:
     """Claim (as claim_due) and take destination slots (as acquire_slots) in
     one transaction: one commit -- one fsync on SQLite -- per queue scan.
     ``plan`` turns what was claimed into the slot requests of every job now
     waiting; it runs inside the transaction, so if the commit fails, the
     caller must forget the jobs it planned."""
     async with engine.begin() as conn:
-        claimed = await _claim(conn, owner, now, lease, limit) if limit > 0 else []
+        claimed = await _claim(conn, owner, now, lease, limit) if limit > 0 else Claims()
         granted = await _book(conn, owner, now, lease, plan(claimed))
     return claimed, granted
 
 
 async def _claim(
     conn: AsyncConnection, owner: str, now: datetime, lease: float, limit: int
-) -> list[Claimed]:
+) -> Claims:
     candidates = (
         select(Recipient.id)
         .join(Message, Message.queue_id == Recipient.queue_id)
@@ -268,18 +302,26 @@ async def _claim(
     )
     rows = (await conn.execute(stmt)).all()
     if not rows:
-        return []
+        return Claims()
     qids = {r.queue_id for r in rows}
-    # Postfix's active queue; the envelope comes back from the same statement.
+    # The envelope, and for qmgr's "from=<…>, size=…, nrcpt=… (queue active)"
+    # line the messages' size and recipient count, in one statement; then
+    # those coming from incoming or deferred enter the active queue.
+    nrcpt = (select(func.count()).where(Recipient.queue_id == Message.queue_id,
+                                        open_recipient()).scalar_subquery())
     envelope = {m.queue_id: m for m in await conn.execute(
-        update(Message)
-        .where(Message.queue_id.in_(qids))
-        .values(state=case((Message.state == MessageState.HOLD, Message.state),
-                           else_=MessageState.ACTIVE))
-        .returning(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
-                   Message.content_filter, Message.ret, Message.envid,
-                   Message.protocol)
-        .execution_options(synchronize_session=False))}
+        select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
+               Message.content_filter, Message.ret, Message.envid, Message.protocol,
+               Message.state, Message.size, nrcpt.label("nrcpt"))
+        .where(Message.queue_id.in_(qids)))}
+    entering = sorted(q for q, m in envelope.items()
+                      if m.state in (MessageState.INCOMING, MessageState.DEFERRED))
+    if entering:
+        await conn.execute(update(Message).where(Message.queue_id.in_(entering))
+                           .values(state=MessageState.ACTIVE)
+                           .execution_options(synchronize_session=False))
+    activated = [Activated(q, envelope[q].sender, envelope[q].size, envelope[q].nrcpt)
+                 for q in entering]
     claimed = [
         Claimed(r.id, r.queue_id, r.address, r.orig_rcpt, r.attempts, m.sender, m.trace_id,
                 m.arrived_at, m.content_filter, r.orcpt, r.notify, m.ret, m.envid,
@@ -287,7 +329,7 @@ async def _claim(
         for r in rows if (m := envelope.get(r.queue_id)) is not None
     ]
     claimed.sort(key=lambda c: (c.queue_id, c.id))
-    return claimed
+    return Claims(claimed, activated)
 
 
 async def release(engine: AsyncEngine, owner: str, ids: Sequence[int]) -> None:
@@ -640,6 +682,7 @@ async def bodies(conn: AsyncConnection, qids: set[str]) -> dict[str, bytes]:
 @dataclass(frozen=True, slots=True)
 class QueuedRecipient:
     address: str
+    orig_address: str  # as received (Postfix's ORCPT or the address itself)
     status: str
     attempts: int
     next_attempt_at: datetime
@@ -659,21 +702,52 @@ class QueuedMessage:
     recipients: list[QueuedRecipient]
 
 
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which messages a queue tool acts on, like postsuper's operands:
+    these queue ids, or ``all`` of them, narrowed by queue (state),
+    envelope sender ("" is the null sender) and recipient domain (a
+    message with an open recipient there)."""
+
+    queue_ids: Sequence[str] = ()
+    all: bool = False
+    state: MessageState | None = None
+    sender: str | None = None
+    recipient_domain: str | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = []
+        if not self.all:
+            where.append(Message.queue_id.in_(list(self.queue_ids)))
+        if self.state is not None:
+            where.append(Message.state == self.state)
+        if self.sender is not None:
+            where.append(func.lower(Message.sender) == self.sender.lower())
+        if self.recipient_domain is not None:
+            where.append(exists().where(Recipient.queue_id == Message.queue_id,
+                                        open_recipient(), _in_domain(self.recipient_domain)))
+        return where
+
+
+def _in_domain(domain: str) -> ColumnElement[bool]:
+    return func.lower(Recipient.address).like(
+        "%@" + domain.lower().lstrip("@").replace("\\", "").replace("%", "").replace("_", "\\_"),
+        escape="\\")
+
+
 async def list_messages(
-    engine: AsyncEngine, *, state: MessageState | None = None, queue_id: str | None = None,
-    limit: int = 1000,
+    engine: AsyncEngine, selection: Selection | None = None, *, limit: int = 1000,
 ) -> list[QueuedMessage]:
-    """Messages in queue-id (arrival) order with their open recipients."""
-    where: list[ColumnElement[bool]] = []
-    if state is not None:
-        where.append(Message.state == state)
-    if queue_id is not None:
-        where.append(Message.queue_id == queue_id)
+    """Messages in Postfix's showq order (active, incoming, deferred, hold;
+    by queue id within each) with their open recipients."""
+    where = (selection or Selection(all=True)).where()
+    order = case({MessageState.ACTIVE: 0, MessageState.INCOMING: 1,
+                  MessageState.DEFERRED: 2}, value=Message.state, else_=3)
     async with engine.connect() as conn:
         msgs = (await conn.execute(
             select(Message.queue_id, Message.state, Message.size, Message.arrived_at,
-                   Message.sender).where(*where).order_by(Message.queue_id).limit(limit)
-        )).all()
+                   Message.sender).where(*where).order_by(order, Message.queue_id)
+            .limit(limit))).all()
         rcpts = (await conn.execute(
             select(Recipient).where(Recipient.queue_id.in_([m.queue_id for m in msgs]),
                                     open_recipient()).order_by(Recipient.id)
@@ -681,10 +755,16 @@ async def list_messages(
     by_qid: dict[str, list[QueuedRecipient]] = {}
     for r in rcpts:
         by_qid.setdefault(r.queue_id, []).append(QueuedRecipient(
-            r.address, r.status, r.attempts, r.next_attempt_at, r.transport, r.nexthop,
-            r.dsn_status, r.last_reply))
+            r.address, r.orig_rcpt or r.address, r.status, r.attempts, r.next_attempt_at,
+            r.transport, r.nexthop, r.dsn_status, r.last_reply))
     return [QueuedMessage(m.queue_id, m.state, m.size, m.arrived_at, m.sender,
                           by_qid.get(m.queue_id, [])) for m in msgs]
+
+
+async def select_queue_ids(engine: AsyncEngine, selection: Selection) -> list[str]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(select(Message.queue_id).where(*selection.where())
+                                        .order_by(Message.queue_id))).scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -704,54 +784,112 @@ async def message_content(engine: AsyncEngine, queue_id: str) -> MessageContent 
 
 
 async def exists_message(engine: AsyncEngine, queue_id: str) -> bool:
-    async with engine.connect() as conn:
-        found = (await conn.execute(select(Message.queue_id)
-                                    .where(Message.queue_id == queue_id))).first()
-    return found is not None
+    return bool(await select_queue_ids(engine, Selection((queue_id,))))
+
+
+def _ids(queue_ids: str | Sequence[str] | None) -> list[str] | None:
+    return None if queue_ids is None else [queue_ids] if isinstance(queue_ids, str) else list(
+        queue_ids)
 
 
 async def reschedule(
-    engine: AsyncEngine, queue_id: str | None, now: datetime, *, forget_route: bool = False
+    engine: AsyncEngine, queue_ids: str | Sequence[str] | None, now: datetime, *,
+    forget_route: bool = False,
 ) -> int:
-    """Make open recipients due now (postqueue -f / -i); ``forget_route``
-    also drops the transport and next hop they last took (postsuper -r).
-    Returns how many recipients were touched."""
+    """Make open recipients due now (postqueue -f / -i; None: every
+    message); ``forget_route`` also drops the transport and next hop they
+    last took (postsuper -r). Returns how many recipients were touched."""
     values: dict[str, Any] = {"next_attempt_at": now}
     if forget_route:
         values.update(transport="", nexthop="")
     stmt = update(Recipient).where(open_recipient()).values(**values)
-    if queue_id:
-        stmt = stmt.where(Recipient.queue_id == queue_id)
+    ids = _ids(queue_ids)
     async with engine.begin() as conn:
-        return (await conn.execute(stmt)).rowcount
+        if ids is None:
+            return (await conn.execute(stmt)).rowcount
+        return sum([(await conn.execute(stmt.where(Recipient.queue_id.in_(part)))).rowcount
+                    for part in _chunks(ids)])
 
 
 async def reschedule_site(engine: AsyncEngine, domain: str, now: datetime) -> int:
-    """Make the open recipients of one site (recipient domain, any case) due
-    now: ETRN and ``postqueue -s`` (Postfix's flush service, which keeps a
-    log of deferred mail per destination domain). Returns how many."""
-    suffix = "@" + domain.lower().rstrip(".")
+    """Make the open recipients in ``domain`` due now: postqueue -s / SMTP
+    ETRN (the fast flush service's per-site flush). Returns how many."""
     async with engine.begin() as conn:
         return (await conn.execute(
-            update(Recipient)
-            .where(open_recipient(), func.lower(Recipient.address).endswith(suffix,
-                                                                            autoescape=True))
-            .values(next_attempt_at=now)
-            .execution_options(synchronize_session=False))).rowcount
+            update(Recipient).where(open_recipient(), _in_domain(domain))
+            .values(next_attempt_at=now).execution_options(synchronize_session=False)
+        )).rowcount
 
 
-async def set_state(engine: AsyncEngine, queue_id: str, state: MessageState) -> int:
-    """Put a message on hold or back in the queue (postsuper -h / -H)."""
+async def set_state(
+    engine: AsyncEngine, queue_ids: str | Sequence[str], state: MessageState
+) -> int:
+    """Put messages on hold or back in the queue (postsuper -h / -H);
+    returns how many messages changed queue."""
+    ids = _ids(queue_ids) or []
     async with engine.begin() as conn:
-        return (await conn.execute(update(Message).where(Message.queue_id == queue_id)
-                                   .values(state=state))).rowcount
+        return sum([(await conn.execute(
+            update(Message).where(Message.queue_id.in_(part), Message.state != state)
+            .values(state=state).execution_options(synchronize_session=False))).rowcount
+            for part in _chunks(ids)])
 
 
-async def delete_message(engine: AsyncEngine, queue_id: str) -> int:
-    """Remove a message and its recipients (postsuper -d); returns how many
-    recipients went with it."""
+async def delete_messages(engine: AsyncEngine, queue_ids: str | Sequence[str]) -> int:
+    """Remove messages and their recipients (postsuper -d); returns how many
+    recipients went with them."""
+    ids = _ids(queue_ids) or []
+    count = 0
     async with engine.begin() as conn:
-        count = (await conn.execute(delete(Recipient).where(
-            Recipient.queue_id == queue_id))).rowcount
-        await conn.execute(delete(Message).where(Message.queue_id == queue_id))
+        for part in _chunks(ids):
+            count += (await conn.execute(delete(Recipient).where(
+                Recipient.queue_id.in_(part)))).rowcount
+            await conn.execute(delete(Message).where(Message.queue_id.in_(part)))
     return count
+
+
+# -- the queue's shape (the metrics a Postfix dashboard reads from showq) ----------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueShape:
+    """One queue's messages counted below each size and age bound
+    (cumulative, as a Prometheus histogram's buckets), with their totals."""
+
+    state: str
+    count: int
+    size_sum: int
+    age_sum: float
+    size_le: list[int]  # messages with size <= SIZE_BOUNDS[i]
+    age_le: list[int]  # messages with age <= AGE_BOUNDS[i] seconds
+
+
+SIZE_BOUNDS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9)
+AGE_BOUNDS = (1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
+
+
+async def queue_shape(engine: AsyncEngine, now: datetime) -> list[QueueShape]:
+    """Per queue (incoming, active, deferred, hold): counts and histogram
+    buckets of message size and age, in one aggregate query."""
+    columns: list[Any] = [Message.state, func.count(), func.coalesce(func.sum(Message.size), 0)]
+    columns += [func.sum(case((Message.size <= b, 1), else_=0)) for b in SIZE_BOUNDS]
+    columns += [func.sum(case((Message.arrived_at >= now - timedelta(seconds=b), 1), else_=0))
+                for b in AGE_BOUNDS]
+    async with engine.connect() as conn:
+        columns.append(func.coalesce(func.sum(_epoch(conn, Message.arrived_at)), 0))
+        rows = (await conn.execute(select(*columns).group_by(Message.state))).all()
+    n, m = len(SIZE_BOUNDS), len(AGE_BOUNDS)
+    found = {}
+    for r in rows:
+        count = int(r[1])
+        found[str(r[0])] = QueueShape(
+            str(r[0]), count, int(r[2]), max(0.0, count * now.timestamp() - float(r[-1])),
+            [int(v or 0) for v in r[3:3 + n]], [int(v or 0) for v in r[3 + n:3 + n + m]])
+    return [found.get(state) or QueueShape(state, 0, 0, 0.0, [0] * n, [0] * m)
+            for state in MessageState]
+
+
+def _epoch(conn: AsyncConnection, column: Any) -> Any:
+    """A timestamp column as seconds since the epoch, in the dialect's words."""
+    if conn.dialect.name == "postgresql":
+        return func.extract("epoch", column)
+    return cast(func.strftime("%s", column), Float)

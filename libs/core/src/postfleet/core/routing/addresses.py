@@ -15,6 +15,24 @@ from __future__ import annotations
 ROUTING_OPERATORS = "@!%"
 
 
+def internal_form(address: str) -> str:
+    """RFC 5321's quoted local part in Postfix's internal form, as smtpd
+    hands an address on: ``"rgarcia"@univ.es`` is ``rgarcia@univ.es`` and
+    ``"a\\"b"@x`` is ``a"b@x``; an unquoted address is unchanged. Lookups,
+    rewriting and routing all work on this form."""
+    local, at, domain = address.rpartition("@") if "@" in address else (address, "", "")
+    if len(local) < 2 or not (local[0] == local[-1] == '"'):
+        return address
+    inner, out, escaped = local[1:-1], [], False
+    for ch in inner:
+        if escaped or ch != "\\":
+            out.append(ch)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out) + at + domain
+
+
 def split_address(address: str) -> tuple[str, str]:
     """``user@Domain.`` -> (``user``, ``domain``); no ``@`` -> (address, "")."""
     local, at, domain = address.rpartition("@")

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from postfleet.core.routing.addresses import split_address, split_extension
+from postfleet.core.routing.addresses import internal_form, split_address, split_extension
 from postfleet.core.routing.resolver import (
     ERROR_TRANSPORT,
     AddressClass,
@@ -164,6 +164,7 @@ def check_recipient(
     reject_unlisted_recipient: bool = True,
 ) -> SmtpReply | None:
     """The reply refusing ``recipient``, or None when it is accepted."""
+    recipient = internal_form(recipient)
     if recipient.lower() == "postmaster":
         return None
     for restrictions in (relay_restrictions, recipient_restrictions):

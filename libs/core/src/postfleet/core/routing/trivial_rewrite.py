@@ -11,7 +11,7 @@ Only the forms SMTP can carry are handled: ``user@domain``, a bare ``user``
 
 from __future__ import annotations
 
-from postfleet.core.routing.addresses import is_literal
+from postfleet.core.routing.addresses import internal_form, is_literal
 from postfleet.core.routing.snapshot import RoutingSnapshot
 
 
@@ -29,7 +29,7 @@ def rewrite_local(snapshot: RoutingSnapshot, address: str) -> str:
     (append_at_myorigin), ``user@host`` becomes ``user@host.$mydomain`` only
     with append_dot_mydomain=yes (off since compatibility_level 1).
     """
-    address = _strip_source_route(address.strip())
+    address = internal_form(_strip_source_route(address.strip()))
     if not address:
         return ""
     if address.endswith("@"):  # "user@" is "user" (resolve_null_domain)

@@ -249,6 +249,16 @@ class IngressSMTP(HookNames, SMTP):
             if self.params.proxy_timeout() is None:  # else once PROXY named the client
                 self.smtpd_session().start_name_lookup(self.params.smtpd_peername_lookup)
 
+    def _forget(self) -> None:
+        """The session is over: out of the live set and anvil's count (once)."""
+        if self in self._sessions:
+            self._sessions.discard(self)
+            SESSIONS.labels(self.listener).dec()
+        if self.anvil is not None and self._anvil_client:
+            self.loop.create_task(self.anvil.disconnect(self.listener, self._anvil_client),
+                                  name="anvil-disconnect")
+            self._anvil_client = ""
+
     def connection_lost(self, error: Exception | None) -> None:
         # Once only: a failed TLS handshake may or may not report it too.
         if self._lost:
@@ -264,13 +274,7 @@ class IngressSMTP(HookNames, SMTP):
                                        f"{self._counts.format()}")
                 POSTFIX_DISCONNECTS.inc()
             self._chat_reset(0)
-        if self in self._sessions:
-            self._sessions.discard(self)
-            SESSIONS.labels(self.listener).dec()
-        if self.anvil is not None and self._anvil_client:
-            self.loop.create_task(self.anvil.disconnect(self.listener, self._anvil_client),
-                                  name="anvil-disconnect")
-            self._anvil_client = ""
+        self._forget()
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
@@ -382,6 +386,11 @@ class IngressSMTP(HookNames, SMTP):
                 REJECTS.labels(self.listener, str(reply.code)).inc()
                 transport.write(line.encode("ascii") + b"\r\n")
             transport.close()
+        elif transport is None or transport.is_closing():
+            # Already closed (the client went first): an event loop need not
+            # report connection_lost again, so the session is forgotten here
+            # or a drain would wait for it until its deadline.
+            self._forget()
         task = self._handler_coroutine
         if task is not None and not task.done():
             task.cancel()

@@ -213,3 +213,19 @@ async def test_expiry_and_dsn_parameters_as_given(cleanup: tuple) -> None:
     assert lifetime == {mail.queue_id: 2 * 86400, bounce.queue_id: 3 * 3600}
     assert (msgs[mail.queue_id].ret, msgs[mail.queue_id].envid) == ("HDRS", "E1")
     assert (rcpt.notify, rcpt.orcpt) == ("SUCCESS,DELAY", "rfc822;B@y.test")
+
+
+async def test_a_small_message_in_one_request_is_queued_as_a_streamed_one(
+        cleanup: tuple) -> None:
+    stub, url, _ = cleanup
+    parts = _request(b"Subject: whole\r\n\r\nin one request\r\n", ["b@y.test", "c@y.test"])
+    whole = cleanup_pb2.WholeMessage(envelope=parts[0].envelope,
+                                     body=b"".join(p.chunk for p in parts[1:]))
+    reply = await stub.SubmitMessage(whole)
+    assert reply.queue_id and not reply.HasField("refusal")
+    assert await _counts(url) == (1, 2)
+    too_big = cleanup_pb2.WholeMessage(envelope=parts[0].envelope, body=b"x" * 2000)
+    refused = await stub.SubmitMessage(too_big)
+    assert not refused.queue_id
+    assert (refused.refusal.code, refused.refusal.status) == (552, "5.3.4")
+    assert await _counts(url) == (1, 2)

@@ -1,6 +1,6 @@
 """A stand-in cleanup in its own process, for the crash test: it serves
-Submit, prints CHUNK when the first body chunk arrives and then never
-answers, so the test can SIGKILL it mid-stream. Prints its port first."""
+Submit and SubmitMessage, prints CHUNK when the content arrives and then
+never answers, so the test can SIGKILL it mid-call. Prints its port first."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ class Stuck(cleanup_pb2_grpc.CleanupServicer):
             if request.HasField("chunk"):
                 print("CHUNK", flush=True)
                 await asyncio.sleep(3600)
+        return cleanup_pb2.SubmitReply(queue_id="NEVER")
+
+    async def SubmitMessage(self, request: Any, context: Any) -> cleanup_pb2.SubmitReply:
+        print("CHUNK", flush=True)  # the content has arrived; never answer
+        await asyncio.sleep(3600)
         return cleanup_pb2.SubmitReply(queue_id="NEVER")
 
 

@@ -60,9 +60,6 @@ class FakeCleanup(cleanup_pb2_grpc.CleanupServicer):
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def Submit(self, request_iterator: Any, context: Any) -> cleanup_pb2.SubmitReply:
-        self.calls += 1
-        self.requested += [v for k, v in context.invocation_metadata() or ()
-                           if k == "postfleet-queue-id"]
         envelope: cleanup_pb2.Envelope | None = None
         chunks: list[bytes] = []
         async for request in request_iterator:
@@ -70,10 +67,24 @@ class FakeCleanup(cleanup_pb2_grpc.CleanupServicer):
                 envelope = request.envelope
             else:
                 chunks.append(request.chunk)
-                if self.mode == "midstream":
-                    self.entered.set()
-                    await asyncio.sleep(60)
+                await self._midstream()
         assert envelope is not None
+        return await self._answer(envelope, chunks, context)
+
+    async def SubmitMessage(self, request: Any, context: Any) -> cleanup_pb2.SubmitReply:
+        await self._midstream()
+        return await self._answer(request.envelope, [request.body], context)
+
+    async def _midstream(self) -> None:
+        if self.mode == "midstream":  # the content is arriving: hang there
+            self.entered.set()
+            await asyncio.sleep(60)
+
+    async def _answer(self, envelope: cleanup_pb2.Envelope, chunks: list[bytes],
+                      context: Any) -> cleanup_pb2.SubmitReply:
+        self.calls += 1
+        self.requested += [v for k, v in context.invocation_metadata() or ()
+                           if k == "postfleet-queue-id"]
         if self.mode == "unavailable":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "queue file write error: db down")
         if self.mode == "refuse":

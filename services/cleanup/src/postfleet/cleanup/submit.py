@@ -110,6 +110,21 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
                 chunks.append(part.chunk)
         if oversized:
             return _refuse("size", replies.SIZE_EXCEEDED)
+        return await self._accept(envelope, b"".join(chunks), context)
+
+    async def SubmitMessage(
+        self, request: cleanup_pb2.WholeMessage, context: grpc.aio.ServicerContext[Any, Any],
+    ) -> cleanup_pb2.SubmitReply:
+        if len(request.body) > self.settings.message_size_limit:
+            return _refuse("size", replies.SIZE_EXCEEDED)
+        return await self._accept(request.envelope if request.HasField("envelope") else None,
+                                  request.body, context)
+
+    async def _accept(
+        self, envelope: cleanup_pb2.Envelope | None, body: bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> cleanup_pb2.SubmitReply:
+        """Rewrite, check, sign and commit one message (both Submit forms)."""
         if envelope is None or not envelope.recipients:
             FAILURES.labels("envelope").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -123,8 +138,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         except SmtpError as exc:
             log.warning("envelope not rewritten: %s", exc)
             return _refuse("rewrite", exc.reply)
-        message = self._message(_queue_id(context), envelope, sender, rewritten,
-                                b"".join(chunks))
+        message = self._message(_queue_id(context), envelope, sender, rewritten, body)
         if self.checks and not envelope.overrides.no_header_body_checks:
             verdict = await self._check(message)
             _log_actions(verdict, message, envelope)

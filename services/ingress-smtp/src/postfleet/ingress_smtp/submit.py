@@ -31,6 +31,9 @@ from postfleet.ingress_smtp.metrics import SUBMIT_FAILURES, SUBMIT_SECONDS
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 64 * 1024
+# Up to this size a message goes in one request (SubmitMessage), beyond it
+# as a stream of CHUNK_SIZE pieces (Submit).
+WHOLE_MESSAGE_LIMIT = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,15 @@ class CleanupClient:
                 yield cleanup_pb2.SubmitRequest(chunk=piece)
 
         started = time.monotonic()
+        metadata = ((QUEUE_ID_METADATA, queue_id),) if queue_id else None
         try:
-            reply = await self._stub.Submit(
-                requests(), timeout=self.timeout,
-                metadata=((QUEUE_ID_METADATA, queue_id),) if queue_id else None)
+            if len(body) <= WHOLE_MESSAGE_LIMIT:
+                reply = await self._stub.SubmitMessage(
+                    cleanup_pb2.WholeMessage(envelope=envelope, body=body),
+                    timeout=self.timeout, metadata=metadata)
+            else:
+                reply = await self._stub.Submit(requests(), timeout=self.timeout,
+                                                metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             reason = exc.code().name.lower()
             SUBMIT_FAILURES.labels(reason).inc()

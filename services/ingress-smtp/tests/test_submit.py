@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from postfleet.core.testing.ports import free_port
+from postfleet.ingress_smtp.submit import WHOLE_MESSAGE_LIMIT
 
 QUEUE_ERROR = "451 4.3.0 Error: queue file write error"
 
@@ -45,7 +46,7 @@ async def test_message_streams_exact_bytes_in_chunks(make_ingress, dialogs, clea
     caplog.set_level(logging.INFO, logger="postfleet.maillog")
     ingress = await make_ingress()
     d = await dialogs(ingress.port())
-    raw = message(300_000)
+    raw = message(WHOLE_MESSAGE_LIMIT + 200_000)  # past one request's size: a stream
     reply = await smtp_transaction(d, "a@b.example", ["c@d.example", "e@far.example"],
                                    stuffed(raw))
     assert reply == "250 2.0.0 Ok: queued as 4Q0001"
@@ -65,6 +66,17 @@ async def test_message_streams_exact_bytes_in_chunks(make_ingress, dialogs, clea
     [asked] = cleanup.servicer.requested
     assert any(r.getMessage() == f"postfix/smtpd[{os.getpid()}]: {asked}: "
                "client=unknown[127.0.0.1]" for r in caplog.records)
+
+
+async def test_a_small_message_goes_in_one_request(make_ingress, dialogs, cleanup,
+                                                   smtp_transaction) -> None:
+    ingress = await make_ingress()
+    d = await dialogs(ingress.port())
+    raw = message(300_000)
+    assert (await smtp_transaction(d, "a@b.example", ["c@d.example"], stuffed(raw))
+            ).startswith("250 2.0.0 Ok: queued as ")
+    [got] = cleanup.servicer.submitted
+    assert got.chunks == [raw]  # SubmitMessage: the whole content at once
 
 
 async def test_peername_lookup_names_the_client(make_ingress, make_dns, dialogs, cleanup,

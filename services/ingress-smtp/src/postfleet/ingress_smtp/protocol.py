@@ -380,11 +380,12 @@ class IngressSMTP(HookNames, SMTP):
         transport = self.transport
         if reply is not None and self.session is not None:
             self.smtpd_session().transcript.reason = reply.text
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        # Duck-typed: uvloop's transports are not asyncio's transport classes.
+        if transport is not None and not transport.is_closing():
             if reply is not None and self._may_speak():
                 line = reply_line(reply.with_text(f"{self.myhostname} {reply.text}"))
                 REJECTS.labels(self.listener, str(reply.code)).inc()
-                transport.write(line.encode("ascii") + b"\r\n")
+                transport.write(line.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
             transport.close()
         elif transport is None or transport.is_closing():
             # Already closed (the client went first): an event loop need not

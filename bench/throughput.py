@@ -25,13 +25,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-import psutil
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import MemorySampler
 
 from postfleet.core.sockets import free_port
 from postfleet.core.testing.ports import wait_port
@@ -63,37 +65,6 @@ def delivered(http_port: int) -> float:
         if line.startswith('postfleet_qmgr_recipients_total{status="delivered"}'):
             return float(line.split()[-1])
     return 0.0
-
-
-class RssSampler(threading.Thread):
-    """Peak RSS per role, sampled from the launcher's children."""
-
-    def __init__(self, launcher_pid: int) -> None:
-        super().__init__(daemon=True)
-        self.root = psutil.Process(launcher_pid)
-        self.peak: dict[str, int] = {}
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            procs = [self.root, *self.root.children(recursive=True)]
-            for p in procs:
-                try:
-                    cmd = p.cmdline()
-                    rss = p.memory_info().rss
-                except psutil.Error:
-                    continue
-                name = self._role(cmd)
-                self.peak[name] = max(self.peak.get(name, 0), rss)
-            time.sleep(0.2)
-
-    @staticmethod
-    def _role(cmd: list[str]) -> str:
-        if "-m" in cmd:
-            return cmd[cmd.index("-m") + 1].removeprefix("postfleet.")
-        if cmd and cmd[0].endswith("nats-server"):
-            return "nats-server"
-        return "launcher"
 
 
 async def make_pg() -> str:
@@ -156,7 +127,7 @@ def main() -> int:
         [str(Path(sys.executable).parent / "postfleet"), "run", "all", "--config",
          str(work / "postfleet.yaml"), "--var-dir", str(work / "var")],
         env=env, stdout=open(work / "launcher.log", "w"), stderr=subprocess.STDOUT)
-    sampler = RssSampler(launcher.pid)
+    sampler = MemorySampler(launcher.pid)
     try:
         wait_port(smtp_port)
         time.sleep(2)  # every role ready
@@ -179,7 +150,7 @@ def main() -> int:
                 last_report = time.monotonic()
             time.sleep(0.05)
         t_e2e = time.monotonic() - t0
-        sampler.done.set()
+        sampler.stop.set()
         sampler.join()
         through = ", through the built-in filter (header checks)" if args.filter else ""
         print(f"postfleet throughput ({args.db}{through}): {args.messages} messages of "
@@ -187,11 +158,11 @@ def main() -> int:
         print(f"  accept rate:     {args.messages / t_accept:8.1f} msg/s ({t_accept:.1f} s)")
         print(f"  end-to-end rate: {args.messages / t_e2e:8.1f} msg/s ({t_e2e:.1f} s)")
         print("  peak RSS per process:")
-        for name, rss in sorted(sampler.peak.items()):
+        for name, rss in sorted(sampler.rss.items()):
             print(f"    {name:14} {rss / 2**20:7.1f} MiB")
         return 0
     finally:
-        sampler.done.set()
+        sampler.stop.set()
         launcher.terminate()
         try:
             launcher.wait(60)

@@ -13,6 +13,7 @@ from postfleet.core.db.models import Message
 from postfleet.core.db.queue import (
     claim_due,
     current_recipients,
+    load_job,
     release,
     renew_leases,
     take_back,
@@ -103,3 +104,16 @@ async def test_a_restarted_owner_takes_its_work_back_at_once(engine: AsyncEngine
         assert await current_recipients(conn, qid, ids, 1) == set()
         assert await current_recipients(conn, qid, ids, 2) == set(ids)
     assert await take_back(engine, "nobody") == 0
+
+
+async def test_a_job_loads_its_content_and_its_current_recipients_at_once(
+        engine: AsyncEngine) -> None:
+    qid = await queue_message(engine, ["a@y.test", "b@y.test"])
+    claimed = await claim_due(engine, "q1", datetime.now(UTC), 3600, 10)
+    ids = [c.id for c in claimed]
+    async with engine.connect() as conn:
+        body, current = await load_job(conn, qid, ids, 1)
+        assert body == b"Subject: s\r\n\r\nbody\r\n" and current == set(ids)
+        assert await load_job(conn, qid, ids[:1], 1) == (body, {ids[0]})
+        assert await load_job(conn, qid, ids, 2) == (None, set())  # not this attempt
+        assert await load_job(conn, "NOSUCHID", ids, 1) == (None, set())

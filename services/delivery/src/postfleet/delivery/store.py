@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postfleet.core.db.queue import Origin, current_recipients, load_body, message_origin
+from postfleet.core.db.queue import Origin, load_job, message_origin
 from postfleet.core.proto.delivery.v1 import delivery_pb2
 
 
@@ -47,11 +47,8 @@ class MessageStore:
         """The message and the ids of the recipients the job still speaks
         for; (None, empty) when it speaks for none (gone or superseded)."""
         async with self.engine.connect() as conn:
-            current = await current_recipients(
+            body, current = await load_job(
                 conn, job.queue_id, [r.id for r in job.recipients], job.attempt)
-            if not current:
-                return None, set()
-            body = await load_body(conn, job.queue_id)
             origin = (await message_origin(conn, job.queue_id)
                       if self.with_origin and body is not None else None)
         if body is None:

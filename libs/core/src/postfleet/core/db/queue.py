@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import (
     Float,
+    String,
     and_,
     bindparam,
     case,
@@ -174,6 +175,44 @@ async def current_recipients(
     after its qmgr died). Delivery sends to these only."""
     rows = await conn.execute(_CURRENT, {"qid": queue_id, "attempt": attempt})
     return set(rows.scalars()) & set(ids)
+
+
+def _job_statement(agg: Any) -> Any:
+    current = (select(agg).where(
+        Recipient.queue_id == Message.queue_id, Recipient.attempts == bindparam("attempt"),
+        open_recipient()).scalar_subquery())
+    return select(Message.body, current.label("ids")).where(
+        Message.queue_id == bindparam("qid"))
+
+
+# The body and, aggregated, the ids the job may still speak for: one
+# statement per delivery job instead of two round trips.
+_LOAD_JOB = {
+    "sqlite": _job_statement(func.group_concat(Recipient.id)),
+    "postgresql": _job_statement(func.string_agg(cast(Recipient.id, String), ",")),
+}
+
+
+async def load_job(
+    conn: AsyncConnection, queue_id: str, ids: Sequence[int], attempt: int
+) -> tuple[bytes | None, set[int]]:
+    """A job's content and the recipients it still speaks for (as
+    ``current_recipients``), in one statement; (None, empty) when the
+    message is gone or the job speaks for no one."""
+    stmt = _LOAD_JOB.get(conn.dialect.name)
+    if stmt is None:  # another database: the two statements
+        current = await current_recipients(conn, queue_id, ids, attempt)
+        return (await load_body(conn, queue_id) if current else None), current
+    row = (await conn.execute(stmt, {"qid": queue_id, "attempt": attempt})).first()
+    if row is None:
+        return None, set()
+    current = {int(i) for i in str(row.ids or "").split(",") if i} & set(ids)
+    if not current:
+        return None, set()
+    body = row.body
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise UnreadableContent(f"stored content is {type(body).__name__}, not bytes")
+    return bytes(body), current
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,13 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml uv.lock libs/core/pyproject.toml $(wildcard services/*/pyproject.toml) $(wildcard operator/pyproject.toml)
+$(VENV)/.installed: Makefile pyproject.toml uv.lock libs/core/pyproject.toml $(wildcard services/*/pyproject.toml) $(wildcard operator/pyproject.toml)
 	@scripts/ensure-uv
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --compile-bytecode
+	@# Bytecode for the workspace's own sources too: where PYTHONDONTWRITEBYTECODE
+	@# is set (this machine, CI), every role process would otherwise compile
+	@# them again at each start.
+	$(BIN)/python -m compileall -q libs/core/src services/*/src operator/src src
 	@touch $@
 
 run: install

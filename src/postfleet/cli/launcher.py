@@ -63,6 +63,10 @@ def say(text: str) -> None:
     print(f"postfleet: {text}", flush=True)
 
 
+class StartFailed(Exception):
+    """A role could not start; the message says why and what to read."""
+
+
 @dataclass
 class Launcher:
     config_path: Path | None
@@ -164,19 +168,36 @@ class Launcher:
         env = self.base_env(cfg, nats_url)
         try:
             await self.prepare(env, cfg)
-            for slot, role in self.slots(cfg):
-                port = free_port()
-                child = Child(slot, role, self.child_env(env, slot, role, port, cfg), port)
-                await child.start()
-                self.children.append(child)
-                # In order, each ready before the next: ingress-smtp, last,
-                # never answers a client while cleanup cannot take mail.
-                await self.wait_ready(child)
+            # Two tiers, each started at once (their imports overlap on
+            # the cores): the back roles, then -- once every one of them is
+            # ready -- the ingress-smtp processes, so no client is answered
+            # while cleanup cannot take mail. `postfix start` likewise
+            # starts master's services together.
+            slots = self.slots(cfg)
+            for tier in ([s for s in slots if s[1] != "ingress-smtp"],
+                         [s for s in slots if s[1] == "ingress-smtp"]):
+                await self.start_tier(env, cfg, tier)
             self.announce(cfg, env)
             await self.supervise()
         finally:
             await self.shutdown()
         return 0
+
+    async def start_tier(self, env: dict[str, str], cfg: dict[str, Any],
+                         tier: list[tuple[str, str]]) -> None:
+        started = []
+        for slot, role in tier:
+            port = free_port()
+            child = Child(slot, role, self.child_env(env, slot, role, port, cfg), port)
+            await child.start()
+            self.children.append(child)
+            started.append(child)
+        try:
+            await asyncio.gather(*(self.wait_ready(child) for child in started))
+        except StartFailed as exc:
+            # SystemExit raised inside a task would leave the loop at once,
+            # skipping shutdown(); raised here, run()'s finally stops the rest.
+            raise SystemExit(str(exc)) from None
 
     async def wait_ready(self, child: Child, timeout: float = READY_TIMEOUT_S) -> None:
         """Until the child is ready. One killed by a signal meanwhile is
@@ -187,10 +208,10 @@ class Launcher:
                 return
             code = child.proc.returncode if child.proc else None
             if code is None:
-                raise SystemExit(f"{child.slot} not ready after {timeout:.0f}s; "
+                raise StartFailed(f"{child.slot} not ready after {timeout:.0f}s; "
                                  "see its log above")
             if code >= 0:
-                raise SystemExit(f"{child.slot} exited with status {code} while starting; "
+                raise StartFailed(f"{child.slot} exited with status {code} while starting; "
                                  "see its log above")
             say(f"{child.slot} killed by signal {-code} while starting; starting it again")
             child.restarts += 1

@@ -80,6 +80,11 @@ class RoleProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting (stop() then waits)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM: the drain case."""
         if self.proc and self.proc.poll() is None:
@@ -110,6 +115,10 @@ class Cluster:
     roles: dict[str, RoleProcess] = field(default_factory=dict)
     extra_roles: tuple[str, ...] = ()
     extra: dict[str, list[RoleProcess]] = field(default_factory=dict)
+    # Where lookups go unless the test passes its own dnsmasq: an empty
+    # dnsmasq answers REFUSED at once (the plugin's refusing_dns); a closed
+    # port makes each lookup wait out its whole lifetime (UDP hears no ICMP).
+    nameserver: str = LOOPBACK_NOWHERE
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -139,10 +148,10 @@ class Cluster:
             POSTFLEET_LOG_FORMAT="text",
             # Tests never ask this machine's resolver (it is off-box): smtpd's
             # reverse lookups are off, and every other lookup goes to a
-            # loopback port where nothing answers unless the test passes
+            # loopback server that knows nothing unless the test passes
             # its own dnsmasq (POSTFLEET_DNS_NAMESERVERS=dns.nameserver).
             POSTFLEET_SMTPD_PEERNAME_LOOKUP="false",
-            POSTFLEET_DNS_NAMESERVERS=LOOPBACK_NOWHERE,
+            POSTFLEET_DNS_NAMESERVERS=self.nameserver,
         )
         env.update(self.env)
         return env
@@ -172,10 +181,13 @@ class Cluster:
             replica.kill()
 
     def stop(self, *names: str) -> None:
-        for replica in self._extra(names):
-            replica.stop()
-        for name in names or self.all_roles:
-            self.roles[name].stop()
+        """SIGTERM to all at once (as `postfix stop` has master do), then
+        wait for each: their drains overlap."""
+        chosen = [*self._extra(names), *(self.roles[n] for n in names or self.all_roles)]
+        for process in chosen:
+            process.terminate()
+        for process in chosen:
+            process.stop()
 
     # -- replicas: a role scaled like a Deployment ------------------------------
     def replicas(self, role: str) -> list[RoleProcess]:

@@ -40,12 +40,13 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
-from postfleet.core.testing.cluster import Cluster
+from postfleet.core.testing.cluster import LOOPBACK_NOWHERE, Cluster
 from postfleet.core.testing.databases import fresh_postgres, sqlite_url
 from postfleet.core.testing.dns import DnsServer
 from postfleet.core.testing.dovecot_auth import DovecotAuth
 from postfleet.core.testing.nats import NatsServer
 from postfleet.core.testing.opendkim import OpenDkim
+from postfleet.core.testing.peers import peer_binary
 from postfleet.core.testing.pki import TestCa
 from postfleet.core.testing.postfix import PostfixSink, PrivatePostfix
 from postfleet.core.testing.resolver_guard import SystemResolverGuard
@@ -126,9 +127,24 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
 
 
+@pytest.fixture(scope="session")
+def refusing_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A name server that knows nothing and says so at once (an empty
+    dnsmasq answers REFUSED: a temporary failure, as a dead server is);
+    clusters ask it unless a test passes its own. Without dnsmasq, a closed
+    loopback port: the same answers, each after the lookup's whole lifetime."""
+    try:
+        peer_binary("dnsmasq", "dnsmasq")
+    except RuntimeError:
+        yield LOOPBACK_NOWHERE
+        return
+    with DnsServer(tmp_path_factory.mktemp("refusing-dns"), {"domains": []}) as dns:
+        yield dns.nameserver
+
+
 @pytest.fixture
 def make_cluster(
-    tmp_path: Path, nats_server: NatsServer
+    tmp_path: Path, nats_server: NatsServer, refusing_dns: str
 ) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
@@ -137,6 +153,7 @@ def make_cluster(
         cluster = Cluster(
             tmp_path / f"cluster{len(made)}", database_url, nats_server.url,
             config=config or {}, env=env, extra_roles=extra_roles,
+            nameserver=refusing_dns,
         )
         made.append(cluster)
         return cluster

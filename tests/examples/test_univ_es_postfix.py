@@ -143,7 +143,6 @@ async def _postfix_answers(variant: str, workdir: Path,
 
 async def _postfleet_answers(workdir: Path, config: dict[str, object],
                              addresses: list[str]) -> dict[tuple[str, str], Reply]:
-    workdir.mkdir()
     async with RunAll(workdir, dict(config)) as mta:
         return await conversations(mta.port, addresses)
 
@@ -155,6 +154,8 @@ async def test_postfleet_answers_every_rcpt_as_postfix_does(variant: str, tmp_pa
     configs = {"native": load_config_file(EXAMPLES / variant / "postfleet.yaml"),
                "imported": await asyncio.to_thread(_imported_config, variant,
                                                    tmp_path / "imported-config")}
+    for kind in configs:
+        (tmp_path / kind).mkdir()
     # The three MTAs are independent (own ports, queues, NATS): run at once.
     reference, *ours = await asyncio.gather(
         _postfix_answers(variant, tmp_path / "postfix", addresses),

@@ -228,12 +228,17 @@ class Launcher:
         ports = {c.slot: c.http_port for c in self.children}
         for role, port in ports.items():
             say(f"{role}: http://127.0.0.1:{port}/healthz /readyz /metrics")
-        say(f"queue admin API: http://127.0.0.1:{ports['qmgr-1']}/docs "
-            f"(`postfleet queue list`); Ctrl-C stops everything")
         state = {"api": f"http://127.0.0.1:{ports['qmgr-1']}", "nats_url":
                  env["POSTFLEET_NATS_URL"], "http_ports": ports,
                  "cleanup_address": env["POSTFLEET_CLEANUP_ADDRESS"]}
-        (self.var_dir / "run.json").write_text(json.dumps(state, indent=2))
+        # Whole before the last line says the tier is up: a reader who waits
+        # for that line (a script, the tests) never finds it missing or half
+        # written.
+        staged = self.var_dir / "run.json.tmp"
+        staged.write_text(json.dumps(state, indent=2))
+        staged.replace(self.var_dir / "run.json")
+        say(f"queue admin API: http://127.0.0.1:{ports['qmgr-1']}/docs "
+            f"(`postfleet queue list`); Ctrl-C stops everything")
 
     async def supervise(self) -> None:
         """Each child under its own watcher, so one throttled restart never

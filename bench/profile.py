@@ -14,17 +14,20 @@ ptrace rights), as the benchmarks run here.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import Postfleet, _cpu_ticks, sink_and_workdir
+from compare import PG_ADMIN, Postfleet, _cpu_ticks, sink_and_workdir
 
 CLK_TCK = 100
 
@@ -44,6 +47,34 @@ def role_pids(root: int) -> dict[str, int]:
             found["nats-server"] = proc.pid
     found["launcher"] = root
     return found
+
+
+COUNTERS = ("postfleet_db_statements_total", "postfleet_db_commits_total",
+            'postfleet_bus_messages_total{direction="out"}',
+            'postfleet_bus_messages_total{direction="in"}')
+
+
+def work_counts(mta: Postfleet) -> dict[str, float]:
+    """The work counters summed over every role (their /metrics)."""
+    ports = json.loads((mta.work / "var" / "run.json").read_text())["http_ports"]
+    totals = dict.fromkeys(COUNTERS, 0.0)
+    for port in ports.values():
+        url = f"http://127.0.0.1:{port}/metrics"
+        for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name in totals:
+                totals[name] += float(value)
+    return totals
+
+
+async def _wal_syncs() -> float:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        return float(await conn.fetchval("SELECT wal_sync FROM pg_stat_wal"))
+    finally:
+        await conn.close()
 
 
 def summarize(raw: Path, top: int) -> list[str]:
@@ -97,6 +128,8 @@ def main() -> None:
                 for name, pid in pids.items() if name != "nats-server"
             }
             before = mta.delivered()
+            counts0 = work_counts(mta)
+            wal0 = asyncio.run(_wal_syncs()) if args.db == "postgres" else 0.0
             t0 = time.monotonic()
             subprocess.run(["/usr/sbin/smtp-source", "-s", str(args.sessions), "-m",
                             str(args.messages), "-l", "1024", "-f", "bench@sender.test",
@@ -105,6 +138,9 @@ def main() -> None:
             while mta.delivered() < before + args.messages:
                 time.sleep(0.05)
             elapsed = time.monotonic() - t0
+            time.sleep(1)  # the last results' acks and statements
+            counts = {k: v - counts0[k] for k, v in work_counts(mta).items()}
+            wal = asyncio.run(_wal_syncs()) - wal0 if args.db == "postgres" else 0.0
             cpu = {name: (_cpu_ticks(pid) - cpu0[name]) / CLK_TCK for name, pid in pids.items()}
             for spy in spies.values():
                 spy.send_signal(2)  # SIGINT: py-spy writes what it has
@@ -118,6 +154,12 @@ def main() -> None:
         for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
             print(f"  {name:14} {1000 * seconds / args.messages:6.2f}")
         print(f"  {'total':14} {1000 * sum(cpu.values()) / args.messages:6.2f}")
+        print("Round trips per message (all roles):")
+        for name, value in counts.items():
+            print(f"  {name:48} {value / args.messages:6.2f}")
+        if args.db == "postgres":
+            print(f"  {'WAL flushes (pg_stat_wal.wal_sync, server-wide)':48} "
+                  f"{wal / args.messages:6.2f}")
         for name in sorted(spies):
             raw = work / f"{name}.txt"
             if raw.exists():

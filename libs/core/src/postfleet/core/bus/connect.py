@@ -26,6 +26,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from postfleet.core.bus import subjects
+from postfleet.core.workcounts import watch_bus_client
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ DUPLICATE_WINDOW_S = 120.0
 
 async def connect(url: str, name: str, **kwargs: Any) -> Client:
     """Connect with endless reconnects: a restarted NATS must not kill a role."""
-    return await nats.connect(
+    client = await nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,
@@ -43,6 +44,8 @@ async def connect(url: str, name: str, **kwargs: Any) -> Client:
         allow_reconnect=True,
         **kwargs,
     )
+    watch_bus_client(client)  # bus messages per message, on /metrics
+    return client
 
 
 # Work queues, both: a message leaves its stream when it is acked.

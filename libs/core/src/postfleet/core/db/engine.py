@@ -14,6 +14,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from postfleet.core.workcounts import count_commit, count_statement
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -39,6 +41,9 @@ def create_engine(url: str, *, pool_size: int = 5, writer: bool = True) -> Async
     else:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     engine = create_async_engine(url, **kwargs)
+    # Statements and commits per message, on /metrics (core.workcounts).
+    event.listen(engine.sync_engine, "after_cursor_execute", count_statement)
+    event.listen(engine.sync_engine, "commit", count_commit)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(

@@ -27,7 +27,6 @@ import random
 import tempfile
 from pathlib import Path
 
-from postfleet.core.roles import MONOLITH_ROLES
 from postfleet.core.testing.chaos import ChaosPlan, ChaosResult, run_all_chaos, run_chaos
 from postfleet.core.testing.sink import SmtpSink
 
@@ -57,10 +56,12 @@ async def fleet_chaos(args: ChaosPlan, work: Path) -> ChaosResult:
                     {**config["routing"], "myhostname": "mx.chaos.test"}))
                 await nc.close()
                 await asyncio.to_thread(cluster.start)
-                for role in MONOLITH_ROLES:
+                for role in cluster.all_roles:
                     await asyncio.to_thread(cluster.scale, role, 2)
 
                 def pick(role: str, rng: random.Random) -> bool:
+                    if role not in cluster.roles:
+                        return False  # not in this fleet (the filter role)
                     replicas = cluster.replicas(role)
                     if not replicas:
                         return False

@@ -16,6 +16,10 @@ Faults, one per round, each with the process restarted at once the way
 
     .venv/bin/python bench/heal.py
     .venv/bin/python bench/heal.py --only qmgr --only nats
+    .venv/bin/python bench/heal.py --sink-delay 0   # a next hop that answers at once
+
+The sink waits --sink-delay seconds (0.5) before each 250, so a fault
+always finds jobs in flight.
 
 A benchmark: it prints figures and asserts nothing.
 """
@@ -126,6 +130,10 @@ async def main_async(args: argparse.Namespace) -> None:
         nats = NatsServer(work / "nats").start()
         try:
             with SmtpSink() as sink:
+                # A next hop that takes its time, so every fault finds jobs
+                # in flight (about rate x delay of them) rather than an idle
+                # queue.
+                sink.handler.data_delay = args.sink_delay
                 routing = {"relay_domains": ["example.test"], "myhostname": "mx.heal.test",
                            "transport_maps": {"example.test": f"smtp:{sink.nexthop}"}}
                 config = {"myhostname": "mx.heal.test", "routing": routing,
@@ -144,7 +152,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 await asyncio.to_thread(cluster.start)
                 await asyncio.to_thread(cluster.scale, "ingress-smtp", 2)
                 print(f"queue_run_delay {args.queue_run_delay}, qmgr_lease_time 30s "
-                      "(defaults but the first); 20 msg/s during each fault:")
+                      "(defaults but the first); 20 msg/s during each fault; the sink "
+                      f"takes {args.sink_delay:g} s per message:")
                 for fault in faults:
                     if fault == "qmgr-gone":
                         await asyncio.to_thread(cluster.scale, "qmgr", 2)
@@ -160,6 +169,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", choices=FAULTS, default=[])
+    ap.add_argument("--sink-delay", type=float, default=0.5,
+                    help="seconds the sink waits before answering DATA (jobs in flight)")
     ap.add_argument("--queue-run-delay", default="300s",
                     help="qmgr's periodic scan (Postfix default 300s)")
     asyncio.run(main_async(ap.parse_args()))

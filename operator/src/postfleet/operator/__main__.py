@@ -1,13 +1,6 @@
-"""``python -m postfleet.operator``: the operator role; with --postconf, only
-print its parameters (the settings class alone is imported, not kopf)."""
+"""python -m postfleet.operator: the operator role (--postconf: its parameters,
+without importing kopf)."""
 
-from postfleet.core.postconf import print_postconf, wants_postconf
+from postfleet.core.postconf import role_entry
 
-if wants_postconf():
-    from postfleet.operator.settings import OperatorSettings
-
-    print_postconf(OperatorSettings)
-else:
-    from postfleet.operator.main import main
-
-    main()
+role_entry("postfleet.operator.settings:OperatorSettings", "postfleet.operator.main:main")

@@ -17,6 +17,7 @@ Postfix parameters: all of a role's (this is postconf).
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import sys
@@ -84,3 +85,16 @@ def wants_postconf(argv: Sequence[str] | None = None) -> bool:
 
 def print_postconf(settings_cls: type[BaseSettings]) -> None:
     print(json.dumps(report(settings_cls())))
+
+
+def role_entry(settings: str, main: str) -> None:
+    """A role's ``python -m`` entry point. ``settings`` and ``main`` name
+    ``module:attribute``; with --postconf only the settings module is
+    imported and its parameters printed (so `postfleet postconf` does not pay
+    for the role's start-up imports), otherwise ``main()`` runs the role."""
+    module, _, name = (settings if wants_postconf() else main).partition(":")
+    target = getattr(importlib.import_module(module), name)
+    if wants_postconf():
+        print_postconf(target)
+    else:
+        target()

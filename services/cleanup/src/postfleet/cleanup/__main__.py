@@ -1,14 +1,5 @@
-"""python -m postfleet.cleanup: run the cleanup role; with --postconf, only print
-its parameters (the settings class alone is imported, so `postfleet
-postconf` does not pay for the role's start-up imports)."""
+"""python -m postfleet.cleanup: the cleanup role (--postconf: its parameters)."""
 
-from postfleet.core.postconf import print_postconf, wants_postconf
+from postfleet.core.postconf import role_entry
 
-if wants_postconf():
-    from postfleet.cleanup.settings import CleanupSettings
-
-    print_postconf(CleanupSettings)
-else:
-    from postfleet.cleanup.main import main
-
-    main()
+role_entry("postfleet.cleanup.settings:CleanupSettings", "postfleet.cleanup.main:main")

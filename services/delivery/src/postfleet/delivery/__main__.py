@@ -1,14 +1,5 @@
-"""python -m postfleet.delivery: run the delivery role; with --postconf, only print
-its parameters (the settings class alone is imported, so `postfleet
-postconf` does not pay for the role's start-up imports)."""
+"""python -m postfleet.delivery: the delivery role (--postconf: its parameters)."""
 
-from postfleet.core.postconf import print_postconf, wants_postconf
+from postfleet.core.postconf import role_entry
 
-if wants_postconf():
-    from postfleet.delivery.settings import DeliverySettings
-
-    print_postconf(DeliverySettings)
-else:
-    from postfleet.delivery.main import main
-
-    main()
+role_entry("postfleet.delivery.settings:DeliverySettings", "postfleet.delivery.main:main")

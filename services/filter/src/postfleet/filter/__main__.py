@@ -1,14 +1,5 @@
-"""python -m postfleet.filter: run the filter role; with --postconf, only print
-its parameters (the settings class alone is imported, so `postfleet
-postconf` does not pay for the role's start-up imports)."""
+"""python -m postfleet.filter: the filter role (--postconf: its parameters)."""
 
-from postfleet.core.postconf import print_postconf, wants_postconf
+from postfleet.core.postconf import role_entry
 
-if wants_postconf():
-    from postfleet.filter.settings import FilterSettings
-
-    print_postconf(FilterSettings)
-else:
-    from postfleet.filter.main import main
-
-    main()
+role_entry("postfleet.filter.settings:FilterSettings", "postfleet.filter.main:main")

@@ -176,7 +176,7 @@ class Postfleet:
         (self.work / "postfleet.yaml").write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFLEET_")}
         if self.db == "postgres":
-            self.pg_name = asyncio.run(_make_pg())
+            self.pg_name = asyncio.run(make_pg())
             env["POSTFLEET_DATABASE_URL"] = (
                 f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.pg_name}")
         out = open(self.work / "launcher.log", "wb")
@@ -200,21 +200,33 @@ class Postfleet:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         if self.pg_name:
-            asyncio.run(_drop_pg(self.pg_name))
+            asyncio.run(drop_pg(self.pg_name))
 
     def root_pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
     def delivered(self) -> int:
-        url = f"http://127.0.0.1:{self.qmgr_port}/metrics"
-        for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
-            if line.startswith('postfleet_qmgr_recipients_total{status="delivered"}'):
-                return int(float(line.split()[-1]))
-        return 0
+        return delivered(self.qmgr_port)
 
 
-async def _make_pg() -> str:
+def scrape(http_port: int) -> dict[str, float]:
+    """A role's /metrics as {sample name with labels: value}."""
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    samples = {}
+    for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def delivered(qmgr_port: int) -> int:
+    """Recipients qmgr has recorded as delivered."""
+    return int(scrape(qmgr_port).get('postfleet_qmgr_recipients_total{status="delivered"}', 0))
+
+
+async def make_pg() -> str:
     import asyncpg
 
     name = f"pf_compare_{secrets.token_hex(4)}"
@@ -224,7 +236,7 @@ async def _make_pg() -> str:
     return name
 
 
-async def _drop_pg(name: str) -> None:
+async def drop_pg(name: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(PG_ADMIN)

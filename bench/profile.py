@@ -20,14 +20,13 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import PG_ADMIN, Postfleet, _cpu_ticks, sink_and_workdir
+from compare import PG_ADMIN, Postfleet, _cpu_ticks, scrape, sink_and_workdir
 
 CLK_TCK = 100
 
@@ -59,11 +58,9 @@ def work_counts(mta: Postfleet) -> dict[str, float]:
     ports = json.loads((mta.work / "var" / "run.json").read_text())["http_ports"]
     totals = dict.fromkeys(COUNTERS, 0.0)
     for port in ports.values():
-        url = f"http://127.0.0.1:{port}/metrics"
-        for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
-            name, _, value = line.rpartition(" ")
-            if name in totals:
-                totals[name] += float(value)
+        samples = scrape(port)
+        for name in COUNTERS:
+            totals[name] += samples.get(name, 0.0)
     return totals
 
 

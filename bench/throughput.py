@@ -20,26 +20,23 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import MemorySampler
+from compare import MemorySampler, delivered, drop_pg, make_pg
 
 from postfleet.core.sockets import free_port
 from postfleet.core.testing.ports import wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 # A header_checks table of the usual kind: none of its rules matches
@@ -57,32 +54,6 @@ if /^Received:/
 endif
 /^X-Spam-Flag: YES/                               IGNORE
 """
-
-
-def delivered(http_port: int) -> float:
-    url = f"http://127.0.0.1:{http_port}/metrics"
-    for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
-        if line.startswith('postfleet_qmgr_recipients_total{status="delivered"}'):
-            return float(line.split()[-1])
-    return 0.0
-
-
-async def make_pg() -> str:
-    import asyncpg
-
-    name = f"pf_bench_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(PG_ADMIN)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    return name
-
-
-async def drop_pg(name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN)
-    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await conn.close()
 
 
 def main() -> int:

@@ -8,11 +8,9 @@ tables the resources add to).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -21,10 +19,8 @@ import kopf
 
 from postfleet.core.bus.connect import connect, routing_bucket
 from postfleet.core.logs import setup_logging
-from postfleet.core.postconf import print_postconf
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.service import Service
-from postfleet.core.settings import CONFIG_ENV
 from postfleet.operator.handlers import RoutingOperator, kopf_settings
 from postfleet.operator.secrets import KubernetesSecrets, api_client
 from postfleet.operator.settings import OperatorSettings
@@ -91,17 +87,8 @@ async def serve(settings: OperatorSettings, login: LoginFn = cluster_login) -> N
         await nc.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="postfleet-operator", description=__doc__)
-    parser.add_argument("--config", help="postfleet YAML file (default: $POSTFLEET_CONFIG)")
-    parser.add_argument("--postconf", action="store_true",
-                        help="print the parameters (JSON: value, default, set) and exit")
-    args = parser.parse_args(argv)
-    if args.config:
-        os.environ[CONFIG_ENV] = args.config
-    if args.postconf:
-        print_postconf(OperatorSettings)
-        return
+def main() -> None:
+    """Run the operator (its command line is read by ``__main__`` first)."""
     settings = OperatorSettings()
     setup_logging("operator", settings.log_format, settings.log_level)
     asyncio.run(serve(settings))

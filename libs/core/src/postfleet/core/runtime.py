@@ -32,7 +32,6 @@ from nats.js import JetStreamContext
 from postfleet.core.bus.connect import close, connect, ensure_bus
 from postfleet.core.logs import setup_logging
 from postfleet.core.maillog import setup_maillog
-from postfleet.core.postconf import print_postconf, wants_postconf
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.settings import CommonSettings
 
@@ -102,11 +101,8 @@ async def _migrated_engine(url: str, writer: bool, pool_size: int) -> AsyncEngin
 def run_role(name: str, settings_cls: type[S], run: Callable[[S], Awaitable[None]]) -> None:
     """A role's ``main``: settings from env and the config file, logging, the
     loop -- uvloop where it is installed (every role spends much of its CPU
-    in the event loop; bench/README.md has the figures); with
-    ``--postconf``, only print its parameters (core.postconf)."""
-    if wants_postconf():
-        print_postconf(settings_cls)
-        return
+    in the event loop; bench/README.md has the figures). ``--postconf`` is
+    answered before this, by the role's ``__main__`` (core.postconf.role_entry)."""
     settings = settings_cls()
     setup_logging(name, settings.log_format, settings.log_level)
     setup_maillog(settings.syslog_name, settings.maillog_file, settings.myhostname)

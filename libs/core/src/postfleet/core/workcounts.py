@@ -3,9 +3,10 @@ bench/profile.py) can see what one message costs in round trips:
 
 - ``postfleet_db_statements_total``: statements this process sent to the
   queue store;
-- ``postfleet_db_commits_total``: transactions it committed -- each one WAL
-  flush, as the queue store runs (SQLite ``synchronous=FULL``, PostgreSQL
-  ``synchronous_commit=on``);
+- ``postfleet_db_commits_total``: transactions it committed -- each that
+  wrote is one WAL flush, as the queue store runs (SQLite
+  ``synchronous=FULL``, PostgreSQL ``synchronous_commit=on``); a read-only
+  one flushes nothing;
 - ``postfleet_bus_messages_total{direction}``: NATS messages it published
   (``out``) and received (``in``), JetStream acknowledgements and API
   requests included -- nats-py's own counters, read when scraped.

@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.dialects import registry
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from postfleet.core.workcounts import count_commit, count_statement
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def register_sqlite_driver() -> None:
+    registry.register("sqlite.postfleet", "postfleet.core.db.sqlite_driver", "dialect")
 
 
 def is_sqlite(url: str) -> bool:
@@ -36,11 +41,16 @@ def create_engine(url: str, *, pool_size: int = 5, writer: bool = True) -> Async
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         # Readers (delivery's many concurrent jobs) need connections more
-        # than a writer does; each aiosqlite connection is a thread.
+        # than a writer does.
         kwargs.update(pool_size=pool_size, max_overflow=pool_size)
     else:
         kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-    engine = create_async_engine(url, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        # sqlite+aiosqlite URLs are served by postfleet's own driver
+        # (sqlite_driver.py: a thread hop only where SQLite may wait).
+        register_sqlite_driver()
+        parsed = parsed.set(drivername="sqlite+postfleet")
+    engine = create_async_engine(parsed, **kwargs)
     # Statements and commits per message, on /metrics (core.workcounts).
     event.listen(engine.sync_engine, "after_cursor_execute", count_statement)
     event.listen(engine.sync_engine, "commit", count_commit)

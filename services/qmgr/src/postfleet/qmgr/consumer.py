@@ -87,7 +87,10 @@ async def consume_results(
             except Exception:
                 log.error("dropping an unreadable result message")
         try:
-            applied = await apply_results(engine, results, policy, settings.myhostname)
+            async with scheduler.booking:
+                applied = await apply_results(engine, results, policy, settings.myhostname,
+                                              refill=scheduler.refill)
+                await scheduler.publish_granted(applied.granted)
         except Exception:
             log.exception("applying %d results failed; they will be redelivered", len(results))
             await asyncio.sleep(1)
@@ -109,7 +112,9 @@ async def consume_results(
         RESULTS.labels(RecipientStatus.EXPIRED).inc(applied.expired)
         job_ids = [r.job_id for r in results if r.job_id]
         scheduler.finished(job_ids)
-        if scheduler.waiting or applied.notices:
-            scheduler.wake()  # a freed slot, or a notice to send
+        # Freed slots were refilled above; a scan is due for a notice to
+        # send, or for mail the last scan left unclaimed for want of room.
+        if applied.notices or scheduler.room_limited:
+            scheduler.wake()
         with contextlib.suppress(Exception):  # lost: the others look again within 1 s
             await nc.publish(subjects.SLOTS_FREED, "\n".join(job_ids).encode())

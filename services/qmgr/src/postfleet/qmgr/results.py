@@ -24,6 +24,7 @@ expiry, set by cleanup.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -54,6 +55,13 @@ class Applied:
     # The bounce daemon's lines: "sender non-delivery notification: ID", ...
     bounce_lines: list[tuple[str, str]] = field(default_factory=list)
     held: int = 0
+    # Waiting jobs booked into the slots this batch freed (by destination),
+    # to publish once the transaction committed.
+    granted: dict[str, list[str]] = field(default_factory=dict)
+
+
+# Books waiting jobs into freed slots, inside the results transaction.
+Refill = Callable[[AsyncConnection], Awaitable[dict[str, list[str]]]]
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,11 @@ class _Batch:
 
 async def apply_results(
     engine: AsyncEngine, results: list[delivery_pb2.Result], policy: ResultPolicy,
-    myhostname: str,
+    myhostname: str, refill: Refill | None = None,
 ) -> Applied:
+    """Apply a batch in one transaction; ``refill`` then books waiting jobs
+    into the slots it freed, in the same transaction (no second commit, and
+    no wait for the next queue scan, before a freed slot is used again)."""
     now = datetime.now(UTC)
     applied = Applied()
     qids = {r.queue_id for r in results}
@@ -114,6 +125,8 @@ async def apply_results(
                    if r["status"] == RecipientStatus.DEFERRED})
         removed = await queue.remove_finished(conn, qids)
         await queue.free_slots(conn, [r.job_id for r in results if r.job_id])
+        if refill is not None:
+            applied.granted = await refill(conn)
     applied.log_lines += [(str(r["queue_id"]), _expired_line(r)) for r in batch.logs
                           if r["status"] == RecipientStatus.EXPIRED]
     applied.log_lines += [(qid, "removed") for qid in sorted(removed)]

@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postfleet.core.bus.jobs import job_id
 from postfleet.core.db import queue
@@ -93,6 +93,13 @@ class Scheduler:
         self.inflight: dict[str, tuple[list[int], float]] = {}
         self._waiting_rcpts = 0
         self._paced_until: datetime | None = None
+        # Booking slots for waiting jobs and taking those jobs off ``waiting``
+        # is one step: a scan and a results batch (``refill``) never book
+        # the same job twice.
+        self.booking = asyncio.Lock()
+        # The last scan stopped at qmgr_message_recipient_limit: due mail
+        # may be left unclaimed until jobs leave ``waiting``.
+        self.room_limited = False
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -141,23 +148,38 @@ class Scheduler:
         while True:
             room = self.s.qmgr_message_recipient_limit - self._waiting_rcpts
             limit = min(self.s.qmgr_claim_batch, room)
-            planned: list[delivery_pb2.Job] = []
-            try:
-                claimed, granted = await queue.claim_and_book(
-                    self.engine, self.s.qmgr_owner, datetime.now(UTC),
-                    self.s.qmgr_lease_time, limit, functools.partial(self._plan, planned))
-            except BaseException:
-                self._forget(planned)  # their claims were never committed
-                raise
+            self.room_limited = room < self.s.qmgr_claim_batch
+            async with self.booking:
+                claimed = await self._claim_and_publish(limit)
             for m in claimed.activated:
                 maillog("qmgr", m.queue_id,
                         f"from=<{m.sender}>, size={m.size}, nrcpt={m.nrcpt} (queue active)")
                 metrics.INSERTED_SIZE.observe(m.size)
                 metrics.INSERTED_RCPTS.observe(m.nrcpt)
             CLAIMED.inc(len(claimed))
-            await self._publish_granted(granted)
             if len(claimed) < limit or limit <= 0:
                 return
+
+    async def _claim_and_publish(self, limit: int) -> queue.Claims:
+        planned: list[delivery_pb2.Job] = []
+        try:
+            claimed, granted = await queue.claim_and_book(
+                self.engine, self.s.qmgr_owner, datetime.now(UTC),
+                self.s.qmgr_lease_time, limit, functools.partial(self._plan, planned))
+        except BaseException:
+            self._forget(planned)  # their claims were never committed
+            raise
+        await self.publish_granted(granted)
+        return claimed
+
+    async def refill(self, conn: AsyncConnection) -> dict[str, list[str]]:
+        """Inside the transaction that applies results (and so frees slots):
+        book waiting jobs into the free slots. The caller holds ``booking``
+        and calls ``publish_granted`` once the transaction committed."""
+        if not self.waiting:
+            return {}
+        return await queue.book_slots(conn, self.s.qmgr_owner, datetime.now(UTC),
+                                      self.s.qmgr_lease_time, self._slot_requests())
 
     def _plan(self, planned: list[delivery_pb2.Job], claimed: list[Claimed]
               ) -> list[SlotRequest]:
@@ -223,7 +245,7 @@ class Scheduler:
                 self.s.default_destination_rate_delay))
         return requests
 
-    async def _publish_granted(self, granted: dict[str, list[str]]) -> None:
+    async def publish_granted(self, granted: dict[str, list[str]]) -> None:
         """Publish the waiting jobs that got a destination slot."""
         batch: list[delivery_pb2.Job] = []
         for dest in list(self.waiting):

@@ -120,13 +120,17 @@ class NewMessage:
         ]
 
 
+_INSERT_MESSAGE = insert(Message)
+_INSERT_RECIPIENT = insert(Recipient)
+
+
 async def enqueue(conn: AsyncConnection, messages: Sequence[NewMessage]) -> None:
     """Insert messages with all their recipients, in the caller's transaction:
     the message is queued when that transaction commits, and not before."""
     if not messages:
         return
-    await conn.execute(insert(Message), [m.message_row() for m in messages])
-    await conn.execute(insert(Recipient), [r for m in messages for r in m.recipient_rows()])
+    await conn.execute(_INSERT_MESSAGE, [m.message_row() for m in messages])
+    await conn.execute(_INSERT_RECIPIENT, [r for m in messages for r in m.recipient_rows()])
 
 
 async def discard(conn: AsyncConnection, queue_ids: Sequence[str]) -> None:
@@ -307,58 +311,63 @@ async def claim_and_book(
     caller must forget the jobs it planned."""
     async with engine.begin() as conn:
         claimed = await _claim(conn, owner, now, lease, limit) if limit > 0 else Claims()
-        granted = await _book(conn, owner, now, lease, plan(claimed))
+        granted = await book_slots(conn, owner, now, lease, plan(claimed))
     return claimed, granted
+
+
+# The claim's statements, built once: SQLAlchemy then reuses their cache
+# keys and compiled forms (building them per scan was a fifth of qmgr's CPU).
+_CLAIM = (
+    update(Recipient)
+    .where(Recipient.id.in_(
+        select(Recipient.id)
+        .join(Message, Message.queue_id == Recipient.queue_id)
+        .where(
+            open_recipient(),
+            Recipient.next_attempt_at <= bindparam("now"),
+            or_(Recipient.lease_expires_at.is_(None),
+                Recipient.lease_expires_at < bindparam("now")),
+            Message.state != MessageState.HOLD,
+        )
+        .order_by(Recipient.next_attempt_at, Recipient.id)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True, of=Recipient)
+        .scalar_subquery()))
+    .values(lease_owner=bindparam("owner"), lease_expires_at=bindparam("until"),
+            attempts=Recipient.attempts + 1)
+    .returning(Recipient.id, Recipient.queue_id, Recipient.address, Recipient.orig_rcpt,
+               Recipient.attempts, Recipient.orcpt, Recipient.notify)
+    .execution_options(synchronize_session=False)
+)
+# The envelope, and for qmgr's "from=<…>, size=…, nrcpt=… (queue active)"
+# line the messages' size and recipient count, in one statement.
+_ENVELOPES = select(
+    Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
+    Message.content_filter, Message.ret, Message.envid, Message.protocol, Message.state,
+    Message.size,
+    select(func.count()).where(Recipient.queue_id == Message.queue_id, open_recipient())
+    .scalar_subquery().label("nrcpt"),
+).where(Message.queue_id.in_(bindparam("qids", expanding=True)))
+_ACTIVATE = (update(Message).where(Message.queue_id.in_(bindparam("qids", expanding=True)))
+             .values(state=MessageState.ACTIVE)
+             .execution_options(synchronize_session=False))
 
 
 async def _claim(
     conn: AsyncConnection, owner: str, now: datetime, lease: float, limit: int
 ) -> Claims:
-    candidates = (
-        select(Recipient.id)
-        .join(Message, Message.queue_id == Recipient.queue_id)
-        .where(
-            open_recipient(),
-            Recipient.next_attempt_at <= now,
-            or_(Recipient.lease_expires_at.is_(None), Recipient.lease_expires_at < now),
-            Message.state != MessageState.HOLD,
-        )
-        .order_by(Recipient.next_attempt_at, Recipient.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=Recipient)
-    )
-    stmt = (
-        update(Recipient)
-        .where(Recipient.id.in_(candidates.scalar_subquery()))
-        .values(
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease),
-            attempts=Recipient.attempts + 1,
-        )
-        .returning(Recipient.id, Recipient.queue_id, Recipient.address, Recipient.orig_rcpt,
-                   Recipient.attempts, Recipient.orcpt, Recipient.notify)
-        .execution_options(synchronize_session=False)
-    )
-    rows = (await conn.execute(stmt)).all()
+    rows = (await conn.execute(_CLAIM, {
+        "now": now, "limit": limit, "owner": owner,
+        "until": now + timedelta(seconds=lease)})).all()
     if not rows:
         return Claims()
-    qids = {r.queue_id for r in rows}
-    # The envelope, and for qmgr's "from=<…>, size=…, nrcpt=… (queue active)"
-    # line the messages' size and recipient count, in one statement; then
-    # those coming from incoming or deferred enter the active queue.
-    nrcpt = (select(func.count()).where(Recipient.queue_id == Message.queue_id,
-                                        open_recipient()).scalar_subquery())
-    envelope = {m.queue_id: m for m in await conn.execute(
-        select(Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
-               Message.content_filter, Message.ret, Message.envid, Message.protocol,
-               Message.state, Message.size, nrcpt.label("nrcpt"))
-        .where(Message.queue_id.in_(qids)))}
+    qids = sorted({r.queue_id for r in rows})
+    envelope = {m.queue_id: m for m in await conn.execute(_ENVELOPES, {"qids": qids})}
+    # Those coming from incoming or deferred enter the active queue.
     entering = sorted(q for q, m in envelope.items()
                       if m.state in (MessageState.INCOMING, MessageState.DEFERRED))
     if entering:
-        await conn.execute(update(Message).where(Message.queue_id.in_(entering))
-                           .values(state=MessageState.ACTIVE)
-                           .execution_options(synchronize_session=False))
+        await conn.execute(_ACTIVATE, {"qids": entering})
     activated = [Activated(q, envelope[q].sender, envelope[q].size, envelope[q].nrcpt)
                  for q in entering]
     claimed = [
@@ -457,13 +466,15 @@ async def acquire_slots(
     if not any(r.job_ids for r in requests):
         return {}
     async with engine.begin() as conn:
-        return await _book(conn, owner, now, lease, requests)
+        return await book_slots(conn, owner, now, lease, requests)
 
 
-async def _book(
+async def book_slots(
     conn: AsyncConnection, owner: str, now: datetime, lease: float,
     requests: Sequence[SlotRequest],
 ) -> dict[str, list[str]]:
+    """acquire_slots inside the caller's transaction (a claim's, or the one
+    that applies results and so frees slots)."""
     granted: dict[str, list[str]] = {}
     until = now + timedelta(seconds=lease)
     for req in sorted(requests, key=lambda r: r.destination):
@@ -474,7 +485,7 @@ async def _book(
         if free <= 0:
             continue
         take = list(req.job_ids[:free])
-        await conn.execute(insert(DestinationSlot), [
+        await conn.execute(_INSERT_SLOT, [
             {"job_id": j, "destination": req.destination, "owner": owner,
              "expires_at": until} for j in take])
         if req.rate_delay > 0:
@@ -483,16 +494,23 @@ async def _book(
     return granted
 
 
+_INSERT_SLOT = insert(DestinationSlot)
+_LOCK_DESTINATION = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("dest"))))
+_BUSY_SLOTS = (select(func.count()).select_from(DestinationSlot)
+               .where(DestinationSlot.destination == bindparam("dest"),
+                      DestinationSlot.expires_at > bindparam("now")))
+_FREE_SLOTS = delete(DestinationSlot).where(
+    DestinationSlot.job_id.in_(bindparam("jobs", expanding=True)))
+
+
 async def _lock_destination(conn: AsyncConnection, destination: str) -> None:
     if conn.dialect.name == "postgresql":
-        await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(destination))))
+        await conn.execute(_LOCK_DESTINATION, {"dest": destination})
 
 
 async def _free_slots(conn: AsyncConnection, req: SlotRequest, now: datetime) -> int:
-    busy = (await conn.execute(
-        select(func.count()).select_from(DestinationSlot)
-        .where(DestinationSlot.destination == req.destination,
-               DestinationSlot.expires_at > now))).scalar_one()
+    busy = (await conn.execute(_BUSY_SLOTS, {"dest": req.destination, "now": now})
+            ).scalar_one()
     if req.rate_delay > 0:
         next_at = (await conn.execute(
             select(DestinationPacing.next_at)
@@ -524,7 +542,7 @@ async def next_pacing(engine: AsyncEngine, destinations: Sequence[str]) -> datet
 async def free_slots(conn: AsyncConnection, job_ids: Sequence[str]) -> None:
     """The jobs are over (their results applied, or never published)."""
     if job_ids:
-        await conn.execute(delete(DestinationSlot).where(DestinationSlot.job_id.in_(job_ids)))
+        await conn.execute(_FREE_SLOTS, {"jobs": list(job_ids)})
 
 
 async def release_slots(engine: AsyncEngine, job_ids: Sequence[str]) -> None:
@@ -569,13 +587,16 @@ class MessageFacts:
     removed: bool = field(default=False)
 
 
+_MESSAGE_FACTS = select(
+    Message.queue_id, Message.sender, Message.arrived_at, Message.expires_at, Message.envid,
+    Message.ret).where(Message.queue_id.in_(bindparam("qids", expanding=True)))
+
+
 async def message_facts(conn: AsyncConnection, qids: set[str]) -> dict[str, MessageFacts]:
     """Envelope facts of the messages results refer to (missing: already gone)."""
     if not qids:
         return {}
-    rows = await conn.execute(
-        select(Message.queue_id, Message.sender, Message.arrived_at, Message.expires_at,
-               Message.envid, Message.ret).where(Message.queue_id.in_(qids)))
+    rows = await conn.execute(_MESSAGE_FACTS, {"qids": sorted(qids)})
     return {r.queue_id: MessageFacts(r.queue_id, r.sender, r.arrived_at, r.expires_at,
                                      r.envid, r.ret) for r in rows}
 
@@ -591,28 +612,24 @@ def _bind(row: Settled, **extra: Any) -> dict[str, Any]:
             "b_nexthop": row.nexthop, "b_dsn": row.dsn, "b_reply": row.reply, **extra}
 
 
-def _finish_stmt() -> Update:
-    # Whatever attempt delivered it: the first result that arrives wins.
-    return (update(Recipient)
-            .where(and_(Recipient.id == bindparam("b_id"), open_recipient()))
-            .values(**_settle_values(RecipientStatus.DELIVERED))
-            .execution_options(synchronize_session=False))
-
-
-def _defer_stmt() -> Update:
-    # Only the attempt that is current: an old attempt's deferral must not
-    # push back a newer one.
-    return (update(Recipient)
-            .where(and_(Recipient.id == bindparam("b_id"), open_recipient(),
-                        Recipient.attempts == bindparam("b_attempt")))
-            .values(**_settle_values(RecipientStatus.DEFERRED),
-                    next_attempt_at=bindparam("b_next"))
-            .execution_options(synchronize_session=False))
+# Whatever attempt delivered it: the first result that arrives wins.
+_FINISH: Update = (update(Recipient)
+                   .where(and_(Recipient.id == bindparam("b_id"), open_recipient()))
+                   .values(**_settle_values(RecipientStatus.DELIVERED))
+                   .execution_options(synchronize_session=False))
+# Only the attempt that is current: an old attempt's deferral must not push
+# back a newer one.
+_DEFER: Update = (update(Recipient)
+                  .where(and_(Recipient.id == bindparam("b_id"), open_recipient(),
+                              Recipient.attempts == bindparam("b_attempt")))
+                  .values(**_settle_values(RecipientStatus.DEFERRED),
+                          next_attempt_at=bindparam("b_next"))
+                  .execution_options(synchronize_session=False))
 
 
 async def mark_delivered(conn: AsyncConnection, rows: Sequence[Settled]) -> None:
     if rows:
-        await conn.execute(_finish_stmt(), [_bind(r) for r in rows])
+        await conn.execute(_FINISH, [_bind(r) for r in rows])
 
 
 async def mark_deferred(
@@ -620,7 +637,7 @@ async def mark_deferred(
 ) -> None:
     """Each row with its next attempt time (Postfix's backoff, qmgr's choice)."""
     if rows:
-        await conn.execute(_defer_stmt(), [_bind(r, b_next=when) for r, when in rows])
+        await conn.execute(_DEFER, [_bind(r, b_next=when) for r, when in rows])
 
 
 async def mark_failed(
@@ -680,30 +697,40 @@ async def hold_message(conn: AsyncConnection, queue_id: str) -> int:
         .execution_options(synchronize_session=False))).rowcount
 
 
+_INSERT_LOG = insert(DeliveryLog)
+
+
 async def log_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Delivery log rows (DeliveryLog columns), one per recipient and attempt."""
     if rows:
-        await conn.execute(insert(DeliveryLog), list(rows))
+        await conn.execute(_INSERT_LOG, list(rows))
+
+
+_DEFER_MESSAGES = (update(Message)
+                   .where(Message.queue_id.in_(bindparam("qids", expanding=True)),
+                          Message.state == MessageState.ACTIVE)
+                   .values(state=MessageState.DEFERRED))
 
 
 async def mark_messages_deferred(conn: AsyncConnection, qids: set[str]) -> None:
     """Active messages with a deferred recipient move to the deferred queue."""
     if qids:
-        await conn.execute(
-            update(Message).where(Message.queue_id.in_(qids),
-                                  Message.state == MessageState.ACTIVE)
-            .values(state=MessageState.DEFERRED))
+        await conn.execute(_DEFER_MESSAGES, {"qids": sorted(qids)})
+
+
+_REMOVE_FINISHED = (
+    delete(Message)
+    .where(Message.queue_id.in_(bindparam("qids", expanding=True)),
+           ~exists().where(Recipient.queue_id == Message.queue_id, open_recipient()))
+    .returning(Message.queue_id)
+    .execution_options(synchronize_session=False))
 
 
 async def remove_finished(conn: AsyncConnection, qids: set[str]) -> set[str]:
     """Delete messages none of whose recipients is still open; returns them."""
     if not qids:
         return set()
-    still_open = exists().where(Recipient.queue_id == Message.queue_id, open_recipient())
-    removed = await conn.execute(
-        delete(Message).where(Message.queue_id.in_(qids), ~still_open)
-        .returning(Message.queue_id)
-        .execution_options(synchronize_session=False))
+    removed = await conn.execute(_REMOVE_FINISHED, {"qids": sorted(qids)})
     return set(removed.scalars())
 
 

@@ -23,6 +23,7 @@ Per run it records:
     .venv/bin/python bench/compare.py                  # 5000 msgs, 20 sessions, 3 runs each
     .venv/bin/python bench/compare.py -m 2000 -r 1     # a quick look
     .venv/bin/python bench/compare.py --only postfleet-sqlite
+    .venv/bin/python bench/compare.py --only postfleet-sqlite --set qmgr_scan_interval=0.05
 
 A benchmark: it prints figures and asserts nothing. Needs root (Postfix's
 master) and the Debian packages postfix (smtp-source, smtp-sink, the
@@ -49,7 +50,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import psutil
 import yaml
@@ -157,6 +158,7 @@ class Postfleet:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     pg_name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # --set: parameters on top
 
     def __post_init__(self) -> None:
         self.name = f"postfleet-{self.db}"
@@ -173,6 +175,7 @@ class Postfleet:
                         "transport_maps": {
                             "example.test": f"smtp:[127.0.0.1]:{self.sink_port}"}},
         }
+        config.update(self.extra)
         (self.work / "postfleet.yaml").write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFLEET_")}
         if self.db == "postgres":
@@ -446,10 +449,17 @@ def report(runs: list[Run], names: list[str], args: argparse.Namespace) -> None:
             print(f"  {n}: " + ", ".join(parts))
 
 
+def _parameter(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, yaml.safe_load(value)
+
+
 def _one_run(name: str, here: Path, sink_port: int, args: argparse.Namespace) -> Run:
     here.mkdir()
     mta: Mta = (Postfix(here, sink_port) if name == "postfix" else
-                Postfleet(here, sink_port, name.split("-")[1]))
+                Postfleet(here, sink_port, name.split("-")[1], extra=dict(args.set)))
     mta.start()
     try:
         time.sleep(2)  # settle
@@ -466,6 +476,10 @@ def main() -> None:
     ap.add_argument("-l", "--size", type=int, default=1024)
     ap.add_argument("-r", "--runs", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--set", action="append", default=[], type=_parameter,
+                    metavar="NAME=YAML",
+                    help="a postfleet parameter on top of the benchmark's configuration "
+                         "(e.g. --set qmgr_scan_interval=0.05), to measure its effect")
     ap.add_argument("--only", action="append", default=[],
                     choices=["postfix", "postfleet-sqlite", "postfleet-postgres"])
     args = ap.parse_args()

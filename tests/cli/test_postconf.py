@@ -67,3 +67,20 @@ def test_one_role_a_section_override_and_values_only(tmp_path: Path) -> None:
            "PATH": "/usr/bin:/bin"}
     done = _postconf("--role", "ingress-smtp", "smtpd_timeout", env=env)
     assert done.stdout == "smtpd_timeout = 2m\n", done.stderr  # env beats the file
+
+
+@pytest.mark.parametrize("role", ["ingress_smtp", "cleanup", "qmgr", "delivery", "filter"])
+def test_a_role_process_does_not_load_what_no_role_uses(role: str) -> None:
+    """role_entry marks nats-py's optional aiohttp (WebSocket URLs only)
+    absent before the role's imports: the bus still imports, 8 MiB less."""
+    probe = (
+        "import sys\n"
+        "from postfleet.core.postconf import skip_unused_imports\n"
+        "skip_unused_imports()\n"
+        f"import postfleet.{role}.main\n"
+        "import nats.aio.client\n"
+        "print(sorted(m for m in ('aiohttp', 'fastapi', 'alembic') if sys.modules.get(m)))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    expected = ["fastapi"] if role == "qmgr" else []  # qmgr serves the admin API
+    assert out == str(expected)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postfleet.core.proto.delivery.v1 import delivery_pb2
@@ -36,15 +37,21 @@ def _scheduler(engine: AsyncEngine, owner: str = "q1", published: list | None = 
     return Scheduler(QmgrSettings(**config), engine, view, publish), sent
 
 
-async def _finish(engine: AsyncEngine, job: delivery_pb2.Job) -> None:
-    """Apply a delivered result for the job, as the results consumer does."""
-    result = delivery_pb2.Result(
+POLICY = ResultPolicy(300, 4000, 86400)
+
+
+def _delivered(job: delivery_pb2.Job) -> delivery_pb2.Result:
+    return delivery_pb2.Result(
         job_id=job.job_id, queue_id=job.queue_id, attempt=job.attempt,
         transport=job.transport, nexthop=job.nexthop, relay="sink[127.0.0.1]:2601",
         recipients=[delivery_pb2.RecipientResult(
             id=r.id, address=r.address, outcome=delivery_pb2.OUTCOME_SENT, dsn="2.0.0",
             reply="250 ok") for r in job.recipients])
-    await apply_results(engine, [result], ResultPolicy(300, 4000, 86400), "mx.test")
+
+
+async def _finish(engine: AsyncEngine, job: delivery_pb2.Job) -> None:
+    """Apply a delivered result for the job, as the results consumer does."""
+    await apply_results(engine, [_delivered(job)], POLICY, "mx.test")
 
 
 async def test_each_destination_gets_at_most_its_limit_of_jobs_in_flight(
@@ -123,5 +130,51 @@ async def test_a_rate_delay_spaces_deliveries_to_a_destination(engine: AsyncEngi
     await scheduler.scan()
     assert len(published) == 1  # the delay has not passed
     await asyncio.sleep(1.1)
+    await scheduler.scan()
+    assert len(published) == 2
+
+
+async def test_a_results_batch_refills_the_slots_it_frees_without_a_scan(
+        engine: AsyncEngine) -> None:
+    """The transaction that applies results books waiting jobs into the
+    slots it freed; they go out as it commits, not at the next scan."""
+    for i in range(4):
+        await queue_message(engine, [f"u{i}@a.test"])
+    scheduler, published = _scheduler(engine)
+    await scheduler.scan()
+    assert len(published) == 2 and scheduler.waiting  # two wait for a slot
+    done = published[:2]
+    async with scheduler.booking:
+        applied = await apply_results(engine, [_delivered(j) for j in done], POLICY,
+                                      "mx.test", refill=scheduler.refill)
+        await scheduler.publish_granted(applied.granted)
+    assert len(published) == 4 and not scheduler.waiting
+    assert {j.queue_id for j in published[2:]}.isdisjoint({j.queue_id for j in done})
+    # The refill took the freed slots: a scan now finds the destination full.
+    await queue_message(engine, ["late@a.test"])
+    await scheduler.scan()
+    assert len(published) == 4 and scheduler.waiting
+
+
+async def test_a_failed_results_transaction_books_nothing(engine: AsyncEngine) -> None:
+    """If the transaction that would refill fails, the waiting jobs stay
+    waiting (nothing published, no slot held) and a later scan sends them."""
+    for i in range(3):
+        await queue_message(engine, [f"u{i}@a.test"])
+    scheduler, published = _scheduler(engine, settings={
+        "default_destination_concurrency_limit": 1})
+    await scheduler.scan()
+    assert len(published) == 1
+
+    async def refill_then_fail(conn: object) -> dict[str, list[str]]:
+        await scheduler.refill(conn)  # type: ignore[arg-type]
+        raise RuntimeError("the database went away")
+
+    job = published[0]
+    with pytest.raises(RuntimeError):
+        await apply_results(engine, [_delivered(job)], POLICY, "mx.test",
+                            refill=refill_then_fail)
+    assert len(published) == 1 and sum(len(q) for q in scheduler.waiting.values()) == 2
+    await _finish(engine, job)  # the result applies again (redelivered), freeing the slot
     await scheduler.scan()
     assert len(published) == 2

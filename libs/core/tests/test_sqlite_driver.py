@@ -1,0 +1,101 @@
+"""The embedded store's SQLite driver (core/db/sqlite_driver.py): statements
+inside a write transaction run on the event loop's thread; waiting for the
+write lock, committing and reading outside a write transaction happen in a
+worker thread, so the loop keeps serving while SQLite waits."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+from postfleet.core.db.engine import create_engine
+
+
+def _engine_with_thread_probe(path: Path, *, writer: bool = True) -> Any:
+    engine = create_engine(f"sqlite+aiosqlite:///{path}", writer=writer)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _probe(dbapi_conn: Any, _record: Any) -> None:
+        # SELECT tid(): the thread the statement ran on.
+        dbapi_conn.create_function("tid", 0, threading.get_ident)
+
+    return engine
+
+
+async def test_statements_in_a_write_transaction_run_on_the_loop_thread(tmp_path: Path) -> None:
+    engine = _engine_with_thread_probe(tmp_path / "q.db")
+    here = threading.get_ident()
+    try:
+        async with engine.begin() as conn:  # BEGIN IMMEDIATE: the write lock is ours
+            await conn.execute(text("CREATE TABLE t (a INTEGER)"))
+            await conn.execute(text("INSERT INTO t VALUES (1), (2)"))
+            inside = (await conn.execute(text("SELECT tid()"))).scalar()
+            rows = (await conn.execute(text("SELECT a FROM t ORDER BY a"))).scalars().all()
+        reader = _engine_with_thread_probe(tmp_path / "q.db", writer=False)
+        async with reader.connect() as conn:  # a deferred BEGIN: a reader, no lock held
+            outside = (await conn.execute(text("SELECT tid()"))).scalar()
+            seen = (await conn.execute(text("SELECT count(*) FROM t"))).scalar()
+        await reader.dispose()
+    finally:
+        await engine.dispose()
+    assert inside == here and rows == [1, 2]
+    assert outside != here and seen == 2
+
+
+async def test_waiting_for_the_write_lock_leaves_the_loop_serving(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (a INTEGER)"))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's writer, as it were
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def write() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+
+    ticker = asyncio.create_task(tick())
+    writer = asyncio.create_task(write())
+    try:
+        await asyncio.sleep(0.3)
+        assert not writer.done()  # still waiting for the lock...
+        assert ticks >= 10  # ...while the loop went on serving
+        holder.execute("COMMIT")
+        await asyncio.wait_for(writer, 10)
+    finally:
+        ticker.cancel()
+        holder.close()
+        await engine.dispose()
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    check.close()
+
+
+async def test_a_rolled_back_write_transaction_leaves_nothing(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (a INTEGER)"))
+        with pytest.raises(RuntimeError):
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+                raise RuntimeError("abandon")
+        async with engine.begin() as conn:  # the lock was given back: a new writer gets it
+            await conn.execute(text("INSERT INTO t VALUES (2)"))
+            values = (await conn.execute(text("SELECT a FROM t"))).scalars().all()
+    finally:
+        await engine.dispose()
+    assert values == [2]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import time
 from collections import defaultdict, deque
@@ -240,9 +241,12 @@ class Scheduler:
         requests = []
         for dest, jobs in self.waiting.items():
             key = destination_key(dest)
+            limit = limits.get(key, default)
+            # No more than the limit can be granted: name only the first
+            # ones (a long wait list is not walked for every booking).
+            first = itertools.islice(jobs, max(1, limit))
             requests.append(SlotRequest(
-                key, [j.job_id for j in jobs], limits.get(key, default),
-                self.s.default_destination_rate_delay))
+                key, [j.job_id for j in first], limit, self.s.default_destination_rate_delay))
         return requests
 
     async def publish_granted(self, granted: dict[str, list[str]]) -> None:

@@ -43,3 +43,23 @@ def test_ingress_processes_is_read_and_checked() -> None:
         "ingress-smtp-1", "ingress-smtp-2", "ingress-smtp-3"]
     with pytest.raises(SystemExit, match="at least 1"):
         _slots({"ingress_processes": 0})
+
+
+def test_cleanup_listens_on_private_cleanup_under_the_var_dir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like Postfix's private/cleanup: a UNIX socket beside the queue, a
+    loopback port only when the path is too long for one; an address the
+    config or the environment names wins."""
+    monkeypatch.delenv("POSTFLEET_CLEANUP_ADDRESS", raising=False)
+    env = Launcher(None, tmp_path / "var").base_env({}, "nats://127.0.0.1:4222")
+    socket = tmp_path.resolve() / "var" / "private" / "cleanup"
+    assert env["POSTFLEET_CLEANUP_ADDRESS"] == env["POSTFLEET_CLEANUP_LISTEN"] == f"unix:{socket}"
+    assert socket.parent.is_dir()
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    env = Launcher(None, deep).base_env({}, "nats://127.0.0.1:4222")
+    assert env["POSTFLEET_CLEANUP_ADDRESS"].startswith("127.0.0.1:")
+
+    env = Launcher(None, tmp_path / "var").base_env({"cleanup_address": "127.0.0.1:10027"},
+                                                    "nats://127.0.0.1:4222")
+    assert env["POSTFLEET_CLEANUP_ADDRESS"] == "127.0.0.1:10027"

@@ -11,7 +11,8 @@ More than one ingress-smtp process serves the same listeners
 (``ingress_processes``, default 2, SO_REUSEPORT), like Postfix's many smtpd
 processes: a dying one costs only the sessions it had. Every child has a
 fixed slot name; qmgr's is its lease identity (qmgr_owner), so a restarted
-qmgr takes its work back at once.
+qmgr takes its work back at once. cleanup serves Submit on a UNIX socket,
+``var/private/cleanup`` as in Postfix, unless cleanup_address names one.
 
 Parameters read from the config file: ingress_processes, database_url,
 cleanup_address, ingress_smtp.listeners (for the announcement).
@@ -61,6 +62,10 @@ def uses_filter_role(cfg: Any) -> bool:
 
 def say(text: str) -> None:
     print(f"postfleet: {text}", flush=True)
+
+
+# sun_path is 108 bytes on Linux, the terminating NUL included.
+UNIX_PATH_MAX = 107
 
 
 class StartFailed(Exception):
@@ -126,12 +131,23 @@ class Launcher:
             child["POSTFLEET_INGRESS_REUSE_PORT"] = "true"
         return child
 
+    def cleanup_socket(self) -> str:
+        """Where cleanup serves Submit: a UNIX socket, Postfix's
+        private/cleanup, under the var dir (cheaper than loopback TCP for
+        every message); a loopback port when the path is too long for one."""
+        path = (self.var_dir / "private" / "cleanup").resolve()
+        if len(str(path)) > UNIX_PATH_MAX:
+            return f"127.0.0.1:{free_port()}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a socket left by a killed cleanup
+        return f"unix:{path}"
+
     def base_env(self, cfg: dict[str, Any], nats_url: str) -> dict[str, str]:
         env = dict(os.environ)
         database_url = env.get("POSTFLEET_DATABASE_URL") or cfg.get("database_url") or (
             f"sqlite+aiosqlite:///{(self.var_dir / 'postfleet.db').resolve()}")
         cleanup_addr = env.get("POSTFLEET_CLEANUP_ADDRESS") or cfg.get("cleanup_address") or (
-            f"127.0.0.1:{free_port()}")
+            self.cleanup_socket())
         # glibc makes an arena per thread (gRPC, aiosqlite); two are plenty
         # for asyncio roles and keep each role's RSS well down.
         env.setdefault("MALLOC_ARENA_MAX", "2")

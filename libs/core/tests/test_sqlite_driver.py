@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
+from postfleet.core.db import sqlite_driver
 from postfleet.core.db.engine import create_engine
 
 
@@ -99,3 +100,35 @@ async def test_a_rolled_back_write_transaction_leaves_nothing(tmp_path: Path) ->
     finally:
         await engine.dispose()
     assert values == [2]
+
+
+async def test_a_free_write_lock_is_taken_inline_and_only_the_commit_hops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "q.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (a INTEGER)"))
+    hops: list[str] = []
+    real_hop = sqlite_driver._hop
+
+    def counting_hop(fn: Any, *args: Any) -> Any:
+        hops.append(getattr(fn, "__name__", "?"))
+        return real_hop(fn, *args)
+
+    monkeypatch.setattr(sqlite_driver, "_hop", counting_hop)
+    try:
+        async with engine.begin() as conn:  # nobody holds the lock: no hop to take it
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+            assert hops == []
+        assert hops == ["commit"]
+
+        hops.clear()
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(0.2, holder.execute, "COMMIT")
+        async with engine.begin() as conn:  # held: the wait for it is a hop
+            await conn.execute(text("INSERT INTO t VALUES (2)"))
+        holder.close()
+        assert hops == ["_execute_and_fetch", "commit"]
+    finally:
+        await engine.dispose()

@@ -9,9 +9,10 @@ SQLite actually waits for is two things only: the write lock (taken up front
 by the writers' ``BEGIN IMMEDIATE``, engine.py) and the WAL flush of a
 commit (``synchronous=FULL``). So:
 
-- ``BEGIN IMMEDIATE`` and ``COMMIT`` run in a worker thread (the event
-  loop keeps serving while another process holds the lock or the disk
-  syncs);
+- ``COMMIT`` runs in a worker thread (the event loop keeps serving while
+  the disk syncs), and so does ``BEGIN IMMEDIATE`` when another process
+  holds the write lock (tried first without waiting: when the lock is
+  free, as it mostly is, it is taken inline);
 - statements inside a transaction that holds the write lock run inline:
   nothing can block them, they take microseconds;
 - any other statement (a reader's query, a write outside such a
@@ -103,6 +104,9 @@ class Cursor:
         if self._conn.inline(operation):
             self._rows = self._execute_and_fetch(method, operation, params)
             _yield_to_engine()
+        elif self._conn.lock_now(operation):
+            self._rows = deque()
+            _yield_to_engine()
         else:
             self._rows = _hop(self._execute_and_fetch, method, operation, params)
         self._conn.after(operation)
@@ -140,9 +144,10 @@ class Connection:
     """A DB-API connection over sqlite3's that knows whether it holds the
     write lock (then nothing it runs can wait)."""
 
-    def __init__(self, raw: sqlite3.Connection) -> None:
+    def __init__(self, raw: sqlite3.Connection, busy_timeout: float) -> None:
         self.raw = raw
         self.writing = False
+        self.busy_timeout_ms = int(busy_timeout * 1000)
 
     # -- what runs where ---------------------------------------------------------
     def inline(self, operation: str) -> bool:
@@ -151,6 +156,23 @@ class Connection:
         head = operation.lstrip()[:16].upper()
         return head.startswith(_INLINE_ALWAYS) and not head.startswith(
             ("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"))
+
+    def lock_now(self, operation: str) -> bool:
+        """BEGIN IMMEDIATE without waiting: taken inline when no other
+        writer holds the lock (most of the time), saving the thread hop;
+        False (nothing done) when it is held, and the caller waits in a hop."""
+        if not operation.lstrip()[:16].upper().startswith(("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")):
+            return False
+        self.raw.execute("PRAGMA busy_timeout=0")
+        try:
+            self.raw.execute(operation)
+        except sqlite3.OperationalError as exc:
+            if self.raw.in_transaction or "locked" not in str(exc):
+                raise
+            return False
+        finally:
+            self.raw.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        return True
 
     def after(self, operation: str) -> None:
         # BEGIN IMMEDIATE, or a write in a deferred transaction, leaves this
@@ -208,7 +230,8 @@ class _DBAPI(types.ModuleType):
         # Used from the loop thread and, for commits and lock waits, from a
         # worker thread -- never both at once (one checkout at a time).
         kwargs["check_same_thread"] = False
-        return Connection(_hop(lambda: sqlite3.connect(*args, **kwargs)))
+        raw = _hop(lambda: sqlite3.connect(*args, **kwargs))
+        return Connection(raw, float(kwargs.get("timeout", 5.0)))
 
 
 class SQLiteDialect_postfleet(SQLiteDialect_pysqlite):

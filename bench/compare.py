@@ -14,7 +14,8 @@ Per run it records:
   counter) -- both count a message once the sink said 250 and the MTA
   recorded it;
 - CPU seconds per message, summed over every process of the MTA (the
-  supervisor, its children, reaped children, NATS), from /proc;
+  supervisor, its children, reaped children, NATS), from /proc; with
+  PostgreSQL, the server's own CPU is reported beside it;
 - peak RSS and PSS per process (and their sums), sampled from /proc;
 - accept latency p50/p99: a probe client beside the load sends one
   message every 100 ms and times end-of-data -> 250 (the probe's messages
@@ -374,6 +375,15 @@ class Run:
     total_pss: int
     p50_ms: float
     p99_ms: float
+    db_cpu_per_msg_ms: float = 0.0  # the PostgreSQL server's, when postfleet uses it
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of the local PostgreSQL server: every postgres process, the
+    postmaster counting the backends it reaped (the bench's own database
+    is the only busy one while it runs)."""
+    pids = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+    return sum(_cpu_ticks(p) for p in pids) / CLK_TCK
 
 
 def measure(mta: Mta, messages: int, sessions: int, size: int, timeout: float) -> Run:
@@ -381,6 +391,8 @@ def measure(mta: Mta, messages: int, sessions: int, size: int, timeout: float) -
     memory = MemorySampler(root)
     probe = LatencyProbe(mta.port)
     cpu0 = tree_cpu_seconds(root)
+    uses_pg = mta.name == "postfleet-postgres"
+    db0 = postgres_cpu_seconds() if uses_pg else 0.0
     before = mta.delivered()
     memory.start()
     probe.start()
@@ -404,11 +416,13 @@ def measure(mta: Mta, messages: int, sessions: int, size: int, timeout: float) -
     memory.stop.set()
     memory.join()
     cpu = tree_cpu_seconds(root) - cpu0
+    db_cpu = postgres_cpu_seconds() - db0 if uses_pg else 0.0
     lat = sorted(probe.samples) or [float("nan")]
     return Run(mta.name, messages / accept, messages / e2e,
                1000 * cpu / (messages + probe.sent), memory.rss, memory.pss,
                memory.total_rss, memory.total_pss,
-               1000 * lat[len(lat) // 2], 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))])
+               1000 * lat[len(lat) // 2], 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+               1000 * db_cpu / (messages + probe.sent))
 
 
 # -- the run --------------------------------------------------------------------
@@ -437,6 +451,13 @@ def report(runs: list[Run], names: list[str], args: argparse.Namespace) -> None:
               f"{m['cpu_per_msg_ms']:10.2f} {cpu_ratio:>9} {m['p50_ms']:7.1f} "
               f"{m['p99_ms']:7.1f} {_mib(max(r.total_rss for r in rs)):>8} "
               f"{_mib(max(r.total_pss for r in rs)):>8}")
+    for n, rs in by.items():
+        if rs and any(r.db_cpu_per_msg_ms for r in rs):
+            db = statistics.median(r.db_cpu_per_msg_ms for r in rs)
+            total = med[n]["cpu_per_msg_ms"] + db
+            ratio = f", {total / base['cpu_per_msg_ms']:.2f}x Postfix's" if base else ""
+            print(f"  {n}: the PostgreSQL server's own CPU adds {db:.2f} ms/msg "
+                  f"(total {total:.2f} ms/msg{ratio})")
     print("\nall runs (accept/s, e2e/s):")
     for n, rs in by.items():
         print(f"  {n:18} " + ", ".join(f"{r.accept:.0f}/{r.e2e:.0f}" for r in rs))

@@ -94,17 +94,20 @@ def print_postconf(settings_cls: type[BaseSettings]) -> None:
 UNUSED_OPTIONAL_IMPORTS = ("aiohttp",)
 
 
-def skip_unused_imports() -> None:
-    for name in UNUSED_OPTIONAL_IMPORTS:
+def skip_unused_imports(names: tuple[str, ...] = UNUSED_OPTIONAL_IMPORTS) -> None:
+    for name in names:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
-def role_entry(settings: str, main: str) -> None:
+def role_entry(settings: str, main: str, *,
+               unused_imports: tuple[str, ...] = UNUSED_OPTIONAL_IMPORTS) -> None:
     """A role's ``python -m`` entry point. ``settings`` and ``main`` name
     ``module:attribute``; with --postconf only the settings module is
     imported and its parameters printed (so `postfleet postconf` does not pay
-    for the role's start-up imports), otherwise ``main()`` runs the role."""
-    skip_unused_imports()
+    for the role's start-up imports), otherwise ``main()`` runs the role.
+    ``unused_imports`` are marked absent first (the operator, whose kopf
+    runs on aiohttp, passes none)."""
+    skip_unused_imports(unused_imports)
     module, _, name = (settings if wants_postconf() else main).partition(":")
     target = getattr(importlib.import_module(module), name)
     if wants_postconf():

@@ -13,6 +13,7 @@ smtpd_forbid_bare_newline_exclusions.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from postfleet.core.routing.rcpt_checks import (
@@ -59,6 +60,7 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=4096)  # asked many times per session (session.client_ip)
 def normalize_ip(address: str) -> str:
     """``::ffff:10.1.2.3`` -> ``10.1.2.3``; anything unparsable stays as given."""
     try:

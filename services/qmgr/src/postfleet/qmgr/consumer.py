@@ -117,4 +117,5 @@ async def consume_results(
         if applied.notices or scheduler.room_limited:
             scheduler.wake()
         with contextlib.suppress(Exception):  # lost: the others look again within 1 s
-            await nc.publish(subjects.SLOTS_FREED, "\n".join(job_ids).encode())
+            await nc.publish(subjects.SLOTS_FREED, "\n".join(job_ids).encode(),
+                             headers={subjects.SENDER: settings.qmgr_owner})

@@ -47,6 +47,8 @@ async def run(settings: QmgrSettings) -> None:
             scheduler.wake()
 
         async def on_slots_freed(msg: Msg) -> None:
+            if (msg.headers or {}).get(subjects.SENDER) == settings.qmgr_owner:
+                return  # our own batch: its freed slots were refilled as it committed
             scheduler.finished(msg.data.decode().split("\n"))
             if scheduler.waiting:
                 scheduler.wake()

@@ -13,8 +13,11 @@ PREFIX = "postfleet"
 QUEUE_INCOMING = f"{PREFIX}.queue.incoming"
 
 # Core NATS, qmgr -> every qmgr: results were applied, destination slots
-# are free again; replicas with jobs waiting for a slot look again.
+# are free again; replicas with jobs waiting for a slot look again. The
+# body is the jobs' ids, one per line; the SENDER header names the qmgr
+# that applied them (it refilled those slots itself and ignores its own).
 SLOTS_FREED = f"{PREFIX}.qmgr.slots"
+SENDER = "Postfleet-Sender"
 
 # Core NATS request, smtpd -> any qmgr: flush the deferred mail of a site
 # (ETRN; Postfix's flush service). The request is the site (a domain), the

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Float,
     String,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -44,6 +45,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
@@ -64,6 +66,27 @@ def open_recipient() -> ColumnElement[bool]:
     Plain comparisons, not IN (...): an expanding IN cannot be executemany'd."""
     return or_(Recipient.status == RecipientStatus.PENDING,
                Recipient.status == RecipientStatus.DEFERRED)
+
+
+def _by_dialect(build: Callable[[Callable[[Any, str], ColumnElement[bool]]], Any]
+                ) -> dict[str, Any]:
+    """A statement whose ``column IN (list)`` is spelled per dialect: on
+    PostgreSQL ``column = ANY(:array)``, one statement text whatever the
+    list's length -- an expanding IN is a new statement for every length,
+    and asyncpg prepares each new one (a round trip, and a plan, more);
+    elsewhere the expanding IN."""
+    def expanding(column: Any, name: str) -> ColumnElement[bool]:
+        return column.in_(bindparam(name, expanding=True))
+
+    def array(column: Any, name: str) -> ColumnElement[bool]:
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+
+    return {"postgresql": build(array), "": build(expanding)}
+
+
+def _for(conn: AsyncConnection, statements: dict[str, Any]) -> Any:
+    stmt = statements.get(conn.dialect.name)
+    return statements[""] if stmt is None else stmt
 
 
 # -- enqueue -------------------------------------------------------------------
@@ -341,16 +364,16 @@ _CLAIM = (
 )
 # The envelope, and for qmgr's "from=<…>, size=…, nrcpt=… (queue active)"
 # line the messages' size and recipient count, in one statement.
-_ENVELOPES = select(
+_ENVELOPES = _by_dialect(lambda member: select(
     Message.queue_id, Message.sender, Message.trace_id, Message.arrived_at,
     Message.content_filter, Message.ret, Message.envid, Message.protocol, Message.state,
     Message.size,
     select(func.count()).where(Recipient.queue_id == Message.queue_id, open_recipient())
     .scalar_subquery().label("nrcpt"),
-).where(Message.queue_id.in_(bindparam("qids", expanding=True)))
-_ACTIVATE = (update(Message).where(Message.queue_id.in_(bindparam("qids", expanding=True)))
-             .values(state=MessageState.ACTIVE)
-             .execution_options(synchronize_session=False))
+).where(member(Message.queue_id, "qids")))
+_ACTIVATE = _by_dialect(lambda member: update(Message).where(member(Message.queue_id, "qids"))
+                        .values(state=MessageState.ACTIVE)
+                        .execution_options(synchronize_session=False))
 
 
 async def _claim(
@@ -362,12 +385,12 @@ async def _claim(
     if not rows:
         return Claims()
     qids = sorted({r.queue_id for r in rows})
-    envelope = {m.queue_id: m for m in await conn.execute(_ENVELOPES, {"qids": qids})}
+    envelope = {m.queue_id: m for m in await conn.execute(_for(conn, _ENVELOPES), {"qids": qids})}
     # Those coming from incoming or deferred enter the active queue.
     entering = sorted(q for q, m in envelope.items()
                       if m.state in (MessageState.INCOMING, MessageState.DEFERRED))
     if entering:
-        await conn.execute(_ACTIVATE, {"qids": entering})
+        await conn.execute(_for(conn, _ACTIVATE), {"qids": entering})
     activated = [Activated(q, envelope[q].sender, envelope[q].size, envelope[q].nrcpt)
                  for q in entering]
     claimed = [
@@ -499,8 +522,8 @@ _LOCK_DESTINATION = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("d
 _BUSY_SLOTS = (select(func.count()).select_from(DestinationSlot)
                .where(DestinationSlot.destination == bindparam("dest"),
                       DestinationSlot.expires_at > bindparam("now")))
-_FREE_SLOTS = delete(DestinationSlot).where(
-    DestinationSlot.job_id.in_(bindparam("jobs", expanding=True)))
+_FREE_SLOTS = _by_dialect(lambda member: delete(DestinationSlot).where(
+    member(DestinationSlot.job_id, "jobs")))
 
 
 async def _lock_destination(conn: AsyncConnection, destination: str) -> None:
@@ -542,7 +565,7 @@ async def next_pacing(engine: AsyncEngine, destinations: Sequence[str]) -> datet
 async def free_slots(conn: AsyncConnection, job_ids: Sequence[str]) -> None:
     """The jobs are over (their results applied, or never published)."""
     if job_ids:
-        await conn.execute(_FREE_SLOTS, {"jobs": list(job_ids)})
+        await conn.execute(_for(conn, _FREE_SLOTS), {"jobs": list(job_ids)})
 
 
 async def release_slots(engine: AsyncEngine, job_ids: Sequence[str]) -> None:
@@ -587,16 +610,16 @@ class MessageFacts:
     removed: bool = field(default=False)
 
 
-_MESSAGE_FACTS = select(
+_MESSAGE_FACTS = _by_dialect(lambda member: select(
     Message.queue_id, Message.sender, Message.arrived_at, Message.expires_at, Message.envid,
-    Message.ret).where(Message.queue_id.in_(bindparam("qids", expanding=True)))
+    Message.ret).where(member(Message.queue_id, "qids")))
 
 
 async def message_facts(conn: AsyncConnection, qids: set[str]) -> dict[str, MessageFacts]:
     """Envelope facts of the messages results refer to (missing: already gone)."""
     if not qids:
         return {}
-    rows = await conn.execute(_MESSAGE_FACTS, {"qids": sorted(qids)})
+    rows = await conn.execute(_for(conn, _MESSAGE_FACTS), {"qids": sorted(qids)})
     return {r.queue_id: MessageFacts(r.queue_id, r.sender, r.arrived_at, r.expires_at,
                                      r.envid, r.ret) for r in rows}
 
@@ -706,31 +729,31 @@ async def log_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) ->
         await conn.execute(_INSERT_LOG, list(rows))
 
 
-_DEFER_MESSAGES = (update(Message)
-                   .where(Message.queue_id.in_(bindparam("qids", expanding=True)),
-                          Message.state == MessageState.ACTIVE)
-                   .values(state=MessageState.DEFERRED))
+_DEFER_MESSAGES = _by_dialect(lambda member: update(Message)
+                              .where(member(Message.queue_id, "qids"),
+                                     Message.state == MessageState.ACTIVE)
+                              .values(state=MessageState.DEFERRED))
 
 
 async def mark_messages_deferred(conn: AsyncConnection, qids: set[str]) -> None:
     """Active messages with a deferred recipient move to the deferred queue."""
     if qids:
-        await conn.execute(_DEFER_MESSAGES, {"qids": sorted(qids)})
+        await conn.execute(_for(conn, _DEFER_MESSAGES), {"qids": sorted(qids)})
 
 
-_REMOVE_FINISHED = (
+_REMOVE_FINISHED = _by_dialect(lambda member: (
     delete(Message)
-    .where(Message.queue_id.in_(bindparam("qids", expanding=True)),
+    .where(member(Message.queue_id, "qids"),
            ~exists().where(Recipient.queue_id == Message.queue_id, open_recipient()))
     .returning(Message.queue_id)
-    .execution_options(synchronize_session=False))
+    .execution_options(synchronize_session=False)))
 
 
 async def remove_finished(conn: AsyncConnection, qids: set[str]) -> set[str]:
     """Delete messages none of whose recipients is still open; returns them."""
     if not qids:
         return set()
-    removed = await conn.execute(_REMOVE_FINISHED, {"qids": sorted(qids)})
+    removed = await conn.execute(_for(conn, _REMOVE_FINISHED), {"qids": sorted(qids)})
     return set(removed.scalars())
 
 

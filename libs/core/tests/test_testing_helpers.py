@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
 import pytest
 
+from postfleet.core.sockets import free_port
 from postfleet.core.testing.peers import peer_binary
 from postfleet.core.testing.scripted import scripted_server
 from postfleet.core.testing.waiting import eventually
@@ -76,3 +79,14 @@ async def test_eventually_returns_the_first_truthy_value() -> None:
 def test_a_missing_peer_names_its_package() -> None:
     with pytest.raises(RuntimeError, match=r"make peers.*Debian package no-such-pkg"):
         peer_binary("postfleet-no-such-program", "no-such-pkg")
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
+    """A port picked for a server to bind a moment later cannot be taken
+    meanwhile as the source port of an outgoing connection."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = free_port()
+        assert port < low
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

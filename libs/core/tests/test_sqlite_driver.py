@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +114,9 @@ async def test_a_free_write_lock_is_taken_inline_and_only_the_commit_hops(
     hops: list[str] = []
     real_hop = sqlite_driver._hop
 
-    def counting_hop(fn: Any, *args: Any) -> Any:
+    def counting_hop(worker: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         hops.append(getattr(fn, "__name__", "?"))
-        return real_hop(fn, *args)
+        return real_hop(worker, fn, *args, **kwargs)
 
     monkeypatch.setattr(sqlite_driver, "_hop", counting_hop)
     try:
@@ -129,6 +132,41 @@ async def test_a_free_write_lock_is_taken_inline_and_only_the_commit_hops(
         async with engine.begin() as conn:  # held: the wait for it is a hop
             await conn.execute(text("INSERT INTO t VALUES (2)"))
         holder.close()
-        assert hops == ["_execute_and_fetch", "commit"]
+        assert hops == ["wait_for_lock", "commit"]
     finally:
         await engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_role_stopping_while_waiting_for_the_lock_exits_at_once(tmp_path: Path) -> None:
+    """A connection waiting for a write lock held elsewhere (up to the busy
+    timeout, 30 s) holds up neither the loop's end nor the process's exit:
+    its worker is a daemon thread outside asyncio's default executor."""
+    script = f"""
+import asyncio, sqlite3
+from sqlalchemy import text
+from postfleet.core.db.engine import create_engine
+
+path = {str(tmp_path / "q.db")!r}
+holder = sqlite3.connect(path, isolation_level=None)
+holder.execute("PRAGMA journal_mode=WAL")  # as the queue store runs
+holder.execute("CREATE TABLE t (a INTEGER)")
+holder.execute("BEGIN IMMEDIATE")
+
+async def main():
+    engine = create_engine("sqlite+aiosqlite:///" + path)
+    async def write():
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+    writer = asyncio.get_running_loop().create_task(write())
+    await asyncio.sleep(0.5)
+    assert not writer.done(), writer  # waiting for the lock
+
+asyncio.run(main())
+print("exited")
+"""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "exited", done.stderr
+    assert time.monotonic() - started < 15  # not the 30 s busy timeout

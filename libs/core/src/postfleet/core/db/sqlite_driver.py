@@ -28,7 +28,11 @@ Postfix parameters: none (the queue store is postfleet's own).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import sqlite3
+import threading
+import time
 import types
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -49,13 +53,67 @@ _TAKES_WRITE_LOCK = ("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE", "INSERT", "UPDATE", "
                      "REPLACE", "CREATE", "DROP", "ALTER")
 
 
-def _hop(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn`` in a worker thread, the event loop serving meanwhile.
-    Outside SQLAlchemy's greenlet (a pool reset at garbage collection),
-    there is no loop to give back to: run it here."""
+class Worker:
+    """The thread a connection's waits run on: one per connection, as
+    aiosqlite has, so that calls on a connection stay in order and one
+    connection waiting for the write lock never holds up another's commit.
+    A daemon thread, outside asyncio's default executor: a call still
+    waiting when the role stops (a lock held elsewhere, up to the busy
+    timeout) holds up neither the loop's shutdown nor the process's exit."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="sqlite", daemon=True).start()
+
+    async def call(self, fn: Callable[..., T], *args: Any,
+                   cancel: threading.Event | None = None) -> T:
+        """``fn(*args)`` on this thread; if the caller is cancelled meanwhile,
+        ``cancel`` is set for ``fn`` to give up early."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, done, fn, args))
+        try:
+            return await done
+        except asyncio.CancelledError:
+            if cancel is not None:
+                cancel.set()
+            raise
+
+    def stop(self) -> None:
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            loop, done, fn, args = call
+            try:
+                outcome, failure = fn(*args), None
+            except BaseException as exc:  # handed to the caller, whatever it is
+                outcome, failure = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(_settle, done, outcome, failure)
+
+
+def _settle(done: asyncio.Future[Any], outcome: Any, failure: BaseException | None) -> None:
+    if done.done():  # the caller was cancelled meanwhile
+        return
+    if failure is not None:
+        done.set_exception(failure)
+    else:
+        done.set_result(outcome)
+
+
+def _hop(worker: Worker, fn: Callable[..., T], *args: Any,
+         cancel: threading.Event | None = None) -> T:
+    """Run ``fn`` on the connection's worker thread, the event loop serving
+    meanwhile. Outside SQLAlchemy's greenlet (a pool reset at garbage
+    collection), there is no loop to give back to: run it here."""
     if in_greenlet():
-        return await_(asyncio.to_thread(fn, *args))
+        return await_(worker.call(fn, *args, cancel=cancel))
     return fn(*args)
+
+
+def _takes_lock(operation: str) -> bool:
+    return operation.lstrip()[:16].upper().startswith(("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"))
 
 
 async def _nothing() -> None:
@@ -107,8 +165,13 @@ class Cursor:
         elif self._conn.lock_now(operation):
             self._rows = deque()
             _yield_to_engine()
+        elif _takes_lock(operation):
+            cancel = threading.Event()
+            _hop(self._conn.worker, self._conn.wait_for_lock, operation, cancel, cancel=cancel)
+            self._rows = deque()
         else:
-            self._rows = _hop(self._execute_and_fetch, method, operation, params)
+            self._rows = _hop(self._conn.worker, self._execute_and_fetch, method, operation,
+                              params)
         self._conn.after(operation)
 
     def _execute_and_fetch(self, method: Callable[[str, Any], Any], operation: str,
@@ -144,8 +207,9 @@ class Connection:
     """A DB-API connection over sqlite3's that knows whether it holds the
     write lock (then nothing it runs can wait)."""
 
-    def __init__(self, raw: sqlite3.Connection, busy_timeout: float) -> None:
+    def __init__(self, raw: sqlite3.Connection, busy_timeout: float, worker: Worker) -> None:
         self.raw = raw
+        self.worker = worker
         self.writing = False
         self.busy_timeout_ms = int(busy_timeout * 1000)
 
@@ -161,8 +225,22 @@ class Connection:
         """BEGIN IMMEDIATE without waiting: taken inline when no other
         writer holds the lock (most of the time), saving the thread hop;
         False (nothing done) when it is held, and the caller waits in a hop."""
-        if not operation.lstrip()[:16].upper().startswith(("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")):
-            return False
+        return _takes_lock(operation) and self._try_lock(operation)
+
+    def wait_for_lock(self, operation: str, cancel: threading.Event) -> None:
+        """On the worker: BEGIN IMMEDIATE, retried as SQLite's own busy
+        handler would (1 ms growing to 50 ms) until the busy timeout -- but
+        given up as soon as the caller is cancelled (a role stopping), where
+        SQLite's handler would hold the connection for the whole timeout."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        pause = 0.001
+        while not self._try_lock(operation):
+            if cancel.is_set() or time.monotonic() + pause > deadline:
+                raise sqlite3.OperationalError("database is locked")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _try_lock(self, operation: str) -> bool:
         self.raw.execute("PRAGMA busy_timeout=0")
         try:
             self.raw.execute(operation)
@@ -189,7 +267,7 @@ class Connection:
     def commit(self) -> None:
         try:
             if self.raw.in_transaction:
-                _hop(self.raw.commit)
+                _hop(self.worker, self.raw.commit)
         finally:
             self.writing = self.raw.in_transaction
 
@@ -200,7 +278,10 @@ class Connection:
             self.writing = self.raw.in_transaction
 
     def close(self) -> None:
-        self.raw.close()
+        try:
+            self.raw.close()
+        finally:
+            self.worker.stop()
 
     @property
     def isolation_level(self) -> str | None:
@@ -230,8 +311,13 @@ class _DBAPI(types.ModuleType):
         # Used from the loop thread and, for commits and lock waits, from a
         # worker thread -- never both at once (one checkout at a time).
         kwargs["check_same_thread"] = False
-        raw = _hop(lambda: sqlite3.connect(*args, **kwargs))
-        return Connection(raw, float(kwargs.get("timeout", 5.0)))
+        worker = Worker()
+        try:
+            raw = _hop(worker, lambda: sqlite3.connect(*args, **kwargs))
+        except BaseException:
+            worker.stop()
+            raise
+        return Connection(raw, float(kwargs.get("timeout", 5.0)), worker)
 
 
 class SQLiteDialect_postfleet(SQLiteDialect_pysqlite):

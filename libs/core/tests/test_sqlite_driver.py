@@ -170,3 +170,33 @@ print("exited")
                           timeout=60)
     assert done.stdout.strip() == "exited", done.stderr
     assert time.monotonic() - started < 15  # not the 30 s busy timeout
+
+
+def test_a_lock_won_as_its_waiter_is_cancelled_is_given_back(tmp_path: Path) -> None:
+    """The worker wins the write lock just as the caller went away (a role
+    stopping): nobody would commit or roll back, so it is released at once
+    and the caller hears it failed."""
+    path = tmp_path / "q.db"
+    raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    raw.execute("PRAGMA journal_mode=WAL")
+    worker = sqlite_driver.Worker()
+    conn = sqlite_driver.Connection(raw, 30, worker)
+    cancel = threading.Event()
+    real_try = conn.try_lock
+
+    def won_as_cancelled(operation: str) -> bool:
+        won = real_try(operation)
+        cancel.set()  # the caller was cancelled while this try ran
+        return won
+
+    conn.try_lock = won_as_cancelled  # type: ignore[method-assign]
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            conn.wait_for_lock("BEGIN IMMEDIATE", cancel)
+        assert not raw.in_transaction
+        other = sqlite3.connect(path, isolation_level=None, timeout=0)
+        other.execute("BEGIN IMMEDIATE")  # the lock is free again
+        other.execute("ROLLBACK")
+        other.close()
+    finally:
+        conn.close()

@@ -45,12 +45,14 @@ from sqlalchemy.util.concurrency import await_, in_greenlet
 
 T = TypeVar("T")
 
+# Statements that take the write lock up front (and may wait for it).
+_LOCKING_BEGIN = ("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")
 # Statements that never wait on another connection: a deferred BEGIN takes
 # no lock, and a rollback only drops what this connection wrote.
 _INLINE_ALWAYS = ("BEGIN", "ROLLBACK", "SAVEPOINT", "RELEASE")
 # Statements after which a connection in a transaction holds the write lock.
-_TAKES_WRITE_LOCK = ("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE", "INSERT", "UPDATE", "DELETE",
-                     "REPLACE", "CREATE", "DROP", "ALTER")
+_TAKES_WRITE_LOCK = (*_LOCKING_BEGIN, "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE",
+                     "DROP", "ALTER")
 
 
 class Worker:
@@ -112,8 +114,9 @@ def _hop(worker: Worker, fn: Callable[..., T], *args: Any,
     return fn(*args)
 
 
-def _takes_lock(operation: str) -> bool:
-    return operation.lstrip()[:16].upper().startswith(("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"))
+def _head(operation: str) -> str:
+    """The statement's first words, upper case: what decides where it runs."""
+    return operation.lstrip()[:16].upper()
 
 
 async def _nothing() -> None:
@@ -159,20 +162,23 @@ class Cursor:
         return self
 
     def _run(self, method: Callable[[str, Any], Any], operation: str, params: Any) -> None:
-        if self._conn.inline(operation):
+        conn, head = self._conn, _head(operation)
+        if conn.writing or (head.startswith(_INLINE_ALWAYS)
+                            and not head.startswith(_LOCKING_BEGIN)):
             self._rows = self._execute_and_fetch(method, operation, params)
             _yield_to_engine()
-        elif self._conn.lock_now(operation):
-            self._rows = deque()
-            _yield_to_engine()
-        elif _takes_lock(operation):
-            cancel = threading.Event()
-            _hop(self._conn.worker, self._conn.wait_for_lock, operation, cancel, cancel=cancel)
+        elif head.startswith(_LOCKING_BEGIN):
+            # Taken inline when no other writer holds the lock (most of the
+            # time), else waited for on the worker.
+            if conn.try_lock(operation):
+                _yield_to_engine()
+            else:
+                cancel = threading.Event()
+                _hop(conn.worker, conn.wait_for_lock, operation, cancel, cancel=cancel)
             self._rows = deque()
         else:
-            self._rows = _hop(self._conn.worker, self._execute_and_fetch, method, operation,
-                              params)
-        self._conn.after(operation)
+            self._rows = _hop(conn.worker, self._execute_and_fetch, method, operation, params)
+        conn.after(head)
 
     def _execute_and_fetch(self, method: Callable[[str, Any], Any], operation: str,
                            params: Any) -> deque[Any]:
@@ -213,34 +219,31 @@ class Connection:
         self.writing = False
         self.busy_timeout_ms = int(busy_timeout * 1000)
 
-    # -- what runs where ---------------------------------------------------------
-    def inline(self, operation: str) -> bool:
-        if self.writing:
-            return True
-        head = operation.lstrip()[:16].upper()
-        return head.startswith(_INLINE_ALWAYS) and not head.startswith(
-            ("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"))
-
-    def lock_now(self, operation: str) -> bool:
-        """BEGIN IMMEDIATE without waiting: taken inline when no other
-        writer holds the lock (most of the time), saving the thread hop;
-        False (nothing done) when it is held, and the caller waits in a hop."""
-        return _takes_lock(operation) and self._try_lock(operation)
-
+    # -- the write lock ------------------------------------------------------------
     def wait_for_lock(self, operation: str, cancel: threading.Event) -> None:
         """On the worker: BEGIN IMMEDIATE, retried as SQLite's own busy
         handler would (1 ms growing to 50 ms) until the busy timeout -- but
         given up as soon as the caller is cancelled (a role stopping), where
-        SQLite's handler would hold the connection for the whole timeout."""
+        SQLite's handler would hold the connection for the whole timeout. A
+        lock won just as the caller went away is given back at once: nobody
+        is left to commit or roll back."""
         deadline = time.monotonic() + self.busy_timeout_ms / 1000
         pause = 0.001
-        while not self._try_lock(operation):
-            if cancel.is_set() or time.monotonic() + pause > deadline:
-                raise sqlite3.OperationalError("database is locked")
+        while not cancel.is_set():
+            if self.try_lock(operation):
+                if cancel.is_set():
+                    self.raw.rollback()
+                    break
+                return
+            if time.monotonic() + pause > deadline:
+                break
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+        raise sqlite3.OperationalError("database is locked")
 
-    def _try_lock(self, operation: str) -> bool:
+    def try_lock(self, operation: str) -> bool:
+        """BEGIN IMMEDIATE without waiting; False (nothing done) when another
+        connection holds the write lock."""
         self.raw.execute("PRAGMA busy_timeout=0")
         try:
             self.raw.execute(operation)
@@ -252,12 +255,12 @@ class Connection:
             self.raw.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         return True
 
-    def after(self, operation: str) -> None:
+    def after(self, head: str) -> None:
         # BEGIN IMMEDIATE, or a write in a deferred transaction, leaves this
         # connection holding the write lock until it commits or rolls back.
         if not self.raw.in_transaction:
             self.writing = False
-        elif operation.lstrip()[:16].upper().startswith(_TAKES_WRITE_LOCK):
+        elif head.startswith(_TAKES_WRITE_LOCK):
             self.writing = True
 
     # -- DB-API --------------------------------------------------------------------

@@ -17,7 +17,7 @@ from postfleet.cleanup.settings import CleanupSettings
 from postfleet.cleanup.submit import CleanupService
 from postfleet.core.bus import subjects
 from postfleet.core.bus.connect import connect
-from postfleet.core.db.engine import create_engine, sessionmaker
+from postfleet.core.db.engine import create_engine, register_sqlite_driver, sessionmaker
 from postfleet.core.db.models import Message, Recipient
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
 from postfleet.core.testing.nats import NatsServer
@@ -166,7 +166,10 @@ async def test_database_failure_answers_unavailable_and_writes_nothing(
     blocker.write_text("")
     url = f"sqlite+aiosqlite:///{blocker}/queue.db"
     settings = CleanupSettings(database_url=url)
-    engine = create_async_engine(url)
+    # The production driver, without create_engine's mkdir (which would
+    # fail on the file first).
+    register_sqlite_driver()
+    engine = create_async_engine(url.replace("+aiosqlite", "+postfleet"))
     writer = QueueWriter(engine)
     writer.start()
     server = grpc.aio.server()

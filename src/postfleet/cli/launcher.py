@@ -133,10 +133,10 @@ class Launcher:
 
     def cleanup_socket(self) -> str:
         """Where cleanup serves Submit: a UNIX socket, Postfix's
-        private/cleanup, under the var dir (cheaper than loopback TCP for
-        every message); a loopback port when the path is too long for one."""
+        private/cleanup, under the var dir; a loopback port when the path is
+        too long for one."""
         path = (self.var_dir / "private" / "cleanup").resolve()
-        if len(str(path)) > UNIX_PATH_MAX:
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
             return f"127.0.0.1:{free_port()}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a socket left by a killed cleanup
@@ -148,7 +148,7 @@ class Launcher:
             f"sqlite+aiosqlite:///{(self.var_dir / 'postfleet.db').resolve()}")
         cleanup_addr = env.get("POSTFLEET_CLEANUP_ADDRESS") or cfg.get("cleanup_address") or (
             self.cleanup_socket())
-        # glibc makes an arena per thread (gRPC, aiosqlite); two are plenty
+        # glibc makes an arena per thread (gRPC, SQLite workers); two are plenty
         # for asyncio roles and keep each role's RSS well down.
         env.setdefault("MALLOC_ARENA_MAX", "2")
         env.update(

@@ -47,5 +47,5 @@ def setup_logging(role: str, fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("nats", "aiosqlite", "uvicorn.access", "mail.log"):
+    for noisy in ("nats", "uvicorn.access", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

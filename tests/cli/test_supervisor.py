@@ -5,9 +5,22 @@ start-up, and the throttle forgets once a role has run a while."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 
-from postfleet.cli.supervisor import HEALTHY_AFTER_S, RESTART_MAX_S, RESTART_MIN_S, Child
+import psutil
+import pytest
+
+from postfleet.cli.supervisor import (
+    HEALTHY_AFTER_S,
+    RESTART_MAX_S,
+    RESTART_MIN_S,
+    Child,
+    die_with,
+)
 
 
 @dataclass
@@ -68,3 +81,30 @@ async def test_readiness_is_read_from_readyz() -> None:
     finally:
         server.close()
     assert not await Child("x-1", "qmgr", {}, port).is_ready()  # nothing listens now
+
+
+@pytest.mark.slow
+def test_a_child_whose_launcher_died_before_it_armed_the_signal_ends_itself() -> None:
+    """The launcher killed between fork and prctl: the child finds another
+    parent than the one it was started for, and ends at once."""
+    not_its_parent = os.getpid() + 1_000_000  # no process has this pid
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=die_with(not_its_parent))
+    assert child.wait(10) == -signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_a_child_gets_sigterm_when_its_launcher_is_killed_9() -> None:
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import os, subprocess, sys, time\n"
+            "from postfleet.cli.supervisor import die_with\n"
+            "child = subprocess.Popen(['sleep', '30'], preexec_fn=die_with(os.getpid()))\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(30)\n")],
+        stdout=subprocess.PIPE)
+    assert launcher.stdout is not None
+    child = psutil.Process(int(launcher.stdout.readline()))
+    assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+    launcher.kill()
+    launcher.wait(10)
+    child.wait(10)  # raises TimeoutExpired if the child outlived its launcher

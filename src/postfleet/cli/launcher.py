@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from postfleet.cli.supervisor import Child, die_with_parent
+from postfleet.cli.supervisor import Child, die_with
 from postfleet.core.configfile import load_config_file
 from postfleet.core.roles import MONOLITH_ROLES
 from postfleet.core.sockets import free_port
@@ -95,7 +95,7 @@ class Launcher:
         log = open(self.var_dir / "nats.log", "ab")  # noqa: ASYNC230 - once, at start-up
         self.nats_proc = await asyncio.create_subprocess_exec(
             str(binary), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
-            stdout=log, stderr=log, preexec_fn=die_with_parent,
+            stdout=log, stderr=log, preexec_fn=die_with(os.getpid()),
         )
         for _ in range(200):
             with contextlib.suppress(OSError):

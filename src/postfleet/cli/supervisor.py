@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from postfleet.core.roles import ROLE_MODULES
 
@@ -35,14 +38,37 @@ HEALTHY_AFTER_S = 30.0
 READY_POLL_S = 0.1
 
 
-def die_with_parent() -> None:
-    """In the child before exec: SIGTERM it if the launcher dies (even by
-    kill -9), so no role outlives its supervisor (Linux PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once in the launcher: a forked child must not
+    import or load libraries before exec (the import lock may be held)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    return cast(Callable[..., int], ctypes.CDLL("libc.so.6", use_errno=True).prctl)
+
+
+_PRCTL = _prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with(parent: int) -> Callable[[], None]:
+    """The child's step before exec: SIGTERM it when ``parent`` (the
+    launcher) dies, even by kill -9, so no role outlives its supervisor
+    (Linux PR_SET_PDEATHSIG). The signal is armed only for a parent alive
+    when it is set: a launcher killed between fork and prctl would leave
+    the child orphaned, so a child whose parent is no longer ``parent``
+    ends itself at once (seen under load, when the launcher was killed just
+    as it started its last role)."""
+
+    def arm() -> None:
+        if _PRCTL is None:
+            return
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 @dataclass
@@ -62,7 +88,7 @@ class Child:
             sys.executable, "-m", ROLE_MODULES[self.role], env=self.env,
             # Own session: Ctrl-C reaches the launcher, which stops roles in order.
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with(os.getpid()),
         )
         self.started = time.monotonic()
         self.ready_at = None

@@ -8,6 +8,14 @@ A role's ``main`` builds its parts, then::
         await svc.stopping.wait()      # SIGTERM / SIGINT
         ...drain: stop taking work, finish what is in hand...
 
+Once asked to stop, a role has its drain time (``drain_timeout``, the
+role's own setting) plus STOP_GRACE_S to exit; past that a watchdog thread
+writes every thread's stack to stderr and ends the process, as Postfix's
+daemons end themselves when their watchdog timer runs out (its
+daemon_timeout, for a daemon stuck in one request). Whatever holds a role
+up (a peer gone mid-drain, a bug), it does not outlive its launcher or
+pod by more than that bound, and its log says where it was stuck.
+
 ``/healthz`` answers 200 while the process lives, ``/readyz`` 200 only while
 the role takes work (false during start-up and drain), ``/metrics`` is the
 Prometheus registry.
@@ -24,10 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
+import os
 import signal
 import socket
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
@@ -40,6 +52,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 5.0
 MAX_HEADER_LINES = 100
+# Beyond the role's drain time: closing its connections (the bus, the
+# queue store, gRPC's 10 s grace in cleanup) and the process's own exit.
+STOP_GRACE_S = 15.0
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
@@ -51,8 +66,12 @@ class Service:
         *,
         extra_app: Any | None = None,
         checks: dict[str, Callable[[], bool]] | None = None,
+        drain_timeout: float = 0.0,
     ) -> None:
         self.name = name
+        self.stop_deadline_s = drain_timeout + STOP_GRACE_S
+        self._watchdog: threading.Timer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.settings = settings
         self.stopping = asyncio.Event()
         self._ready = False
@@ -71,6 +90,38 @@ class Service:
 
     def request_stop(self) -> None:
         self.stopping.set()
+
+    def _signalled(self) -> None:
+        """SIGTERM or SIGINT: stop, and arm the watchdog (only for a signal:
+        a role stopped from inside its own process, as in tests, has a
+        caller that decides how long to wait)."""
+        self.request_stop()
+        if self._watchdog is None:
+            # A thread, not the loop: it must fire when the loop is what hangs.
+            self._watchdog = threading.Timer(self.stop_deadline_s, self._overdue)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+    def _overdue(self) -> None:
+        log.error("%s did not stop within %.0fs of being asked to; exiting now "
+                  "(every thread's stack follows on stderr)", self.name, self.stop_deadline_s)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        self._dump_tasks()
+        os._exit(1)
+
+    def _dump_tasks(self) -> None:
+        """Where each of the loop's tasks waits (a suspended coroutine is on
+        no thread's stack). Read from the watchdog's thread just before the
+        process ends: a diagnostic, so a race with the loop only costs lines."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(Exception):
+            for task in list(asyncio.all_tasks(self._loop)):
+                task.print_stack(limit=20, file=sys.stderr)
+        sys.stderr.flush()
 
     # -- the three answers ----------------------------------------------------
     def healthz(self) -> tuple[int, dict[str, Any]]:
@@ -159,9 +210,9 @@ class Service:
 
     # -- context --------------------------------------------------------------
     async def __aenter__(self) -> Service:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._signalled)
         await self._start_http()
         return self
 

@@ -24,6 +24,10 @@ GRPC_OPTIONS = [
 ]
 
 
+# Calls in flight at a stop have this long to commit.
+DRAIN_GRACE_S = 10.0
+
+
 async def run(settings: CleanupSettings) -> None:
     # Address rewriting follows the routing snapshot live (DESIGN invariant 6).
     async with role_runtime("cleanup", settings, routing=True) as rt:
@@ -38,7 +42,7 @@ async def run(settings: CleanupSettings) -> None:
         cleanup_pb2_grpc.add_CleanupServicer_to_server(
             CleanupService(settings, writer, rt.routes()), server)
         server.add_insecure_port(settings.cleanup_listen)
-        async with Service("cleanup", settings) as svc:
+        async with Service("cleanup", settings, drain_timeout=DRAIN_GRACE_S) as svc:
             svc.add_check("nats", lambda: rt.nc.is_connected)
             writer.start()
             await server.start()
@@ -47,7 +51,7 @@ async def run(settings: CleanupSettings) -> None:
             await svc.stopping.wait()
             svc.set_ready(False)
             # Drain: refuse new calls, let calls in flight commit.
-            await server.stop(grace=10)
+            await server.stop(grace=DRAIN_GRACE_S)
             await writer.stop()
 
 

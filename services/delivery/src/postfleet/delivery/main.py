@@ -14,7 +14,8 @@ async def run(settings: DeliverySettings) -> None:
     # The routing view: smtp_tls_policy_maps (Transport resources' spec.tls).
     async with role_runtime("delivery", settings, writer=False, routing=True,
                             pool_size=settings.delivery_db_pool_size) as rt:
-        async with Service("delivery", settings) as svc:
+        async with Service("delivery", settings,
+                           drain_timeout=settings.delivery_drain_timeout) as svc:
             svc.add_check("nats", lambda: rt.nc.is_connected)
             view = rt.routes()
             agent = DeliveryAgent(settings, rt.js, rt.db(), routing=lambda: view.snapshot)

@@ -26,7 +26,8 @@ async def run(settings: FilterSettings) -> None:
         try:
             jobs = FilterJobs(settings, rt.js, rt.db(), cleanup_pb2_grpc.CleanupStub(channel),
                               chain)
-            async with Service("filter", settings) as svc:
+            async with Service("filter", settings,
+                               drain_timeout=settings.filter_drain_timeout) as svc:
                 svc.add_check("nats", lambda: rt.nc.is_connected)
                 await jobs.setup()
                 loop = asyncio.create_task(jobs.run(svc.stopping))

@@ -43,7 +43,7 @@ async def run(settings: IngressSettings) -> None:
         try:
             anvil = await FleetAnvil(rt.js, settings.anvil_rate_time_unit).start()
             try:
-                async with Service(ROLE, settings) as service:
+                async with Service(ROLE, settings, drain_timeout=settings.drain_timeout) as service:
                     cleanup = CleanupClient(channel, settings.cleanup_timeout)
                     listeners = Listeners(settings, rt.routes(), cleanup, anvil,
                                           flush_requester(rt.nc))

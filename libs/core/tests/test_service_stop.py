@@ -22,6 +22,7 @@ ROLE = textwrap.dedent("""
     from postfleet.core.settings import CommonSettings
 
     service.STOP_GRACE_S = 0.5
+    service.enable_stop_watchdog()  # as run_role does in a role's process
 
     async def main(how):
         async with service.Service("stuck", CommonSettings(), drain_timeout=0.5) as svc:
@@ -39,7 +40,7 @@ ROLE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("how", "stuck_line"), [("block", 14), ("await", 16)])
+@pytest.mark.parametrize(("how", "stuck_line"), [("block", 15), ("await", 17)])
 def test_a_role_stuck_after_sigterm_is_ended_by_its_watchdog_with_its_stacks(
         how: str, stuck_line: int) -> None:
     proc = subprocess.Popen([sys.executable, "-c", ROLE, how], stdout=subprocess.PIPE,
@@ -51,7 +52,7 @@ def test_a_role_stuck_after_sigterm_is_ended_by_its_watchdog_with_its_stacks(
     assert "stuck did not stop within 1s of being asked to" in stderr
     # The dump names where it was stuck: the thread's stack when the loop
     # blocks, the tasks' stacks when a coroutine waits.
-    # (ROLE's line numbers: time.sleep is line 14, the endless await 16.)
+    # (ROLE's line numbers: time.sleep is line 15, the endless await 17.)
     assert re.search(rf"line {stuck_line},? in main", stderr), stderr
 
 
@@ -64,3 +65,21 @@ def test_a_role_that_stops_in_time_exits_cleanly_before_its_watchdog() -> None:
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert "did not stop" not in stderr
+
+
+@pytest.mark.slow
+def test_a_service_inside_another_program_has_no_watchdog() -> None:
+    """Only run_role arms it: a role run inside a test process, signalled,
+    must not end that process."""
+    unarmed = ROLE.replace("service.enable_stop_watchdog()", "pass")
+    assert unarmed != ROLE
+    proc = subprocess.Popen([sys.executable, "-c", unarmed, "await"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(5)  # ten times the shortened deadline
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -33,6 +33,7 @@ from postfleet.core.bus.connect import close, connect, ensure_bus
 from postfleet.core.logs import setup_logging
 from postfleet.core.maillog import setup_maillog
 from postfleet.core.routing.store import RoutingView
+from postfleet.core.service import enable_stop_watchdog
 from postfleet.core.settings import CommonSettings
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ def run_role(name: str, settings_cls: type[S], run: Callable[[S], Awaitable[None
     setup_logging(name, settings.log_format, settings.log_level)
     setup_maillog(settings.syslog_name, settings.maillog_file, settings.myhostname)
     _install_uvloop()
+    enable_stop_watchdog()  # its own process: a stop that hangs ends it
     asyncio.run(_call(run, settings))
 
 

@@ -55,6 +55,16 @@ MAX_HEADER_LINES = 100
 # Beyond the role's drain time: closing its connections (the bus, the
 # queue store, gRPC's 10 s grace in cleanup) and the process's own exit.
 STOP_GRACE_S = 15.0
+_watchdog_enabled = False
+
+
+def enable_stop_watchdog() -> None:
+    """For a role's own process (core.runtime.run_role): the watchdog ends
+    the whole process, so a role run inside another program (a test) has
+    none -- its caller decides how long to wait."""
+    global _watchdog_enabled
+    _watchdog_enabled = True
+
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
@@ -92,11 +102,9 @@ class Service:
         self.stopping.set()
 
     def _signalled(self) -> None:
-        """SIGTERM or SIGINT: stop, and arm the watchdog (only for a signal:
-        a role stopped from inside its own process, as in tests, has a
-        caller that decides how long to wait)."""
+        """SIGTERM or SIGINT: stop, and arm the watchdog."""
         self.request_stop()
-        if self._watchdog is None:
+        if _watchdog_enabled and self._watchdog is None:
             # A thread, not the loop: it must fire when the loop is what hangs.
             self._watchdog = threading.Timer(self.stop_deadline_s, self._overdue)
             self._watchdog.daemon = True

@@ -19,6 +19,7 @@ over these defaults.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -79,9 +80,15 @@ class PostfixSink:
         self.stop()
 
     def received(self) -> list[SinkDump]:
-        """What it has taken so far, oldest first."""
+        """What it has taken so far, oldest first: only dumps smtp-sink has
+        closed (it creates a dump's file before it writes it, so a file it
+        still holds open can be empty or partial)."""
         found = []
-        for path in sorted(self.dump.iterdir(), key=lambda p: p.stat().st_mtime):
+        paths = list(self.dump.iterdir())  # before the open files: see above
+        writing = self._open_files()
+        for path in sorted(paths, key=lambda p: p.stat().st_mtime):
+            if str(path) in writing:
+                continue
             raw = path.read_bytes()
             head, _, rest = raw.partition(b"\nReceived: ")
             fields = [line.split(": ", 1) for line in head.decode().splitlines() if ": " in line]
@@ -90,6 +97,15 @@ class PostfixSink:
                 rcpt_args=[v for k, v in fields if k == "X-Rcpt-Args"],
                 data=b"Received: " + rest))
         return found
+
+    def _open_files(self) -> set[str]:
+        assert self.proc is not None, "smtp-sink is not running"
+        fds = Path(f"/proc/{self.proc.pid}/fd")
+        held = set()
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                held.add(os.readlink(fd))
+        return held
 
 
 _DEFAULTS = {

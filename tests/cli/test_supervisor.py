@@ -87,7 +87,7 @@ async def test_readiness_is_read_from_readyz() -> None:
 def test_a_child_whose_launcher_died_before_it_armed_the_signal_ends_itself() -> None:
     """The launcher killed between fork and prctl: the child finds another
     parent than the one it was started for, and ends at once."""
-    not_its_parent = os.getpid() + 1_000_000  # no process has this pid
+    not_its_parent = os.getpid() + 1  # any pid but the child's parent (this one)
     child = subprocess.Popen(["sleep", "30"], preexec_fn=die_with(not_its_parent))
     assert child.wait(10) == -signal.SIGTERM
 

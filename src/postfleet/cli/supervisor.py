@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -38,18 +39,18 @@ HEALTHY_AFTER_S = 30.0
 READY_POLL_S = 0.1
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
 def _prctl() -> Callable[..., int] | None:
-    """libc's prctl, looked up once in the launcher: a forked child must not
-    import or load libraries before exec (the import lock may be held)."""
+    """libc's prctl, looked up in the launcher (once): a forked child must
+    not import or load libraries before exec (the import lock may be held)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
 
     return cast(Callable[..., int], ctypes.CDLL("libc.so.6", use_errno=True).prctl)
-
-
-_PRCTL = _prctl()
-_PR_SET_PDEATHSIG = 1
 
 
 def die_with(parent: int) -> Callable[[], None]:
@@ -58,13 +59,14 @@ def die_with(parent: int) -> Callable[[], None]:
     (Linux PR_SET_PDEATHSIG). The signal is armed only for a parent alive
     when it is set: a launcher killed between fork and prctl would leave
     the child orphaned, so a child whose parent is no longer ``parent``
-    ends itself at once (seen under load, when the launcher was killed just
-    as it started its last role)."""
+    ends itself at once. Called in the launcher; the returned step runs in
+    the child."""
+    prctl = _prctl()
 
     def arm() -> None:
-        if _PRCTL is None:
+        if prctl is None:
             return
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -9,9 +9,9 @@ import nats
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
-from postfleet.core.bus.connect import connect, settle
+from postfleet.core.bus.connect import connect
 from postfleet.core.db.engine import create_engine
-from postfleet.core.testing.nats import NatsServer
+from postfleet.core.testing.nats import NatsServer, settle
 
 
 def _value(name: str, **labels: str) -> float:

@@ -10,7 +10,7 @@ A role's ``main`` builds its parts, then::
 
 Once asked to stop, a role has its drain time (``drain_timeout``, the
 role's own setting) plus STOP_GRACE_S to exit; past that a watchdog thread
-writes every thread's stack to stderr and ends the process, as Postfix's
+writes every thread's and task's stack to stderr and ends the process, as Postfix's
 daemons end themselves when their watchdog timer runs out (its
 daemon_timeout, for a daemon stuck in one request). Whatever holds a role
 up (a peer gone mid-drain, a bug), it does not outlive its launcher or
@@ -64,6 +64,7 @@ def enable_stop_watchdog() -> None:
     none -- its caller decides how long to wait."""
     global _watchdog_enabled
     _watchdog_enabled = True
+
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 

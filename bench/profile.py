@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import collections
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -108,6 +109,7 @@ def main() -> None:
     ap.add_argument("-m", "--messages", type=int, default=5000)
     ap.add_argument("-s", "--sessions", type=int, default=20)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--raw-dir", type=Path, help="keep py-spy's raw stacks here, one file a role")
     args = ap.parse_args()
     with sink_and_workdir("postfleet-profile-") as (work, sink_port):
         mta = Postfleet(work / "mta", sink_port, args.db)
@@ -160,6 +162,9 @@ def main() -> None:
         for name in sorted(spies):
             raw = work / f"{name}.txt"
             if raw.exists():
+                if args.raw_dir:
+                    args.raw_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(raw, args.raw_dir / raw.name)
                 print(f"\n  {name}:")
                 print("\n".join(summarize(raw, args.top)))
 

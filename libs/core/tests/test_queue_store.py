@@ -103,3 +103,29 @@ async def test_reschedule_site_makes_one_domains_open_recipients_due(database_ur
         assert await reschedule_site(engine, "%.test", now) == 0  # no wildcard
     finally:
         await engine.dispose()
+
+
+async def test_a_reader_engine_reads_outside_any_transaction(database_url: str) -> None:
+    """Delivery's and the filter's engine (writer=False): no BEGIN, so a job's
+    read is one round trip on PostgreSQL and never waits for SQLite's write
+    lock -- and a row committed between two reads is seen by the second."""
+    writer, reader = create_engine(database_url), create_engine(database_url, writer=False)
+    qid = new_queue_id()
+    try:
+        async with reader.connect() as conn:
+            before = (await conn.execute(select(Message.queue_id).where(
+                Message.queue_id == qid))).all()
+            driver = (await conn.get_raw_connection()).driver_connection
+            in_transaction = (driver.in_transaction if conn.dialect.name == "sqlite"
+                              else driver.is_in_transaction())
+            async with sessionmaker(writer)() as session, session.begin():
+                now = utcnow()
+                session.add(Message(queue_id=qid, sender="a@x.test", size=1, body=b"x",
+                                    arrived_at=now, expires_at=now + timedelta(days=5)))
+            after = (await conn.execute(select(Message.queue_id).where(
+                Message.queue_id == qid))).all()
+    finally:
+        await reader.dispose()
+        await writer.dispose()
+    assert before == [] and not in_transaction
+    assert after == [(qid,)]

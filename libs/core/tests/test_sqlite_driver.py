@@ -42,7 +42,7 @@ async def test_statements_in_a_write_transaction_run_on_the_loop_thread(tmp_path
             inside = (await conn.execute(text("SELECT tid()"))).scalar()
             rows = (await conn.execute(text("SELECT a FROM t ORDER BY a"))).scalars().all()
         reader = _engine_with_thread_probe(tmp_path / "q.db", writer=False)
-        async with reader.connect() as conn:  # a deferred BEGIN: a reader, no lock held
+        async with reader.connect() as conn:  # no transaction: a reader, no lock held
             outside = (await conn.execute(text("SELECT tid()"))).scalar()
             seen = (await conn.execute(text("SELECT count(*) FROM t"))).scalar()
         await reader.dispose()

@@ -66,8 +66,8 @@ async def role_runtime(
     """Open what the role needs, yield it, close it all on the way out.
 
     ``database``: migrate the queue store (so a lone role can start on an
-    empty database) and open an engine; ``writer=False`` keeps SQLite's
-    deferred BEGIN for a role that only reads. ``routing``: follow the
+    empty database) and open an engine; ``writer=False`` (a role that only
+    reads) reads outside any transaction. ``routing``: follow the
     routing snapshot in NATS KV (DESIGN invariant 6)."""
     async with contextlib.AsyncExitStack() as stack:
         engine: AsyncEngine | None = None

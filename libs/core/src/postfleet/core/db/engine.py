@@ -32,10 +32,15 @@ def create_engine(url: str, *, pool_size: int = 5, writer: bool = True) -> Async
     """Make an engine for a database URL (``postgresql+asyncpg://`` or
     ``sqlite+aiosqlite:///path``), creating an SQLite file's directory.
 
-    ``writer=False`` (delivery's body reads) keeps SQLite's deferred BEGIN, so
-    readers never queue behind the write lock."""
+    ``writer=False`` (delivery's and the filter's job reads): no transaction
+    at all (``AUTOCOMMIT``), each statement its own snapshot, as READ
+    COMMITTED gives them on PostgreSQL anyway. A read never queues behind
+    SQLite's write lock, and on PostgreSQL a one-statement read takes two
+    round trips (the pool's pre-ping, the statement) instead of six (each
+    inside its own BEGIN ... ROLLBACK) -- a delivery job's read, once per
+    message."""
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if writer else {"isolation_level": "AUTOCOMMIT"}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -56,9 +61,8 @@ def create_engine(url: str, *, pool_size: int = 5, writer: bool = True) -> Async
     event.listen(engine.sync_engine, "commit", count_commit)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        event.listen(
-            engine.sync_engine, "begin", _sqlite_begin_immediate if writer else _sqlite_begin
-        )
+        if writer:
+            event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
     return engine
 
 
@@ -76,20 +80,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin_immediate(conn: Any) -> None:
-    _driver_begin(conn, "BEGIN IMMEDIATE")
-
-
-def _sqlite_begin(conn: Any) -> None:
-    _driver_begin(conn, "BEGIN")
-
-
-def _driver_begin(conn: Any, statement: str) -> None:
     # Straight to the driver's cursor: through exec_driver_sql, SQLAlchemy
     # built a whole execution context for it, a sixth of every transaction's
     # statement overhead. Still counted as a statement (core.workcounts).
     cursor = conn.connection.cursor()
     try:
-        cursor.execute(statement)
+        cursor.execute("BEGIN IMMEDIATE")
     finally:
         cursor.close()
     count_statement()

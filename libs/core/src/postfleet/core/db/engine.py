@@ -3,21 +3,35 @@
 SQLite runs in WAL mode with synchronous=FULL so a commit is on disk before
 cleanup answers 250 (invariant 1), and with a busy timeout because several
 role processes share the file. Nothing connects at import time.
+
+A PostgreSQL connection taken from the pool is checked first only when it
+has sat idle for PING_AFTER_IDLE_S: SQLAlchemy's pool_pre_ping checked every
+checkout, and with asyncpg that is three round trips (BEGIN, an empty
+query, ROLLBACK) before each transaction. A connection used within the last
+second that has died since (the server restarted) fails its statement
+instead; SQLAlchemy then recycles the whole pool, and the caller's own
+retry applies (cleanup answers 4xx, qmgr scans again, delivery retries the
+job), as for a server lost mid-transaction.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.dialects import registry
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.util.concurrency import await_
 
 from postfleet.core.workcounts import count_commit, count_statement
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A pooled PostgreSQL connection idle this long is pinged before use.
+PING_AFTER_IDLE_S = 1.0
+_IDLE_SINCE = "postfleet_idle_since"  # in the connection record's info
 
 
 def register_sqlite_driver() -> None:
@@ -49,7 +63,7 @@ def create_engine(url: str, *, pool_size: int = 5, writer: bool = True) -> Async
         # than a writer does.
         kwargs.update(pool_size=pool_size, max_overflow=pool_size)
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
     if parsed.get_backend_name() == "sqlite":
         # sqlite+aiosqlite URLs are served by postfleet's own driver
         # (sqlite_driver.py: a thread hop only where SQLite may wait).
@@ -59,11 +73,29 @@ def create_engine(url: str, *, pool_size: int = 5, writer: bool = True) -> Async
     # Statements and commits per message, on /metrics (core.workcounts).
     event.listen(engine.sync_engine, "after_cursor_execute", count_statement)
     event.listen(engine.sync_engine, "commit", count_commit)
+    if parsed.get_backend_name() != "sqlite":
+        for name, listener in (("connect", _idle_from_now), ("checkin", _idle_from_now),
+                               ("checkout", _ping_if_idle)):
+            event.listen(engine.sync_engine, name, listener)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         if writer:
             event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
     return engine
+
+
+def _idle_from_now(_dbapi_conn: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    if time.monotonic() - record.info.get(_IDLE_SINCE, 0.0) < PING_AFTER_IDLE_S:
+        return
+    try:  # one round trip, outside any transaction
+        await_(dbapi_conn.driver_connection.fetchrow(";"))
+    except Exception as error:
+        # The pool drops this connection and every older one, then connects anew.
+        raise exc.InvalidatePoolError(f"ping failed: {error!r}") from error
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

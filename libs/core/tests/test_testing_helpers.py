@@ -1,4 +1,5 @@
-"""The shared test helpers: the scripted server, eventually, peer lookup."""
+"""The shared test helpers: the scripted server, eventually, peer lookup, the
+chaos summary."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from postfleet.core.sockets import free_port
+from postfleet.core.testing.chaos import ChaosResult
+from postfleet.core.testing.load import LoadReport
 from postfleet.core.testing.peers import peer_binary
 from postfleet.core.testing.scripted import scripted_server
 from postfleet.core.testing.waiting import eventually
@@ -90,3 +93,15 @@ def test_free_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
         assert port < low
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_a_chaos_summary_names_the_kill_before_each_duplicate() -> None:
+    report = LoadReport(started=100.0, finished=110.0)
+    report.accepted = {"m1": "Q1", "m2": "Q2"}
+    report.accepted_at = {"m1": 101.0, "m2": 104.5}
+    result = ChaosResult(report, kills=["qmgr", "cleanup"], drain_s=1.0,
+                         arrived=["m1", "m2", "m2"], kill_times=[102.0, 104.0])
+    summary = result.summary(2)
+    assert "duplicated:         1 " in summary
+    assert "m2: 2 copies, accepted at 4.50 s; cleanup killed 0.50 s before" in summary
+    assert "m1:" not in summary

@@ -11,6 +11,7 @@ the launcher restarts what dies); the benchmark adds a fleet on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import random
 import subprocess
@@ -54,6 +55,23 @@ class ChaosResult:
     kills: list[str] = field(default_factory=list)
     drain_s: float | None = None
     arrived: list[str] = field(default_factory=list)
+    kill_times: list[float] = field(default_factory=list)  # monotonic, one per kill
+
+    def duplicate_story(self) -> list[str]:
+        """Each duplicated tag with when it was accepted and the kill before
+        that: what a failing run needs to say which kill cost the replies."""
+        counts = collections.Counter(self.arrived)
+        lines = []
+        for tag in sorted(t for t, n in counts.items() if n > 1):
+            at = self.report.accepted_at.get(tag)
+            if at is None:
+                continue
+            before = [(t, r) for t, r in zip(self.kill_times, self.kills, strict=False) if t <= at]
+            kill = (f"{before[-1][1]} killed {at - before[-1][0]:.2f} s before"
+                    if before else "no kill before it")
+            lines.append(f"    {tag}: {counts[tag]} copies, accepted at "
+                         f"{at - self.report.started:.2f} s; {kill}")
+        return lines
 
     def summary(self, total: int) -> str:
         counted = tally(self.report, self.arrived)
@@ -70,6 +88,7 @@ class ChaosResult:
             f"  load achieved:      {self.report.rate:.1f} msg/s over "
             f"{self.report.elapsed:.1f} s ({self.report.temp_failures} client retries)",
             f"  kills by role:      {_by_role(self.kills)}",
+            *self.duplicate_story(),
         ])
 
 
@@ -101,7 +120,7 @@ def _role_processes(root: int) -> dict[str, list[psutil.Process]]:
 
 
 async def _killer(pick: Pick, every: float, kills: int, roles: list[str],
-                  log: list[str]) -> None:
+                  log: list[str], times: list[float]) -> None:
     """A kill every ``every`` seconds until ``kills`` were made, load or not
     (as the issue's harness: 40 kills, 3 s apart)."""
     rng = random.Random(8)
@@ -110,6 +129,7 @@ async def _killer(pick: Pick, every: float, kills: int, roles: list[str],
         role = rng.choice(roles)
         if await asyncio.to_thread(pick, role, rng):
             log.append(role)
+            times.append(time.monotonic())
 
 
 async def _drain(sink: SmtpSink, report: LoadReport, timeout: float) -> float | None:
@@ -178,14 +198,16 @@ async def _started(out: Path, launcher: subprocess.Popen[bytes], timeout: float 
 
 async def run_chaos(args: ChaosPlan, port: int, sink: SmtpSink, pick: Pick) -> ChaosResult:
     kills: list[str] = []
+    kill_times: list[float] = []
     roles = args.roles.split(",") if args.roles else list(MONOLITH_ROLES)
-    killer = asyncio.create_task(_killer(pick, args.every, args.kills, roles, kills))
+    killer = asyncio.create_task(
+        _killer(pick, args.every, args.kills, roles, kills, kill_times))
     report = await send_load(port, args.messages, sessions=args.sessions, rate=args.rate,
                              give_up_after=args.give_up)
     # Drain time counts from the load's end, while the kills go on.
     drain = await _drain(sink, report, args.drain_timeout)
     await killer
     await asyncio.sleep(args.every)  # what the last kill might still disturb
-    return ChaosResult(report, kills, drain, _tags(sink))
+    return ChaosResult(report, kills, drain, _tags(sink), kill_times)
 
 

@@ -4,7 +4,7 @@ SQLite runs in WAL mode with synchronous=FULL so a commit is on disk before
 cleanup answers 250 (invariant 1), and with a busy timeout because several
 role processes share the file. Nothing connects at import time.
 
-A PostgreSQL connection taken from the pool is checked first only when it
+A PostgreSQL connection (asyncpg) taken from the pool is checked first only when it
 has sat idle for PING_AFTER_IDLE_S: SQLAlchemy's pool_pre_ping checked every
 checkout, and with asyncpg that is three round trips (BEGIN, an empty
 query, ROLLBACK) before each transaction. A connection used within the last
@@ -49,35 +49,37 @@ def create_engine(url: str, *, pool_size: int = 5, writer: bool = True) -> Async
     ``writer=False`` (delivery's and the filter's job reads): no transaction
     at all (``AUTOCOMMIT``), each statement its own snapshot, as READ
     COMMITTED gives them on PostgreSQL anyway. A read never queues behind
-    SQLite's write lock, and on PostgreSQL a one-statement read takes two
-    round trips (the pool's pre-ping, the statement) instead of six (each
-    inside its own BEGIN ... ROLLBACK) -- a delivery job's read, once per
-    message."""
+    SQLite's write lock, and on PostgreSQL a one-statement read is one round
+    trip (two after the connection sat idle and is pinged first) where it
+    was six (pool_pre_ping's and the statement's, each inside its own
+    BEGIN ... ROLLBACK) -- a delivery job's read, once per message."""
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {} if writer else {"isolation_level": "AUTOCOMMIT"}
-    if parsed.get_backend_name() == "sqlite":
+    sqlite = parsed.get_backend_name() == "sqlite"
+    asyncpg = parsed.get_driver_name() == "asyncpg"
+    # Readers (delivery's many concurrent jobs) may need more connections
+    # than a writer does.
+    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size}
+    if not writer:
+        kwargs["isolation_level"] = "AUTOCOMMIT"
+    if sqlite:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        # Readers (delivery's many concurrent jobs) need connections more
-        # than a writer does.
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
-    else:
-        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
-    if parsed.get_backend_name() == "sqlite":
         # sqlite+aiosqlite URLs are served by postfleet's own driver
         # (sqlite_driver.py: a thread hop only where SQLite may wait).
         register_sqlite_driver()
         parsed = parsed.set(drivername="sqlite+postfleet")
+    elif not asyncpg:
+        kwargs["pool_pre_ping"] = True  # another driver: SQLAlchemy's own check
     engine = create_async_engine(parsed, **kwargs)
     # Statements and commits per message, on /metrics (core.workcounts).
     event.listen(engine.sync_engine, "after_cursor_execute", count_statement)
     event.listen(engine.sync_engine, "commit", count_commit)
-    if parsed.get_backend_name() != "sqlite":
+    if asyncpg:
         for name, listener in (("connect", _idle_from_now), ("checkin", _idle_from_now),
                                ("checkout", _ping_if_idle)):
             event.listen(engine.sync_engine, name, listener)
-    if parsed.get_backend_name() == "sqlite":
+    if sqlite:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         if writer:
             event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)

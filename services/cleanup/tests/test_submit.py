@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -159,7 +160,7 @@ async def test_envelope_without_recipients_is_refused(cleanup: tuple) -> None:
     assert await _counts(url) == (0, 0)
 
 
-async def test_database_failure_answers_unavailable_and_writes_nothing(
+async def test_database_failure_answers_aborted_and_writes_nothing(
         tmp_path: Path) -> None:
     # A queue store that cannot be written: the directory is a file.
     blocker = tmp_path / "notadir"
@@ -182,7 +183,7 @@ async def test_database_failure_answers_unavailable_and_writes_nothing(
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await cleanup_pb2_grpc.CleanupStub(ch).Submit(
                     _stream(_request(b"x\r\n", ["a@b.test"])))
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert err.value.code() == grpc.StatusCode.ABORTED
     finally:
         await server.stop(None)
         await writer.stop()
@@ -232,3 +233,59 @@ async def test_a_small_message_in_one_request_is_queued_as_a_streamed_one(
     assert not refused.queue_id
     assert (refused.refusal.code, refused.refusal.status) == (552, "5.3.4")
     assert await _counts(url) == (1, 2)
+
+
+async def test_a_resend_of_a_committed_message_answers_its_queue_id_and_queues_nothing(
+        cleanup: tuple) -> None:
+    """smtpd lost the answer (cleanup died after the commit) and sends the same
+    message again under the same id: the client hears 250 once, one copy."""
+    from postfleet.core.queueid import QUEUE_ID_METADATA, RESEND_METADATA, new_queue_id
+
+    stub, url, _ = cleanup
+    asked = new_queue_id()
+    parts = _request(b"Subject: once\r\n\r\nx\r\n", ["b@y.test", "c@y.test"])
+    first = await stub.Submit(_stream(parts), metadata=((QUEUE_ID_METADATA, asked),))
+    again = await stub.Submit(_stream(parts), metadata=((QUEUE_ID_METADATA, asked),
+                                                        (RESEND_METADATA, "1")))
+    assert first.queue_id == again.queue_id == asked
+    assert await _counts(url) == (1, 2)
+
+
+async def test_a_resend_of_a_message_never_committed_is_queued(cleanup: tuple) -> None:
+    """cleanup died before the commit: the resend is the only copy."""
+    from postfleet.core.queueid import QUEUE_ID_METADATA, RESEND_METADATA, new_queue_id
+
+    stub, url, _ = cleanup
+    asked = new_queue_id()
+    parts = _request(b"Subject: lost\r\n\r\nx\r\n", ["b@y.test"])
+    whole = cleanup_pb2.WholeMessage(envelope=parts[0].envelope,
+                                     body=b"".join(p.chunk for p in parts[1:]))
+    reply = await stub.SubmitMessage(whole, metadata=((QUEUE_ID_METADATA, asked),
+                                                      (RESEND_METADATA, "1")))
+    assert reply.queue_id == asked
+    assert await _counts(url) == (1, 1)
+
+
+async def test_a_resend_of_a_message_already_delivered_is_not_queued_again(
+        cleanup: tuple) -> None:
+    """By the time the resend comes the first copy may be gone from the queue
+    (delivered and removed): its delivery log rows still say it was queued."""
+    from postfleet.core.db.models import DeliveryLog
+    from postfleet.core.queueid import QUEUE_ID_METADATA, RESEND_METADATA, new_queue_id
+
+    stub, url, _ = cleanup
+    asked = new_queue_id()
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(DeliveryLog.__table__.insert().values(
+                queue_id=asked, recipient_id=1, address="b@y.test", attempt=1,
+                transport="smtp", relay="y.test[192.0.2.1]:25", delay=0.1, dsn="2.0.0",
+                status="sent", reply="250 ok", logged_at=datetime.now(UTC)))
+    finally:
+        await engine.dispose()
+    parts = _request(b"Subject: gone\r\n\r\nx\r\n", ["b@y.test"])
+    reply = await stub.Submit(_stream(parts), metadata=((QUEUE_ID_METADATA, asked),
+                                                        (RESEND_METADATA, "1")))
+    assert reply.queue_id == asked
+    assert await _counts(url) == (0, 0)

@@ -86,7 +86,8 @@ class FakeCleanup(cleanup_pb2_grpc.CleanupServicer):
         self.requested += [v for k, v in context.invocation_metadata() or ()
                            if k == "postfleet-queue-id"]
         if self.mode == "unavailable":
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "queue file write error: db down")
+            # cleanup's own "not queued" (its transaction failed)
+            await context.abort(grpc.StatusCode.ABORTED, "queue file write error: db down")
         if self.mode == "refuse":
             return cleanup_pb2.SubmitReply(refusal=SmtpReply(550, "5.7.1", "Go away").to_proto())
         if self.mode == "hang":

@@ -174,3 +174,33 @@ async def test_cleanup_killed_mid_stream_answers_451(
         if peer.returncode is None:
             peer.kill()
         await peer.wait()
+
+
+async def test_cleanup_gone_mid_call_for_good_answers_451_at_cleanup_timeout(
+    make_ingress, dialogs, cleanup, smtp_transaction
+) -> None:
+    """The answer was lost with cleanup: smtpd waits for it to come back to
+    ask again (test_lost_answer.py), but no longer than cleanup_timeout."""
+    from postfleet.ingress_smtp.metrics import RESENDS
+
+    ingress = await make_ingress(cleanup_timeout="1s")
+    d = await dialogs(ingress.port())
+    assert (await send_hi(d)).startswith("250")  # the channel to cleanup is up
+    resends = RESENDS._value.get()
+    cleanup.servicer.mode = "midstream"
+    pending = asyncio.create_task(
+        smtp_transaction(d, "a@b.example", ["c@d.example"], stuffed(message(2_000))))
+    await asyncio.wait_for(cleanup.servicer.entered.wait(), 10)
+    await cleanup.stop()
+    assert await asyncio.wait_for(pending, 10) == QUEUE_ERROR
+    assert RESENDS._value.get() == resends + 1  # sent again; nobody there to answer
+
+
+async def test_cleanup_s_own_failure_is_not_sent_again(make_ingress, dialogs, cleanup) -> None:
+    """ABORTED: cleanup answered that nothing was queued; 451 at once."""
+    ingress = await make_ingress()
+    d = await dialogs(ingress.port())
+    assert (await send_hi(d)).startswith("250")
+    cleanup.servicer.mode = "unavailable"
+    assert await send_hi(d) == QUEUE_ERROR
+    assert cleanup.servicer.calls == 2 and len(cleanup.servicer.requested) == 2

@@ -20,6 +20,9 @@ _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZbcdfghjkmnpqrstvwxyz"
 _BASE = len(_ALPHABET)
 _TIME_WIDTH = 10  # covers microsecond timestamps for centuries
 QUEUE_ID_METADATA = "postfleet-queue-id"
+# smtpd sends a message again under the same id after cleanup's answer was
+# lost; cleanup answers with the id if the first call had committed it.
+RESEND_METADATA = "postfleet-resend"
 
 
 def _encode(value: int, width: int) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postfleet.core.db.queue import NewMessage, discard, enqueue
+from postfleet.core.db.queue import NewMessage, discard, enqueue, was_queued
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ class QueueWriter:
         item = Pending(message)
         await self._queue.put(item)
         await item.done
+
+    async def committed(self, queue_id: str) -> bool:
+        """Whether an earlier write of this queue id committed (a resend asks)."""
+        return await was_queued(self._engine, queue_id)
 
     async def _run(self) -> None:
         while True:

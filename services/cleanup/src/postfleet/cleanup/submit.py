@@ -28,6 +28,14 @@ HOLD queues it on hold, REDIRECT replaces its recipients. The submitter's
 receive_override_options turn off address mapping (no_address_mappings) and
 the checks (no_header_body_checks).
 
+A resend (smtpd lost the answer to an earlier call: cleanup died during
+it) of a message already committed under its queue id is answered with that
+queue id and nothing else is done: the client hears 250 once and the message
+is queued once. A resend of one that never committed goes through as new.
+cleanup's own failure to commit (the queue store's transaction failed)
+answers ABORTED, so smtpd knows nothing was queued and answers 451 at once;
+UNAVAILABLE is left to the transport (cleanup gone mid-call).
+
 Then non_smtpd_milters for local submissions (milters.py), and last DKIM
 signing or ARC sealing (signing.py): the message as queued is the message
 as it leaves.
@@ -67,7 +75,12 @@ from postfleet.core.db.queue import NewMessage, NewRecipient
 from postfleet.core.db.status import MessageState
 from postfleet.core.maillog import maillog
 from postfleet.core.proto.cleanup.v1 import cleanup_pb2, cleanup_pb2_grpc
-from postfleet.core.queueid import QUEUE_ID_METADATA, is_queue_id, new_queue_id
+from postfleet.core.queueid import (
+    QUEUE_ID_METADATA,
+    RESEND_METADATA,
+    is_queue_id,
+    new_queue_id,
+)
 from postfleet.core.routing.rewrite import canonical_sender, final_recipients, is_special_target
 from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import RoutingView
@@ -77,6 +90,8 @@ from postfleet.core.smtp.replies import SmtpError, SmtpReply
 log = logging.getLogger(__name__)
 
 MESSAGES = Counter("postfleet_cleanup_messages_total", "Messages committed to the queue")
+RESENT = Counter("postfleet_cleanup_resent_total",
+                 "Resends answered with the queue id an earlier, lost answer carried")
 FAILURES = Counter("postfleet_cleanup_failures_total", "Submissions that were not committed",
                    ["reason"])
 
@@ -130,6 +145,9 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "an envelope with at least one recipient must come first")
         assert envelope is not None
+        queue_id, resend = _requested(context)
+        if resend and await self._already_queued(queue_id, context):
+            return cleanup_pb2.SubmitReply(queue_id=queue_id)
         try:
             if envelope.overrides.no_address_mappings:
                 sender, rewritten = envelope.sender, unmapped(envelope)
@@ -138,7 +156,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         except SmtpError as exc:
             log.warning("envelope not rewritten: %s", exc)
             return _refuse("rewrite", exc.reply)
-        message = self._message(_queue_id(context), envelope, sender, rewritten, body)
+        message = self._message(queue_id, envelope, sender, rewritten, body)
         if self.checks and not envelope.overrides.no_header_body_checks:
             verdict = await self._check(message)
             _log_actions(verdict, message, envelope)
@@ -172,10 +190,23 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
                 return _refuse("storage", replies.INSUFFICIENT_STORAGE)
             # Not a refusal: cleanup failed, the client tries again (451 4.3.0).
             FAILURES.labels("database").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"queue file write error: {exc}")
+            await context.abort(grpc.StatusCode.ABORTED, f"queue file write error: {exc}")
         MESSAGES.inc()
         # The "from=<…>, size=…, nrcpt=…" line is qmgr's, as in Postfix.
         return cleanup_pb2.SubmitReply(queue_id=message.queue_id)
+
+    async def _already_queued(self, queue_id: str,
+                              context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        try:
+            committed = await self.writer.committed(queue_id)
+        except Exception as exc:
+            FAILURES.labels("database").inc()
+            await context.abort(grpc.StatusCode.ABORTED, f"queue file lookup error: {exc}")
+        if committed:
+            log.info("resent after a lost answer: already queued",
+                     extra={"queue_id": queue_id})
+            RESENT.inc()
+        return committed
 
     async def _check(self, message: NewMessage) -> Verdict:
         # Large messages are scanned off the event loop: other submissions go on.
@@ -287,9 +318,13 @@ def rewrite_envelope(
     return sender, out
 
 
-def _queue_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The id smtpd asked for (it has logged client= with it), else a new one."""
+def _requested(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, bool]:
+    """The id smtpd asked for (it has logged client= with it), else a new one;
+    and whether this is a resend of it."""
+    queue_id, resend = "", False
     for key, value in context.invocation_metadata() or ():
         if key == QUEUE_ID_METADATA and isinstance(value, str) and is_queue_id(value):
-            return value
-    return new_queue_id()
+            queue_id = value
+        elif key == RESEND_METADATA:
+            resend = True
+    return (queue_id, resend) if queue_id else (new_queue_id(), False)

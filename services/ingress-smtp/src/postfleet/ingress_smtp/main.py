@@ -37,9 +37,20 @@ def flush_requester(nc: Client) -> FlushSite:
     return flush_site
 
 
+# gRPC waits 1 s, then up to 120 s, before it reconnects to a cleanup that
+# went away; a restarted cleanup is back in well under a second, and smtpd's
+# resend of a lost answer waits for it. Reconnecting to a local cleanup is
+# cheap, so try again soon and often.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 async def run(settings: IngressSettings) -> None:
     async with role_runtime(ROLE, settings, database=False, routing=True) as rt:
-        channel = grpc.aio.insecure_channel(settings.cleanup_address)
+        channel = grpc.aio.insecure_channel(settings.cleanup_address, options=CHANNEL_OPTIONS)
         try:
             anvil = await FleetAnvil(rt.js, settings.anvil_rate_time_unit).start()
             try:

@@ -27,6 +27,10 @@ SUBMIT_SECONDS = Histogram(
 SUBMIT_FAILURES = Counter(
     "postfleet_smtpd_submit_failures_total", "Submits to cleanup that failed", ["reason"]
 )
+RESENDS = Counter(
+    "postfleet_smtpd_submit_resends_total",
+    "Submits sent again because cleanup's answer was lost (it died during the call)",
+)
 
 # postfix_exporter's names (its smtpd log-line counters), so a Postfix
 # dashboard's queries find them.

@@ -364,7 +364,9 @@ class IngressSettings(CommonSettings, SmtpdParams):
     listeners: list[Listener] = Field(
         default_factory=lambda: [Listener(name="smtp", address="127.0.0.1", port=2525)]
     )
-    # The deadline of one gRPC Submit to cleanup (envelope + body + commit).
+    # The deadline of one gRPC Submit to cleanup (envelope + body + commit),
+    # including the resend after a lost answer (submit.py), which waits for
+    # a cleanup that died mid-call to be back.
     cleanup_timeout: Seconds = 60.0
     # SIGTERM: in-flight sessions get this long to finish (kept below the
     # Kubernetes default terminationGracePeriodSeconds of 30).

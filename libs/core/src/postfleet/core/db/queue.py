@@ -872,6 +872,16 @@ async def message_content(engine: AsyncEngine, queue_id: str) -> MessageContent 
                                                    bytes(row.body))
 
 
+async def was_queued(engine: AsyncEngine, queue_id: str) -> bool:
+    """Whether a message with this queue id was ever committed: still queued,
+    or already delivered, bounced or expired (its delivery log rows stay)."""
+    async with engine.connect() as conn:
+        queued = select(Message.queue_id).where(Message.queue_id == queue_id)
+        logged = select(DeliveryLog.queue_id).where(DeliveryLog.queue_id == queue_id)
+        row = (await conn.execute(queued.union_all(logged).limit(1))).first()
+    return row is not None
+
+
 async def exists_message(engine: AsyncEngine, queue_id: str) -> bool:
     return bool(await select_queue_ids(engine, Selection((queue_id,))))
 

@@ -229,8 +229,12 @@ Global___ReceiveOverrides: _TypeAlias = ReceiveOverrides  # noqa: Y015
 class SubmitReply(_message.Message):
     """Exactly one of the two: the queue id of the committed message, or the
     SMTP reply with which cleanup refuses it (size, alias expansion, a
-    header check). A gRPC error status means cleanup itself failed (database
-    down, shutting down): the client answers 451 4.3.0 and nothing was queued.
+    header check). A gRPC error status means cleanup itself failed:
+    ABORTED, its queue store transaction failed and nothing was queued (the
+    client answers 451 4.3.0); UNAVAILABLE, cleanup went away during the call
+    and may have committed: the client may send the same message again with
+    the same queue id and the metadata "postfleet-resend", and cleanup answers
+    that queue id if it had committed it, else queues the message as new.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -4,6 +4,9 @@ against DNS in libs/core's and the end-to-end tests)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,25 @@ def test_mail_forwarded_outside_by_a_virtual_alias_is_arc_sealed(signer: Signer)
     assert signer.process(SNAPSHOT, env, "Q1", stamped, ["alias@example.test"], "") == stamped
     plain = Signer(str(signer.keys.path), "", "mx.example.test")
     assert plain.process(SNAPSHOT, env, "Q1", stamped, ["friend@elsewhere.test"], "") == stamped
+
+
+@pytest.mark.slow
+def test_a_cleanup_without_keys_does_not_load_the_signing_libraries(tmp_path: Path) -> None:
+    """dkimpy, cryptography and PyNaCl (about 10 MiB) only where keys are
+    configured: issue 13's "roles import only what they use"."""
+    probe = (
+        "import sys\n"
+        "from postfleet.cleanup.settings import CleanupSettings\n"
+        "from postfleet.cleanup.queue_writer import QueueWriter\n"
+        "from postfleet.cleanup.submit import CleanupService\n"
+        "def loaded():\n"
+        "    return sorted(m for m in ('dkim', 'cryptography', 'nacl') if m in sys.modules)\n"
+        "plain = CleanupService(CleanupSettings(), QueueWriter(None))\n"
+        "print(plain.signer is None, loaded())\n"
+        f"keyed = CleanupService(CleanupSettings(dkim_key_directory={str(tmp_path)!r}),"
+        " QueueWriter(None))\n"
+        "print(bool(keyed.signer is not None), loaded())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTFLEET_")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, env=env).stdout.splitlines()
+    assert out == ["True []", "True ['cryptography', 'dkim', 'nacl']"]

@@ -59,7 +59,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import Counter
@@ -68,7 +68,6 @@ from postfleet.cleanup.headers import fix_up
 from postfleet.cleanup.milters import NonSmtpdMilters
 from postfleet.cleanup.queue_writer import QueueWriter
 from postfleet.cleanup.settings import CleanupSettings
-from postfleet.cleanup.signing import Signer
 from postfleet.core.checks.message import Checks, Verdict
 from postfleet.core.db.errors import storage_full
 from postfleet.core.db.queue import NewMessage, NewRecipient
@@ -86,6 +85,9 @@ from postfleet.core.routing.snapshot import RoutingSnapshot
 from postfleet.core.routing.store import RoutingView
 from postfleet.core.smtp import replies
 from postfleet.core.smtp.replies import SmtpError, SmtpReply
+
+if TYPE_CHECKING:
+    from postfleet.cleanup.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,7 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
         self.routing = routing or RoutingView()
         self.checks = Checks(settings)
         self.milters = NonSmtpdMilters(settings)
-        self.signer = Signer(settings.dkim_key_directory, settings.arc_seal_domain,
-                             settings.myhostname)
+        self.signer = _signer(settings)
 
     async def Submit(
         self, request_iterator: AsyncIterator[cleanup_pb2.SubmitRequest],
@@ -243,6 +244,17 @@ class CleanupService(cleanup_pb2_grpc.CleanupServicer):
 
 
 CHECK_INLINE_LIMIT = 64 * 1024
+
+
+def _signer(settings: CleanupSettings) -> Signer | None:
+    """DKIM signing and ARC sealing when dkim_key_directory is set. Only a
+    cleanup that signs imports dkimpy, cryptography and PyNaCl (about
+    10 MiB of memory that a cleanup without keys would carry for nothing)."""
+    if not settings.dkim_key_directory:
+        return None
+    from postfleet.cleanup.signing import Signer
+
+    return Signer(settings.dkim_key_directory, settings.arc_seal_domain, settings.myhostname)
 
 
 def _applied(message: NewMessage, verdict: Verdict, skip_filter: bool) -> NewMessage:

@@ -49,7 +49,7 @@ class Submitted:
 
 @dataclass
 class FakeCleanup(cleanup_pb2_grpc.CleanupServicer):
-    """Records what it is sent. mode: ok | unavailable | refuse | hang | gate | midstream."""
+    """Records what it is sent. mode: ok | not_queued | refuse | hang | gate | midstream."""
 
     mode: str = "ok"
     submitted: list[Submitted] = field(default_factory=list)
@@ -85,7 +85,7 @@ class FakeCleanup(cleanup_pb2_grpc.CleanupServicer):
         self.calls += 1
         self.requested += [v for k, v in context.invocation_metadata() or ()
                            if k == "postfleet-queue-id"]
-        if self.mode == "unavailable":
+        if self.mode == "not_queued":
             # cleanup's own "not queued" (its transaction failed)
             await context.abort(grpc.StatusCode.ABORTED, "queue file write error: db down")
         if self.mode == "refuse":
